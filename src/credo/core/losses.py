@@ -1,0 +1,106 @@
+"""Per-token policy losses: (logprobs, old_logprobs, advantages, loss_mask, params) → (loss [B, T], metrics).
+
+Losses score tokens only; ``aggregation.aggregate`` averages them (token_mean, seq_mean_token_mean, ...).
+``advantages`` are token-level [B, T] (see ``advantages.to_tokens``); a [B] tensor is broadcast over tokens.
+Metrics are detached 0-dim tensors, averaged over masked tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .stats import masked_mean
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Constants of the clipped surrogate losses."""
+
+    # lower clip range: the ratio is clipped below at 1 − eps_low (PPO ε; DAPO ε_low = 0.2)
+    eps_low: float = 0.2
+    # upper clip range: the ratio is clipped above at 1 + eps_high (DAPO clip-higher uses 0.28)
+    eps_high: float = 0.2
+    # largest |log-ratio| allowed before exp (GSPO uses 10; a safety valve against overflow elsewhere)
+    ratio_clamp: float = 10.0
+
+
+def _token_advantages(advantages: Tensor, logprobs: Tensor) -> Tensor:
+    """[B] or [B, T] advantages → [B, T], in the dtype of ``logprobs``."""
+    adv = advantages.to(logprobs.dtype)
+    return adv[:, None].expand_as(logprobs) if adv.dim() == 1 else adv  # [B, T]
+
+
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, params: LossParams) -> tuple[Tensor, Tensor]:
+    """max(−A·ρ, −A·clip(ρ, 1−eps_low, 1+eps_high)) and where the clipped term strictly wins, both [B, T]."""
+    unclipped = -adv * ratio  # [B, T]
+    clipped = -adv * ratio.clamp(1.0 - params.eps_low, 1.0 + params.eps_high)  # [B, T]
+    return torch.maximum(unclipped, clipped), clipped > unclipped  # [B, T], [B, T]
+
+
+def reinforce(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor, params: LossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """REINFORCE / vanilla policy gradient (Williams 1992), on-policy.
+
+    ℓ_{i,t} = −A_{i,t} · log π_θ(y_{i,t}); its gradient is −A ∇log π. ``old_logprobs`` and ``params`` are
+    unused (no importance ratio, no clipping), so this is only correct for on-policy data.
+    """
+    adv = _token_advantages(advantages, logprobs)  # [B, T]
+    return -adv * logprobs, {}  # [B, T]
+
+
+def ppo_clip(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor, params: LossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate (Schulman et al., arXiv 1707.06347), with DAPO clip-higher (arXiv 2503.14476).
+
+    ρ = exp(log π_θ − log π_old); ℓ = max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high)); ε_high > ε_low is clip-higher.
+    Departures: the log-ratio is clamped to ±ratio_clamp before exp (verl clamps at ±20) so a stale sample
+    cannot overflow; ``approx_kl`` is the k2 estimate ½(log π_θ − log π_old)², not verl's k1
+    (the mean of log π_old − log π_θ), because k2 is non-negative and second-order accurate.
+    Metrics: clip_frac (tokens where the clipped term strictly wins), ratio_mean, approx_kl.
+    """
+    adv = _token_advantages(advantages, logprobs)  # [B, T]
+    log_ratio = (logprobs - old_logprobs).clamp(-params.ratio_clamp, params.ratio_clamp)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    loss, clipped = _clipped_surrogate(ratio, adv, params)  # [B, T], [B, T]
+    with torch.no_grad():
+        metrics = {
+            "clip_frac": masked_mean(clipped.to(logprobs.dtype), loss_mask),
+            "ratio_mean": masked_mean(ratio, loss_mask),
+            "approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, loss_mask),
+        }
+    return loss, metrics
+
+
+def gspo(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor, params: LossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO, sequence-level importance ratio (Zheng et al., arXiv 2507.18071), in its token form.
+
+    s_i = exp((1/|y_i|) Σ_t log(π_θ/π_old));  log s_{i,t} = sg[log s_i] + log π_θ(y_it) − sg[log π_θ(y_it)];
+    ℓ_{i,t} = max(−A_{i,t} s_{i,t}, −A_{i,t} clip(s_{i,t}, 1−ε_low, 1+ε_high)).
+    Every token of a sequence has the value s_i, while the gradient flows through each token's log π_θ.
+    The paper pairs this with seq_mean_token_mean aggregation and very small ε (≈3e-4 / 4e-4).
+    Departure: log s_{i,t} is clamped to ±ratio_clamp (verl clamps only above, at 10).
+    Metrics: clip_frac (masked token mean), seq_ratio_mean (mean of s_i over sequences with ≥1 token).
+    """
+    adv = _token_advantages(advantages, logprobs)  # [B, T]
+    seq_log_ratio = masked_mean(logprobs - old_logprobs, loss_mask, dim=-1)  # [B]
+    log_s = seq_log_ratio.detach()[:, None] + logprobs - logprobs.detach()  # [B, T]
+    s = torch.exp(log_s.clamp(-params.ratio_clamp, params.ratio_clamp))  # [B, T]
+    loss, clipped = _clipped_surrogate(s, adv, params)  # [B, T], [B, T]
+    with torch.no_grad():
+        seq_ratio = torch.exp(seq_log_ratio.clamp(-params.ratio_clamp, params.ratio_clamp))  # [B]
+        has_tokens = (loss_mask.sum(-1) > 0).to(logprobs.dtype)  # [B]
+        metrics = {
+            "clip_frac": masked_mean(clipped.to(logprobs.dtype), loss_mask),
+            "seq_ratio_mean": masked_mean(seq_ratio, has_tokens),
+        }
+    return loss, metrics
+
+
+LOSSES = {"reinforce": reinforce, "ppo_clip": ppo_clip, "gspo": gspo}

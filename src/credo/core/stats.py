@@ -1,0 +1,114 @@
+"""Masked statistics, log-probabilities, entropies and the unbiased pass@k estimator.
+
+Masks are 0/1 tensors (bool or float) broadcastable to the data; a zero count gives 0, never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``x`` over the positions where ``mask`` is 1: Σ x·m.
+
+    With ``dim=None`` the result is 0-dim; otherwise ``dim`` is reduced.
+    """
+    xm = x * mask.to(x.dtype)  # same shape as x
+    return xm.sum() if dim is None else xm.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the masked positions: Σ x·m / Σ m.
+
+    A slice with no masked position gives 0 (the count is clamped to 1, which keeps the autograd graph).
+    """
+    count = masked_sum(torch.ones_like(x), mask, dim)  # [] or x.shape without dim
+    return masked_sum(x, mask, dim) / count.clamp_min(1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of ``x`` over all masked positions: Σ m·(x − μ)² / (N − 1) (``N`` if not unbiased).
+
+    Departure from verl's ``masked_var`` (which raises when N ≤ 1): N ≤ 1 gives 0.
+    """
+    count = masked_sum(torch.ones_like(x), mask)  # []
+    mean = masked_mean(x, mask)  # []
+    sq_sum = masked_sum((x - mean) ** 2, mask)  # []
+    denom = (count - 1) if unbiased else count
+    return sq_sum / denom.clamp_min(1)  # []
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """Whiten ``x`` with the masked mean and variance: (x − μ) / sqrt(σ² + 1e-8).
+
+    With ``shift_mean=False`` the mean is added back, so only the scale changes. Positions outside the
+    mask are transformed too; their values carry no meaning.
+    """
+    mean = masked_mean(x, mask)  # []
+    var = masked_var(x, mask)  # []
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)  # same shape as x
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """Log-probability of ``labels`` under softmax(``logits``): log π(y_t) = z_{t,y_t} − logsumexp_v z_{t,v}.
+
+    Shapes: logits [B, T, V], labels [B, T] → [B, T]. The full log_softmax [B, T, V] is never built.
+    Computed in the dtype of ``logits``; pass float32 logits when precision matters.
+    """
+    picked = logits.gather(-1, labels.unsqueeze(-1).long()).squeeze(-1)  # [B, T]
+    return picked - torch.logsumexp(logits, dim=-1)  # [B, T]
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(``logits``) per position: H = logsumexp(z) − Σ_v p_v z_v.
+
+    Shapes: [B, T, V] → [B, T]. Stable for large finite logits (no log of a tiny probability is taken).
+    """
+    probs = torch.softmax(logits, dim=-1)  # [B, T, V]
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # [B, T]
+
+
+def _check_pass_at_k_args(n: int, k: int) -> None:
+    if n < 0 or k < 0:
+        raise ValueError(f"pass@k needs n >= 0 and k >= 0, got n={n}, k={k}")
+    if k > n:
+        raise ValueError(f"pass@k needs k <= n, got n={n}, k={k}")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, Codex, arXiv 2107.03374).
+
+    pass@k = 1 − C(n−c, k) / C(n, k), computed as 1 − Π_{i=n−c+1}^{n} (1 − k/i); 1.0 when n − c < k.
+    Raises ValueError for negative arguments, k > n or c > n.
+    """
+    _check_pass_at_k_args(n, k)
+    if c < 0 or c > n:
+        raise ValueError(f"pass@k needs 0 <= c <= n, got n={n}, c={c}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def pass_at_k_batch(n_correct: Tensor, n: int, k: int) -> Tensor:
+    """Per-problem unbiased pass@k (Chen et al. 2021), vectorised over problems.
+
+    Same estimator as ``pass_at_k``: 1 − Π_{i=n−c_p+1}^{n} (1 − k/i) for each problem p.
+    Shapes: n_correct [P] (long) → [P] float32. Not averaged: the caller takes the mean it wants.
+    """
+    _check_pass_at_k_args(n, k)
+    c = n_correct.long()  # [P]
+    if c.numel() and (bool((c < 0).any()) or bool((c > n).any())):
+        raise ValueError(f"pass@k needs 0 <= n_correct <= n={n}")
+    i = torch.arange(1, n + 1, dtype=torch.float64, device=c.device)  # [n]
+    factors = 1.0 - k / i  # [n]
+    active = i[None, :] > (n - c)[:, None]  # [P, n]
+    prod = torch.where(active, factors[None, :], torch.ones_like(factors)[None, :]).prod(-1)  # [P]
+    result = torch.where((n - c) < k, torch.ones_like(prod), 1.0 - prod)  # [P]
+    return result.to(torch.float32)  # [P]

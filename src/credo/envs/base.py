@@ -1,0 +1,42 @@
+"""The `Environment` and `Verifier` protocols and the `Score` a verifier returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from credo.data import Example
+
+
+@dataclass(frozen=True)
+class Score:
+    """A verifier's verdict: `value` is the outcome reward, `parts` its named components (logged)."""
+
+    value: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class Verifier(Protocol):
+    """Total: never raises, returns a `Score` for any string."""
+
+    def __call__(self, completion: str, example: Example) -> Score: ...
+
+
+class Environment(Protocol):
+    """A dataset of `Example`s plus the verifier that scores completions of them."""
+
+    name: str
+
+    def examples(self, split: str) -> list[Example]:
+        """All examples of `split` ("train", "test" or "sft"); deterministic for a fixed seed."""
+        ...
+
+    def verify(self, completion: str, example: Example) -> Score: ...
+
+    def render_prompt(self, example: Example) -> str:
+        """The text the policy is conditioned on."""
+        ...
+
+    def reference_completion(self, example: Example) -> str:
+        """A correct, well-formatted completion for the SFT warm start."""
+        ...

@@ -1,0 +1,1 @@
+"""Total verifiers: `verify(completion, example) -> Score`, never raising."""

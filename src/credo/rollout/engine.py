@@ -1,0 +1,52 @@
+"""Turn `Example`s into `Sample`s: render and encode prompts, sample G completions each, decode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from credo.data import SEGMENTS, Example, Sample
+from credo.envs.base import Environment
+from credo.models.policy import Policy
+from credo.rollout.sampler import SamplingParams, generate
+
+
+def encode_prompt(tokenizer: Any, env: Environment, example: Example) -> list[int]:
+    """BOS + the rendered prompt's tokens."""
+    return [tokenizer.bos_id, *tokenizer.encode(env.render_prompt(example))]
+
+
+def rollout(
+    policy: Policy,
+    tokenizer: Any,
+    env: Environment,
+    examples: list[Example],
+    group_size: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    first_group_id: int = 0,
+) -> list[Sample]:
+    """`group_size` samples per example, one group id per example, every sample in one batched call."""
+    prompts = [encode_prompt(tokenizer, env, ex) for ex in examples for _ in range(group_size)]
+    stop_ids = [tokenizer.encode(s) for s in params.stop]
+    completions = generate(policy, prompts, params, tokenizer.eos_id, tokenizer.pad_id, stop_ids, generator)
+    samples = []
+    for i, c in enumerate(completions):
+        ex = examples[i // group_size]
+        n = len(c.completion_ids)
+        samples.append(
+            Sample(
+                example_id=ex.id,
+                group_id=first_group_id + i // group_size,
+                prompt_ids=torch.tensor(c.prompt_ids, dtype=torch.long),
+                completion_ids=c.completion_ids,
+                loss_mask=torch.ones(n),
+                segment_ids=torch.full((n,), SEGMENTS["reasoning"], dtype=torch.long),
+                sampler_logprobs=c.logprobs,
+                finish_reason=c.finish_reason,
+                text=tokenizer.decode(c.completion_ids.tolist()),
+                images=ex.images,
+            )
+        )
+    return samples

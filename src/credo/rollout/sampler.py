@@ -1,0 +1,106 @@
+"""The native batched sampler: KV-cached decoding for any `Policy`.
+
+Prompts are left-padded into one [B, P] block and prefilled once; then every step appends one token per row.
+Returned log-probs are those of the sampling distribution before top-p truncation, log softmax(logits / T),
+which is exactly what the trainer recomputes (`trainer.logprobs`), so the two agree to float precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from credo.core.stats import logprobs_from_logits
+from credo.models.policy import Policy
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128  # hard cap on generated tokens per row
+    temperature: float = 1.0  # 0 means greedy (argmax); log-probs are then those of the raw logits
+    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with mass >= top_p
+    stop: tuple[str, ...] = ()  # stop strings; generation ends after the string's last token
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    completion_ids: torch.Tensor  # [C] long (includes EOS / the stop string when it ended the row)
+    logprobs: torch.Tensor  # [C] float
+    finish_reason: str  # "stop" (EOS or stop string) | "length"
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set to -inf every token outside the nucleus of mass `top_p` (the top token is always kept)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+@torch.inference_mode()
+def generate(
+    policy: Policy,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    eos_id: int,
+    pad_id: int,
+    stop_ids: list[list[int]] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[Completion]:
+    """Sample one completion per prompt. `stop_ids` are the token sequences of the stop strings."""
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    N = params.max_new_tokens
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, P, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = True
+    cache = policy.new_cache(B, P + N)
+    logits = policy.step(ids, cache, mask)[:, -1].float()  # [B, V]
+
+    out = torch.full((B, N), pad_id, dtype=torch.long)
+    out_lp = torch.zeros(B, N)
+    done = torch.zeros(B, dtype=torch.bool)
+    length = torch.full((B,), N, dtype=torch.long)  # tokens kept per row
+    stopped = torch.zeros(B, dtype=torch.bool)
+    stops = [torch.tensor(s, dtype=torch.long) for s in (stop_ids or []) if s]
+    greedy = params.temperature <= 0
+    for t in range(N):
+        scaled = logits if greedy else logits / params.temperature
+        if greedy:
+            tok = scaled.argmax(-1)
+        else:
+            probs = (_top_p_filter(scaled, params.top_p) if params.top_p < 1.0 else scaled).softmax(-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        tok = tok.masked_fill(done, pad_id)
+        out[:, t] = tok
+        out_lp[:, t] = logprobs_from_logits(scaled[:, None], tok[:, None])[:, 0]
+        hit = tok == eos_id
+        for s in stops:
+            L = len(s)
+            if t + 1 >= L:
+                hit |= (out[:, t + 1 - L : t + 1] == s).all(1)
+        new = hit & ~done
+        length = torch.where(new, t + 1, length)
+        stopped |= new
+        done |= hit
+        if bool(done.all()) or t == N - 1:
+            break
+        logits = policy.step(tok[:, None], cache)[:, -1].float()
+
+    results = []
+    for i in range(B):
+        n = int(length[i])
+        results.append(
+            Completion(
+                prompt_ids=list(prompts[i]),
+                completion_ids=out[i, :n].clone(),
+                logprobs=out_lp[i, :n].clone(),
+                finish_reason="stop" if bool(stopped[i]) else "length",
+            )
+        )
+    return results

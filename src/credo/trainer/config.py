@@ -1,0 +1,202 @@
+"""Typed run configuration: one dataclass per concern, TOML presets, dotted command-line overrides.
+
+    credo train configs/arith.toml rl.steps=50 rl.lr=1e-4
+
+A key that does not exist, or a value of the wrong type, raises `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # load a saved model directory instead of building a fresh TinyLM
+    d_model: int = 128  # TinyLM width
+    n_layers: int = 4  # TinyLM depth
+    n_heads: int = 4  # attention heads
+    d_ff: int = 512  # MLP hidden width
+    max_len: int = 192  # longest prompt + completion
+
+
+@dataclass
+class EnvConfig:
+    name: str = "arith"  # environment name (see credo.envs.ENVS)
+    sft_depths: list[int] = field(default_factory=lambda: [1, 2, 3])  # arith: warm-start depths
+    rl_depths: list[int] = field(default_factory=lambda: [4])  # arith: RL / evaluation depths
+    operand_max: int = 9  # arith: largest operand
+    value_max: int = 99  # arith: intermediate values stay in [0, value_max]
+    n_sft: int = 6000  # warm-start examples
+    n_train: int = 4000  # RL training prompts
+    n_test: int = 200  # held-out evaluation prompts
+    seed: int = 0  # problem-generator seed
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True  # run the warm start before RL (skipped when model.path is set)
+    steps: int = 600  # optimizer steps
+    batch_size: int = 64  # sequences per step
+    lr: float = 3e-3  # peak AdamW learning rate (linear warm-up, cosine decay)
+    warmup: int = 30  # warm-up steps
+    weight_decay: float = 0.01  # AdamW weight decay
+
+
+@dataclass
+class RLConfig:
+    steps: int = 60  # RL steps (one rollout batch each)
+    prompts_per_step: int = 16  # distinct prompts per step
+    group_size: int = 8  # samples per prompt (G)
+    max_new_tokens: int = 96  # generation cap
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling
+    advantage: str = "grpo"  # core.advantages.ADVANTAGES key
+    loss: str = "ppo_clip"  # core.losses.LOSSES key
+    aggregation: str = "token_mean"  # core.aggregation.AGGREGATIONS key
+    credit: str = "none"  # core.credit.CREDIT key
+    selection: str = "all"  # core.selection.SELECTION key
+    eps_low: float = 0.2  # PPO clip, lower side
+    eps_high: float = 0.2  # PPO clip, upper side (clip-higher when > eps_low)
+    kl_coef: float = 0.0  # weight of the KL penalty to the reference (initial) policy
+    kl_estimator: str = "k3"  # core.kl.KL_ESTIMATORS key
+    ppo_epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 2  # optimizer steps per epoch
+    lr: float = 5e-4  # AdamW learning rate (constant)
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    recompute_old_logprobs: bool = False  # recompute old log-probs with the trainer instead of the sampler's
+
+
+@dataclass
+class EvalConfig:
+    every: int = 20  # evaluate every N RL steps (and at the start and end)
+    n_samples: int = 8  # samples per prompt for pass@k
+    pass_k: list[int] = field(default_factory=lambda: [1, 4, 8])  # k values reported for pass@k
+    temperature: float = 1.0  # sampling temperature for pass@k (greedy accuracy is always reported)
+
+
+@dataclass
+class RunConfig:
+    name: str = "arith-grpo"  # run folder name under out_dir
+    out_dir: str = "runs"  # where runs are written
+    seed: int = 0  # seeds model init, sampling and data order
+    threads: int = 2  # torch CPU threads
+    checkpoint_every: int = 20  # RL steps between checkpoints (0: only at the end)
+    resume: bool = True  # continue from runs/<name>/checkpoint.pt if it exists
+    progress: bool = True  # show a progress bar
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---- loading --------------------------------------------------------------------------------------------
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {key!r}: {value!r} does not match {tp}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is type(None) and value is None:
+        return None
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key!r}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _set(cfg: Any, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    obj = cfg
+    for i, p in enumerate(parents):
+        if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
+            raise ConfigError(f"unknown config section {'.'.join(parents[: i + 1])!r} (in {dotted!r})")
+        obj = getattr(obj, p)
+    fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+    if leaf not in fields or dataclasses.is_dataclass(getattr(obj, leaf)):
+        valid = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {valid}")
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, leaf, _check_type(dotted, value, hints[leaf]))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=VALUE` with VALUE parsed as TOML (numbers, booleans, lists), else taken as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML preset at `path`, then `key=value` overrides, each validated."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from e
+        for k, v in _flatten(data).items():
+            try:
+                _set(cfg, k, v)
+            except ConfigError as e:
+                raise ConfigError(f"{p}: {e}") from e
+    for item in overrides or []:
+        _set(cfg, *parse_override(item))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    for k, v in _flatten(data).items():
+        _set(cfg, k, v)
+    return cfg
