@@ -14,10 +14,16 @@ ENVS: dict[str, str] = {
 
 
 def make_env(cfg: Any) -> Environment:
-    """Build the environment named `cfg.name` from an `EnvConfig`."""
-    if cfg.name not in ENVS:
-        raise ValueError(f"unknown environment {cfg.name!r}; available: {', '.join(sorted(ENVS))}")
-    module, attr = ENVS[cfg.name].split(":")
+    """Build the environment named `cfg.name` from an `EnvConfig`.
+
+    The name is a key of `ENVS` or, for a user's own environment, an import path `"package.module:factory"`
+    whose factory takes the `EnvConfig`.
+    """
+    target = ENVS.get(cfg.name, cfg.name)
+    if ":" not in target:
+        raise ValueError(f"unknown environment {cfg.name!r}; available: {', '.join(sorted(ENVS))} "
+                         "or an import path 'module:factory'")
+    module, attr = target.split(":", 1)
     return getattr(importlib.import_module(module), attr)(cfg)
 
 

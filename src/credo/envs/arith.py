@@ -4,10 +4,10 @@ A problem of depth d is `a0 op1 b1 … opd bd`, e.g. `7+3*2-5`, evaluated left t
 every intermediate value kept in [0, value_max]. The reference trace computes one operation per line and uses a
 small vocabulary of planning phrases ("first", "then", "check:") so that planning tokens exist for HICRA:
 
-    first 7+3=10
-    then 10*2=20
-    then 20-5=15
-    check: 3 steps
+    first 7+3=10 |*2-5
+    then 10*2=20 |-5
+    then 20-5=15 |
+    check: done
     <answer>15</answer>
 
 The warm start sees depths `sft_depths`; RL trains and is evaluated on `rl_depths` (by default one step
@@ -70,13 +70,18 @@ def expression(steps: list[tuple[str, int]]) -> str:
 
 
 def trace(steps: list[tuple[str, int]]) -> str:
-    """The step-by-step reference completion (without the EOS token)."""
+    """The step-by-step reference completion (without the EOS token).
+
+    Each line applies the first remaining operation and restates the operations still to do after `|`,
+    so the next operation and the stopping point are always readable on the previous line.
+    """
     values = evaluate(steps)
     lines = []
     for i, (op, b) in enumerate(steps[1:]):
         word = "first" if i == 0 else "then"
-        lines.append(f"{word} {values[i]}{op}{b}={values[i + 1]}")
-    lines.append(f"check: {len(steps) - 1} steps")
+        rest = "".join(f"{o}{x}" for o, x in steps[i + 2 :])
+        lines.append(f"{word} {values[i]}{op}{b}={values[i + 1]} |{rest}")
+    lines.append("check: done")
     lines.append(f"<answer>{values[-1]}</answer>")
     return "\n".join(lines)
 

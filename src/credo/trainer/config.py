@@ -79,6 +79,12 @@ class RLConfig:
 
 
 @dataclass
+class RewardConfig:
+    outcome: float = 1.0  # weight of the verifier's outcome score (correct answer)
+    format: float = 0.0  # weight of the verifier's format part (well-formed answer tag)
+
+
+@dataclass
 class EvalConfig:
     every: int = 20  # evaluate every N RL steps (and at the start and end)
     n_samples: int = 8  # samples per prompt for pass@k
@@ -104,6 +110,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -170,6 +177,43 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def validate(cfg: Config) -> Config:
+    """Check values that types alone cannot: registry names and ranges. Raises ConfigError naming the key."""
+    from credo.core import ADVANTAGES, AGGREGATIONS, CREDIT, KL_ESTIMATORS, LOSSES, SELECTION
+
+    choices = {
+        "rl.advantage": (cfg.rl.advantage, ADVANTAGES),
+        "rl.loss": (cfg.rl.loss, LOSSES),
+        "rl.aggregation": (cfg.rl.aggregation, AGGREGATIONS),
+        "rl.credit": (cfg.rl.credit, CREDIT),
+        "rl.selection": (cfg.rl.selection, SELECTION),
+        "rl.kl_estimator": (cfg.rl.kl_estimator, KL_ESTIMATORS),
+    }
+    for key, (value, table) in choices.items():
+        if value not in table:
+            raise ConfigError(f"config key {key!r}: unknown value {value!r}; choose one of {sorted(table)}")
+    positive = {
+        "rl.steps": cfg.rl.steps, "rl.prompts_per_step": cfg.rl.prompts_per_step, "rl.group_size": cfg.rl.group_size,
+        "rl.max_new_tokens": cfg.rl.max_new_tokens, "rl.ppo_epochs": cfg.rl.ppo_epochs,
+        "rl.minibatches": cfg.rl.minibatches, "sft.batch_size": cfg.sft.batch_size, "eval.every": cfg.eval.every,
+        "model.d_model": cfg.model.d_model, "model.n_layers": cfg.model.n_layers, "model.n_heads": cfg.model.n_heads,
+        "run.threads": cfg.run.threads, "env.n_test": cfg.env.n_test, "env.n_train": cfg.env.n_train,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r}: must be >= 1, got {value}")
+    for key, value in {"rl.lr": cfg.rl.lr, "sft.lr": cfg.sft.lr, "rl.kl_coef": cfg.rl.kl_coef,
+                       "rl.temperature": cfg.rl.temperature, "sft.steps": cfg.sft.steps}.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
+    if not 0 < cfg.rl.top_p <= 1:
+        raise ConfigError(f"config key 'rl.top_p': must be in (0, 1], got {cfg.rl.top_p}")
+    if cfg.model.d_model % cfg.model.n_heads:
+        raise ConfigError(f"config keys 'model.d_model'={cfg.model.d_model} and 'model.n_heads'="
+                          f"{cfg.model.n_heads}: d_model must be divisible by n_heads")
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the TOML preset at `path`, then `key=value` overrides, each validated."""
     cfg = Config()
@@ -188,7 +232,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"{p}: {e}") from e
     for item in overrides or []:
         _set(cfg, *parse_override(item))
-    return cfg
+    return validate(cfg)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

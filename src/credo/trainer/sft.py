@@ -66,7 +66,7 @@ def sft(
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
-        m = {"sft/loss": float(loss), "sft/grad_norm": float(gnorm), "sft/lr": opt.param_groups[0]["lr"]}
+        m = {"sft/loss": loss.item(), "sft/grad_norm": float(gnorm), "sft/lr": opt.param_groups[0]["lr"]}
         history.append(m)
         if on_step is not None:
             on_step(step, m)

@@ -1,0 +1,106 @@
+"""`credo train|sft|eval`: the command line over `trainer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from credo.trainer.config import ConfigError, load_config
+
+
+def _summary_line(summary: dict[str, float]) -> str:
+    keys = ("eval_acc_start", "eval_acc_end", "wall_s", "peak_rss_mb")
+    return "summary: " + " ".join(f"{k}={summary[k]:.4f}" for k in keys)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from credo.trainer.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg)
+    if "interrupted_at" in summary:
+        print(f"stopped at step {int(summary['interrupted_at'])}; run the same command again to resume")
+        return 130
+    print(_summary_line(summary))
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    import torch
+
+    from credo.envs import make_env
+    from credo.models import build_policy, save_policy
+    from credo.trainer.sft import sft
+
+    cfg = load_config(args.config, args.overrides)
+    torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    policy, tok = build_policy(cfg.model)
+    history = sft(policy, tok, make_env(cfg.env), cfg.sft, cfg.run.seed)
+    out = Path(args.out or Path(cfg.run.out_dir) / cfg.run.name / "sft_model")
+    save_policy(policy, tok, out)
+    print(f"sft: final loss {history[-1]['sft/loss']:.4f}; model saved to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from credo.envs import make_env
+    from credo.models import load_policy
+    from credo.trainer import checkpoint as ckpt
+    from credo.trainer.config import from_dict
+    from credo.trainer.evaluate import evaluate
+
+    target = Path(args.checkpoint)
+    if target.is_file():  # a checkpoint.pt: the run's config and start_model/ + weights
+        state = ckpt.load(target)
+        cfg = from_dict(state["config"])
+        policy, tok = load_policy(target.parent / "start_model")
+        policy.load_state_dict(state["model"])
+    else:
+        cfg = load_config(args.config)
+        policy, tok = load_policy(target)
+    for item in args.overrides:
+        from credo.trainer.config import _set, parse_override
+
+        _set(cfg, *parse_override(item))
+    torch.set_num_threads(cfg.run.threads)
+    env = make_env(cfg.env)
+    m = evaluate(policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples,
+                 cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed)
+    for k, v in m.items():
+        print(f"{k:24s} {v:.4f}")
+    print(json.dumps(m))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="credo", description="RL for reasoning, with credit to the real cause.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="warm start (SFT) + RL on an environment, then a report")
+    t.add_argument("config", nargs="?", help="TOML preset (default: built-in arith sandbox)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.steps=10")
+    s = sub.add_parser("sft", help="only the supervised warm start")
+    s.add_argument("config", nargs="?")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--out", help="where to save the model (default runs/<name>/sft_model)")
+    e = sub.add_parser("eval", help="evaluate a checkpoint.pt or a model directory on the held-out split")
+    e.add_argument("checkpoint")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--config", help="TOML preset for the environment when evaluating a model directory")
+    args = p.parse_args(argv)
+    if args.command in ("train", "sft") and args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)  # `credo train rl.steps=5`: no preset, only overrides
+        args.config = None
+    try:
+        return {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval}[args.command](args)
+    except ConfigError as err:
+        print(f"credo: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Policies (`Policy` protocol) and tokenizers; `build_policy` / `load_policy` pick one from config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from credo.models.policy import Policy
+from credo.models.tiny import TinyConfig, TinyLM
+from credo.models.tokenizer import CharTokenizer
+
+
+def build_policy(cfg: Any) -> tuple[TinyLM, CharTokenizer]:
+    """A freshly initialised TinyLM and its char tokenizer from a `ModelConfig`."""
+    tok = CharTokenizer()
+    model = TinyLM(
+        TinyConfig(
+            vocab_size=tok.vocab_size,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            d_ff=cfg.d_ff,
+            max_len=cfg.max_len,
+        )
+    )
+    return model, tok
+
+
+def load_policy(path: str | Path) -> tuple[TinyLM, CharTokenizer]:
+    """Load a saved model directory (config.json + model.safetensors + tokenizer.json)."""
+    d = Path(path)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d}: not a model directory (no config.json)")
+    kind = json.loads((d / "config.json").read_text()).get("model_type")
+    if kind != "tinylm":
+        raise ValueError(f"{d}: model_type {kind!r} is not supported yet (expected 'tinylm')")
+    return TinyLM.from_pretrained(d), CharTokenizer.load(d)
+
+
+def save_policy(model: TinyLM, tokenizer: CharTokenizer, path: str | Path) -> None:
+    model.save_pretrained(path)
+    tokenizer.save(path)
+
+
+__all__ = ["CharTokenizer", "Policy", "TinyConfig", "TinyLM", "build_policy", "load_policy", "save_policy"]

@@ -1,0 +1,87 @@
+"""The policy update: PPO epochs × minibatches over one rollout batch, with an optional KL to a reference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from credo.core.aggregation import aggregate
+from credo.core.kl import KL_ESTIMATORS
+from credo.core.losses import LOSSES, LossParams
+from credo.core.stats import masked_mean
+from credo.data import Batch
+from credo.models.policy import Policy
+from credo.trainer.config import RLConfig
+from credo.trainer.logprobs import sequence_logprobs
+
+
+def _trim(batch: Batch) -> Batch:
+    """Drop padding columns beyond the longest row."""
+    T = int(batch.attention_mask.sum(1).max())
+    return Batch(
+        input_ids=batch.input_ids[:, :T],
+        attention_mask=batch.attention_mask[:, :T],
+        loss_mask=batch.loss_mask[:, :T],
+        segment_ids=batch.segment_ids[:, :T],
+        old_logprobs=batch.old_logprobs[:, :T],
+        advantages=batch.advantages[:, :T],
+        group_ids=batch.group_ids,
+        rewards=batch.rewards,
+        images=batch.images,
+    )
+
+
+def policy_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: RLConfig,
+    generator: torch.Generator,
+    ref_policy: Policy | None = None,
+) -> dict[str, float]:
+    """Run `cfg.ppo_epochs` passes of `cfg.minibatches` optimizer steps; return averaged `loss/` metrics.
+
+    A minibatch whose loss or gradient is not finite is skipped (no optimizer step) and counted in
+    `loss/skipped`; the caller decides when too many skips must stop the run.
+    """
+    params = LossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high)
+    loss_fn = LOSSES[cfg.loss]
+    kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
+    B = len(batch)
+    n_mb = max(1, min(cfg.minibatches, B))
+    sums: dict[str, float] = {}
+    n_steps = skipped = 0
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(B, generator=generator)
+        for idx in perm.chunk(n_mb):
+            mb = _trim(batch.select(idx))
+            logprobs, entropy = sequence_logprobs(policy, mb.input_ids, cfg.temperature, with_entropy=True)
+            loss_tok, m = loss_fn(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, params)  # [b, T]
+            metrics = {f"loss/{k}": float(v) for k, v in m.items()}
+            if cfg.kl_coef > 0 and ref_policy is not None:
+                with torch.no_grad():
+                    ref_logprobs, _ = sequence_logprobs(ref_policy, mb.input_ids, cfg.temperature)
+                kl = kl_fn(logprobs, ref_logprobs)  # [b, T]
+                loss_tok = loss_tok + cfg.kl_coef * kl
+                metrics["loss/kl"] = float(masked_mean(kl.detach(), mb.loss_mask))
+            loss = aggregate(loss_tok, mb.loss_mask, cfg.aggregation, norm_len=cfg.max_new_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
+            loss_value = loss.item()
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            n_steps += 1
+            metrics["loss/policy"] = loss_value
+            metrics["loss/grad_norm"] = grad_norm
+            metrics["loss/entropy"] = float(masked_mean(entropy, mb.loss_mask))
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+    out = {k: v / max(1, n_steps) for k, v in sums.items()}
+    out["loss/skipped"] = float(skipped)
+    out["loss/optimizer_steps"] = float(n_steps)
+    return out

@@ -1,0 +1,57 @@
+import pytest
+
+from credo.cli import main
+from credo.trainer.config import ConfigError, load_config, parse_override
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["rl.lr=1e-4", "rl.steps=7", "env.rl_depths=[5]", "run.name=x", "rl.eps_high=1"])
+    assert cfg.rl.lr == 1e-4 and cfg.rl.steps == 7 and cfg.env.rl_depths == [5] and cfg.run.name == "x"
+    assert isinstance(cfg.rl.eps_high, float)
+
+
+def test_toml_preset(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[rl]\nsteps = 3\nadvantage = "rloo"\n[run]\nname = "t"\n')
+    cfg = load_config(p, ["rl.steps=4"])
+    assert (cfg.rl.steps, cfg.rl.advantage, cfg.run.name) == (4, "rloo", "t")
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("rl.stepz=3", "rl.stepz"),
+        ("rll.steps=3", "rll"),
+        ("rl.steps=three", "rl.steps"),
+        ("rl.steps=1.5", "rl.steps"),
+        ("env.rl_depths=[1,'a']", "env.rl_depths[1]"),
+        ("run.progress=3", "run.progress"),
+        ("rl.advantage=grpoo", "rl.advantage"),
+        ("rl.aggregation=mean", "rl.aggregation"),
+        ("rl.group_size=0", "rl.group_size"),
+        ("rl", "key=value"),
+    ],
+)
+def test_bad_key_or_value_names_it(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_bad_key_in_preset_names_file_and_key(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[rl]\nlearning_rate = 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*rl\.learning_rate"):
+        load_config(p)
+
+
+def test_cli_reports_config_error(capsys):
+    assert main(["train", "rl.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "rl.nope" in err and err.count("\n") == 1
+
+
+def test_parse_override_types():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a.b=hello") == ("a.b", "hello")
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from credo.models.tiny import TinyConfig, TinyLM
+from credo.models.tokenizer import CharTokenizer
+from credo.rollout.sampler import SamplingParams, _top_p_filter, generate
+from credo.trainer.logprobs import sequence_logprobs
+
+TOK = CharTokenizer()
+
+
+def _model() -> TinyLM:
+    torch.manual_seed(0)
+    return TinyLM(TinyConfig(vocab_size=TOK.vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=96)).eval()
+
+
+def _prompts() -> list[list[int]]:
+    return [[TOK.bos_id, *TOK.encode(p)] for p in ("1+2\n", "13*4-5\n", "9\n")]
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+def test_sampler_logprobs_equal_trainer_recomputed(temperature, top_p):
+    m = _model()
+    params = SamplingParams(max_new_tokens=20, temperature=temperature, top_p=top_p)
+    outs = generate(m, _prompts(), params, TOK.eos_id, TOK.pad_id, generator=torch.Generator().manual_seed(1))
+    for c in outs:
+        ids = torch.tensor(c.prompt_ids + c.completion_ids.tolist())[None]
+        with torch.no_grad():
+            lp, _ = sequence_logprobs(m, ids, temperature if temperature > 0 else 1.0)
+        recomputed = lp[0, len(c.prompt_ids) :]
+        assert torch.allclose(recomputed, c.logprobs, atol=1e-5), (recomputed - c.logprobs).abs().max()
+
+
+def test_length_finish_reason_and_seeded_determinism():
+    m = _model()
+    params = SamplingParams(max_new_tokens=12)
+    a = generate(m, _prompts(), params, eos_id=-1, pad_id=TOK.pad_id, generator=torch.Generator().manual_seed(3))
+    b = generate(m, _prompts(), params, eos_id=-1, pad_id=TOK.pad_id, generator=torch.Generator().manual_seed(3))
+    for x, y in zip(a, b, strict=True):
+        assert x.finish_reason == "length" and len(x.completion_ids) == 12
+        assert torch.equal(x.completion_ids, y.completion_ids)
+
+
+def test_eos_and_stop_strings_end_rows_independently():
+    m = _model()
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0)
+    ref = generate(m, _prompts(), greedy, eos_id=-1, pad_id=TOK.pad_id)
+    # Make the 3rd greedy token of row 0 the EOS: row 0 stops after 3 tokens, others run to the cap.
+    eos = int(ref[0].completion_ids[2])
+    out = generate(m, _prompts(), greedy, eos_id=eos, pad_id=TOK.pad_id)
+    assert out[0].finish_reason == "stop" and len(out[0].completion_ids) <= 3
+    assert int(out[0].completion_ids[-1]) == eos
+    # A stop string equal to tokens 4..5 of row 1's greedy output ends row 1 right after it.
+    stop = TOK.decode(ref[1].completion_ids[3:5].tolist())
+    out = generate(m, _prompts(), greedy, eos_id=-1, pad_id=TOK.pad_id, stop_ids=[TOK.encode(stop)])
+    assert out[1].finish_reason == "stop"
+    assert TOK.decode(out[1].completion_ids.tolist()).endswith(stop)
+    assert len(out[1].completion_ids) <= 5
+    assert out[2].completion_ids.tolist() == ref[2].completion_ids[: len(out[2].completion_ids)].tolist()
+
+
+def test_top_p_keeps_the_nucleus():
+    # probs 0.5, 0.3, 0.15, 0.05: top_p=0.7 keeps the first two (mass before the 3rd is 0.8 >= 0.7)
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = torch.isfinite(_top_p_filter(logits, 0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    assert torch.isfinite(_top_p_filter(logits, 0.1)).tolist() == [[True, False, False, False]]
