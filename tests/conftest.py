@@ -5,7 +5,7 @@ torch.set_num_threads(2)
 
 # A run small enough for tests: a 2-layer 32-wide TinyLM, a few prompts, a few steps.
 TINY = [
-    "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64", "model.max_len=96",
+    "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64", "model.max_len=96", "env.width=1",
     "env.n_sft=200", "env.n_train=64", "env.n_test=8", "env.sft_depths=[1]", "env.rl_depths=[1]",
     "sft.steps=10", "sft.batch_size=16", "sft.warmup=2",
     "rl.steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "rl.max_new_tokens=24", "rl.minibatches=2",

@@ -1,7 +1,7 @@
 import pytest
 
 from credo.data import Example
-from credo.envs.arith import ArithConfig, ArithEnv, evaluate, make_problem, trace
+from credo.envs.arith import ArithConfig, ArithEnv, evaluate, expression, make_problem, pad_to_width, trace
 from credo.envs.verifiers.answer_tag import extract_answer, verify_integer
 
 
@@ -44,6 +44,26 @@ def test_problems_stay_in_range_and_traces_are_correct():
             t = trace(steps)
             assert t.startswith("first ") and t.count("\n") == depth + 1
             assert verify_integer(t, values[-1]).value == 1.0
+
+
+def test_chains_are_padded_with_identity_ops():
+    import random
+
+    rng = random.Random(1)
+    steps = [("", 7), ("*", 7), ("-", 4)]
+    padded = pad_to_width(rng, steps, 5)
+    assert len(padded) == 6 and padded[0] == ("", 7)
+    assert [s for s in padded if s != ("+", 0)] == steps  # order of the real operations kept
+    assert evaluate(padded)[-1] == evaluate(steps)[-1] == 45
+    assert expression(steps) == "7*7-4"
+
+
+def test_every_prompt_has_the_same_width():
+    env = ArithEnv(ArithConfig(n_sft=300, n_train=50, n_test=20, width=5))
+    for ex in env.examples("sft") + env.examples("test"):
+        steps = ex.meta["steps"]
+        assert len(steps) == 6
+        assert sum(s != ("+", 0) for s in steps[1:]) == ex.meta["depth"]
 
 
 def test_splits_are_seeded_disjoint_and_at_the_right_depths():

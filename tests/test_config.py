@@ -55,3 +55,8 @@ def test_parse_override_types():
     assert parse_override("a.b=true") == ("a.b", True)
     assert parse_override("a.b=hello") == ("a.b", "hello")
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+def test_string_fields_keep_override_text():
+    cfg = load_config(None, ["run.name=nan", "model.path=123"])
+    assert cfg.run.name == "nan" and cfg.model.path == "123"

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from credo.trainer.config import ConfigError, load_config
+from credo.trainer.config import ConfigError, apply_overrides, load_config
 
 
 def _summary_line(summary: dict[str, float]) -> str:
@@ -63,10 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config)
         policy, tok = load_policy(target)
-    for item in args.overrides:
-        from credo.trainer.config import _set, parse_override
-
-        _set(cfg, *parse_override(item))
+    apply_overrides(cfg, args.overrides)
     torch.set_num_threads(cfg.run.threads)
     env = make_env(cfg.env)
     m = evaluate(policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples,
@@ -100,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"credo: config error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # RL steps finish and checkpoint on the first Ctrl-C; this is any other moment
+        print("credo: interrupted; the last saved checkpoint (if any) is intact", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

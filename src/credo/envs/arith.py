@@ -1,14 +1,25 @@
 """The `arith` sandbox: chains of integer operations evaluated left to right.
 
-A problem of depth d is `a0 op1 b1 … opd bd`, e.g. `7+3*2-5`, evaluated left to right (no precedence), with
-every intermediate value kept in [0, value_max]. The reference trace computes one operation per line and uses a
-small vocabulary of planning phrases ("first", "then", "check:") so that planning tokens exist for HICRA:
+A problem of depth d is `a0 op1 b1 … opd bd`, evaluated left to right (no precedence), with every intermediate
+value kept in [0, value_max]. Every chain is padded with identity operations `+0`, at random places, to the same
+`width`, so prompts and traces have the same shape at every depth and a deeper chain is a new composition of
+known steps (more real operations, fewer `+0`), not a longer input than any seen before:
 
-    first 7+3=10 |*2-5
-    then 10*2=20 |-5
-    then 20-5=15 |
+    7+0*7+7+0+9        (depth 3, width 5)
+
+Why: with unpadded chains, a TinyLM warm-started on depths 1-3 wrote exactly 3 operation lines on 1569 of
+1600 depth-4 samples (the few "correct" ones were mostly lucky coincidences), so RL at depth 4 had no signal.
+
+The reference trace applies one operation per line, with a small vocabulary of planning phrases ("first",
+"then", "check:") so that planning tokens exist for HICRA:
+
+    first 7+0=7
+    then 7*7=49
+    then 49+7=56
+    then 56+0=56
+    then 56+9=65
     check: done
-    <answer>15</answer>
+    <answer>65</answer>
 
 The warm start sees depths `sft_depths`; RL trains and is evaluated on `rl_depths` (by default one step
 deeper: the edge of competence). Splits are seeded and disjoint: no test prompt appears in a training split.
@@ -35,6 +46,7 @@ class ArithConfig:
     n_sft: int = 6000  # warm-start examples
     n_train: int = 4000  # RL training prompts
     n_test: int = 200  # held-out prompts (RL depths)
+    width: int = 5  # every chain is padded with `+0` operations to this many (0: no padding)
     seed: int = 0  # seeds the problem generator (independent of the run seed)
 
 
@@ -66,21 +78,25 @@ def evaluate(steps: list[tuple[str, int]]) -> list[int]:
 
 
 def expression(steps: list[tuple[str, int]]) -> str:
+    """The prompt text, e.g. `7*7+0+7`."""
     return "".join(f"{op}{b}" for op, b in steps)
 
 
-def trace(steps: list[tuple[str, int]]) -> str:
-    """The step-by-step reference completion (without the EOS token).
+def pad_to_width(rng: random.Random, steps: list[tuple[str, int]], width: int) -> list[tuple[str, int]]:
+    """Insert `+0` (identity) operations at random places until the chain has `width` operations."""
+    steps = list(steps)
+    while len(steps) - 1 < width:
+        steps.insert(rng.randint(1, len(steps)), ("+", 0))
+    return steps
 
-    Each line applies the first remaining operation and restates the operations still to do after `|`,
-    so the next operation and the stopping point are always readable on the previous line.
-    """
+
+def trace(steps: list[tuple[str, int]]) -> str:
+    """The step-by-step reference completion (without the EOS token): one operation per line."""
     values = evaluate(steps)
     lines = []
     for i, (op, b) in enumerate(steps[1:]):
         word = "first" if i == 0 else "then"
-        rest = "".join(f"{o}{x}" for o, x in steps[i + 2 :])
-        lines.append(f"{word} {values[i]}{op}{b}={values[i + 1]} |{rest}")
+        lines.append(f"{word} {values[i]}{op}{b}={values[i + 1]}")
     lines.append("check: done")
     lines.append(f"<answer>{values[-1]}</answer>")
     return "\n".join(lines)
@@ -105,7 +121,7 @@ class ArithEnv:
             if attempts > 50 * n:
                 raise ValueError(f"arith: cannot draw {n} {tag} problems at depths {depths} outside the test set")
             depth = depths[len(out) % len(depths)]
-            steps = make_problem(rng, depth, c.operand_max, c.value_max)
+            steps = pad_to_width(rng, make_problem(rng, depth, c.operand_max, c.value_max), c.width)
             expr = expression(steps)
             if expr in exclude:  # repeats within a split are allowed; test prompts never leak
                 continue
@@ -161,6 +177,7 @@ def from_config(cfg) -> ArithEnv:  # cfg: trainer.config.EnvConfig
             rl_depths=tuple(cfg.rl_depths),
             operand_max=cfg.operand_max,
             value_max=cfg.value_max,
+            width=cfg.width,
             n_sft=cfg.n_sft,
             n_train=cfg.n_train,
             n_test=cfg.n_test,

@@ -37,6 +37,7 @@ class EnvConfig:
     rl_depths: list[int] = field(default_factory=lambda: [4])  # arith: RL / evaluation depths
     operand_max: int = 9  # arith: largest operand
     value_max: int = 99  # arith: intermediate values stay in [0, value_max]
+    width: int = 5  # arith: chains are padded with `+0` (identity) operations to this many (0: none)
     n_sft: int = 6000  # warm-start examples
     n_train: int = 4000  # RL training prompts
     n_test: int = 200  # held-out evaluation prompts
@@ -58,7 +59,7 @@ class RLConfig:
     steps: int = 60  # RL steps (one rollout batch each)
     prompts_per_step: int = 16  # distinct prompts per step
     group_size: int = 8  # samples per prompt (G)
-    max_new_tokens: int = 96  # generation cap
+    max_new_tokens: int = 128  # generation cap
     temperature: float = 1.0  # sampling temperature
     top_p: float = 1.0  # nucleus sampling
     advantage: str = "grpo"  # core.advantages.ADVANTAGES key
@@ -72,7 +73,8 @@ class RLConfig:
     kl_estimator: str = "k3"  # core.kl.KL_ESTIMATORS key
     ppo_epochs: int = 1  # passes over each rollout batch
     minibatches: int = 2  # optimizer steps per epoch
-    lr: float = 5e-4  # AdamW learning rate (constant)
+    lr: float = 5e-4  # AdamW learning rate (constant after warm-up)
+    warmup_steps: int = 5  # linear learning-rate warm-up over the first optimizer steps
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
     recompute_old_logprobs: bool = False  # recompute old log-probs with the trainer instead of the sampler's
@@ -140,7 +142,7 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _set(cfg: Any, dotted: str, value: Any) -> None:
+def _set(cfg: Any, dotted: str, value: Any, raw: str | None = None) -> None:
     *parents, leaf = dotted.split(".")
     obj = cfg
     for i, p in enumerate(parents):
@@ -152,6 +154,8 @@ def _set(cfg: Any, dotted: str, value: Any) -> None:
         valid = ", ".join(sorted(fields))
         raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {valid}")
     hints = typing.get_type_hints(type(obj))
+    if hints[leaf] is str and raw is not None:  # `run.name=nan` or `=1e3` on a string field stays text
+        value = raw
     setattr(obj, leaf, _check_type(dotted, value, hints[leaf]))
 
 
@@ -230,8 +234,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 _set(cfg, k, v)
             except ConfigError as e:
                 raise ConfigError(f"{p}: {e}") from e
-    for item in overrides or []:
-        _set(cfg, *parse_override(item))
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `key=value` overrides in order, then validate."""
+    for item in overrides:
+        key, value = parse_override(item)
+        _set(cfg, key, value, raw=item.split("=", 1)[1])
     return validate(cfg)
 
 

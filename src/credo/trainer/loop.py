@@ -7,7 +7,6 @@ Ctrl-C finishes the current step, saves a checkpoint and returns; `resume` conti
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import time

@@ -32,6 +32,15 @@ def _trim(batch: Batch) -> Batch:
     )
 
 
+def _warmup(optimizer: torch.optim.Optimizer, cfg: RLConfig) -> None:
+    """Linear warm-up of the learning rate, keyed on the optimizer's own step count (so resume is exact)."""
+    state = optimizer.state.get(optimizer.param_groups[0]["params"][0], {})
+    done = int(state["step"]) if "step" in state else 0
+    scale = min(1.0, (done + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * scale
+
+
 def policy_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -74,6 +83,7 @@ def policy_update(
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 continue
+            _warmup(optimizer, cfg)
             optimizer.step()
             n_steps += 1
             metrics["loss/policy"] = loss_value

@@ -7,7 +7,6 @@ import re
 from credo.envs.base import Score
 
 MAX_CHARS = 10_000  # clip very long completions before running regexes
-_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -19,8 +18,10 @@ def extract_answer(text: str) -> str | None:
     >>> extract_answer("no tags") is None
     True
     """
-    found = _ANSWER.findall(text[-MAX_CHARS:])
-    return found[-1] if found else None
+    text = text[-MAX_CHARS:]
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    return text[start + len("<answer>") : end].strip() if start >= 0 else None
 
 
 def verify_integer(completion: str, reference: int) -> Score:
