@@ -47,7 +47,7 @@ class EnvConfig:
 @dataclass
 class SFTConfig:
     enabled: bool = True  # run the warm start before RL (skipped when model.path is set)
-    steps: int = 600  # optimizer steps
+    steps: int = 500  # optimizer steps
     batch_size: int = 64  # sequences per step
     lr: float = 3e-3  # peak AdamW learning rate (linear warm-up, cosine decay)
     warmup: int = 30  # warm-up steps
@@ -56,7 +56,7 @@ class SFTConfig:
 
 @dataclass
 class RLConfig:
-    steps: int = 60  # RL steps (one rollout batch each)
+    steps: int = 80  # RL steps (one rollout batch each)
     prompts_per_step: int = 16  # distinct prompts per step
     group_size: int = 8  # samples per prompt (G)
     max_new_tokens: int = 128  # generation cap
@@ -73,9 +73,10 @@ class RLConfig:
     kl_estimator: str = "k3"  # core.kl.KL_ESTIMATORS key
     ppo_epochs: int = 1  # passes over each rollout batch
     minibatches: int = 2  # optimizer steps per epoch
-    lr: float = 5e-4  # AdamW learning rate (constant after warm-up)
+    lr: float = 5e-5  # AdamW learning rate (constant after warm-up)
     warmup_steps: int = 5  # linear learning-rate warm-up over the first optimizer steps
     weight_decay: float = 0.0  # AdamW weight decay
+    adam_eps: float = 1e-8  # AdamW epsilon; larger values damp the normalised steps of tiny, noisy gradients
     max_grad_norm: float = 1.0  # gradient clipping
     recompute_old_logprobs: bool = False  # recompute old log-probs with the trainer instead of the sampler's
 

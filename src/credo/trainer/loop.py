@@ -130,7 +130,9 @@ def train(cfg: Config) -> dict[str, float]:
     ref_policy = None
     if cfg.rl.kl_coef > 0:
         ref_policy = load_policy(run_dir / "start_model")[0].eval().requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        policy.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay, betas=(0.9, 0.99), eps=cfg.rl.adam_eps
+    )
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"], g)
