@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,16 @@ def load_policy(path: str | Path) -> tuple[TinyLM, CharTokenizer]:
 
 
 def save_policy(model: TinyLM, tokenizer: CharTokenizer, path: str | Path) -> None:
-    model.save_pretrained(path)
-    tokenizer.save(path)
+    """Write the model directory atomically: into `<path>.tmp`, then renamed over `path`."""
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save(tmp)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["CharTokenizer", "Policy", "TinyConfig", "TinyLM", "build_policy", "load_policy", "save_policy"]

@@ -83,7 +83,9 @@ def _eval(policy: Any, tok: Any, env: Any, cfg: Config, step: int) -> dict[str, 
 def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: JsonlSink) -> tuple[Any, Any]:
     """The model RL starts from: `model.path`, else a fresh TinyLM trained by SFT (saved as start_model/)."""
     if cfg.model.path:
-        return load_policy(cfg.model.path)
+        policy, tok = load_policy(cfg.model.path)
+        save_policy(policy, tok, run_dir / "start_model")
+        return policy, tok
     torch.manual_seed(cfg.run.seed)
     policy, tok = build_policy(cfg.model)
     if cfg.sft.enabled:
@@ -122,8 +124,6 @@ def train(cfg: Config) -> dict[str, float]:
     else:
         sink = JsonlSink(run_dir / "metrics.jsonl")
         policy, tok = _warm_start(cfg, env, run_dir, sink)
-        if cfg.model.path:
-            save_policy(policy, tok, run_dir / "start_model")
         start_step, stream, wall_before = 0, PromptStream(len(train_examples), cfg.run.seed), 0.0
         sink.log(_eval(policy, tok, env, cfg, 0))
         print(format_line(sink.records[-1], CONSOLE_KEYS))
@@ -174,7 +174,7 @@ def train(cfg: Config) -> dict[str, float]:
             step += 1
             record = {
                 "phase": "rl", "step": step, **reward_metrics, **loss_metrics,
-                **rollout_metrics(samples, adv, batch.group_ids, len(keep)),
+                **rollout_metrics(samples, adv, len(keep)),
                 **timers.pop(), "time/step": time.perf_counter() - t_step,
             }
             sink.log(record)
@@ -202,7 +202,7 @@ def train(cfg: Config) -> dict[str, float]:
     return finish(run_dir, sink.records, cfg, wall_before + time.perf_counter() - t_start)
 
 
-def rollout_metrics(samples: list, adv: torch.Tensor, group_ids: torch.Tensor, n_kept: int) -> dict[str, float]:
+def rollout_metrics(samples: list, adv: torch.Tensor, n_kept: int) -> dict[str, float]:
     """Response length, finish reasons and the share of groups with a non-zero advantage (learning signal)."""
     n = len(samples)
     gid = torch.tensor([s.group_id for s in samples])
