@@ -60,3 +60,12 @@ def test_parse_override_types():
 def test_string_fields_keep_override_text():
     cfg = load_config(None, ["run.name=nan", "model.path=123"])
     assert cfg.run.name == "nan" and cfg.model.path == "123"
+
+
+def test_shipped_preset_equals_the_defaults():
+    from pathlib import Path
+
+    from credo.trainer.config import to_dict
+
+    preset = Path(__file__).parents[1] / "configs" / "arith.toml"
+    assert to_dict(load_config(preset)) == to_dict(load_config(None))
