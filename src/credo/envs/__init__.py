@@ -10,16 +10,20 @@ from credo.envs.base import Environment, Score
 # name -> "module:factory"; imported only when chosen
 ENVS: dict[str, str] = {
     "arith": "credo.envs.arith:from_config",
+    "reasoning_gym": "credo.envs.reasoning_gym:from_config",  # name = "reasoning_gym:<task>"
+    "dataset": "credo.envs.dataset:from_config",  # local JSONL / parquet / CSV files through `datasets`
 }
 
 
 def make_env(cfg: Any) -> Environment:
     """Build the environment named `cfg.name` from an `EnvConfig`.
 
-    The name is a key of `ENVS` or, for a user's own environment, an import path `"package.module:factory"`
-    whose factory takes the `EnvConfig`.
+    The name is a key of `ENVS`, a key with an argument (`"reasoning_gym:chain_sum"`: the factory reads the part
+    after the colon from `cfg.name`), or, for a user's own environment, an import path
+    `"package.module:factory"` whose factory takes the `EnvConfig`.
     """
-    target = ENVS.get(cfg.name, cfg.name)
+    head = cfg.name.split(":", 1)[0]
+    target = ENVS.get(cfg.name, ENVS.get(head, cfg.name))
     if ":" not in target:
         raise ValueError(f"unknown environment {cfg.name!r}; available: {', '.join(sorted(ENVS))} "
                          "or an import path 'module:factory'")

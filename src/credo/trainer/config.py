@@ -42,6 +42,13 @@ class EnvConfig:
     n_train: int = 4000  # RL training prompts
     n_test: int = 200  # held-out evaluation prompts
     seed: int = 0  # problem-generator seed
+    options: dict[str, Any] = field(default_factory=dict)  # environment-specific options, passed through
+    train_files: list[str] = field(default_factory=list)  # dataset env: RL training files (JSONL, parquet, CSV)
+    test_files: list[str] = field(default_factory=list)  # dataset env: held-out evaluation files
+    sft_files: list[str] = field(default_factory=list)  # dataset env: warm-start files (need a solution field)
+    fields: dict[str, str] = field(default_factory=dict)  # dataset env: credo field -> column name
+    verifier: str = ""  # answer check: integer|math|mcq|numeric or "module:function" ("" = the env's default)
+    prompt_template: str = ""  # str.format template over the row's fields ("" = the env's default)
 
 
 @dataclass
@@ -122,6 +129,13 @@ class Config:
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a table, got {value!r}")
+        _, inner = typing.get_args(tp)
+        return {str(k): _check_type(f"{key}.{k}", v, inner) for k, v in value.items()}
+    if tp is Any:
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
@@ -149,6 +163,14 @@ def _set(cfg: Any, dotted: str, value: Any, raw: str | None = None) -> None:
     for i, p in enumerate(parents):
         if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
             raise ConfigError(f"unknown config section {'.'.join(parents[: i + 1])!r} (in {dotted!r})")
+        hint = typing.get_type_hints(type(obj))[p]
+        if typing.get_origin(hint) is dict:  # a key inside a table-valued field, e.g. env.options.size
+            key = ".".join(parents[i + 1 :] + [leaf])
+            _, inner = typing.get_args(hint)
+            if inner is str and raw is not None:
+                value = raw
+            getattr(obj, p)[key] = _check_type(dotted, value, inner)
+            return
         obj = getattr(obj, p)
     fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
     if leaf not in fields or dataclasses.is_dataclass(getattr(obj, leaf)):
