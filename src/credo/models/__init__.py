@@ -28,18 +28,25 @@ def build_policy(cfg: Any) -> tuple[TinyLM, CharTokenizer]:
     return model, tok
 
 
-def load_policy(path: str | Path) -> tuple[TinyLM, CharTokenizer]:
-    """Load a saved model directory (config.json + model.safetensors + tokenizer.json)."""
+def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
+    """Load a saved model directory: a credo TinyLM (config.json + model.safetensors + tokenizer.json) or any
+    Hugging Face causal LM (`model_type` other than "tinylm"), with the dtype / device / gradient-checkpointing
+    / chat-template options of a `ModelConfig` when one is given."""
     d = Path(path)
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d}: not a model directory (no config.json)")
     kind = json.loads((d / "config.json").read_text()).get("model_type")
-    if kind != "tinylm":
-        raise ValueError(f"{d}: model_type {kind!r} is not supported yet (expected 'tinylm')")
-    return TinyLM.from_pretrained(d), CharTokenizer.load(d)
+    if kind == "tinylm":
+        return TinyLM.from_pretrained(d), CharTokenizer.load(d)
+    from credo.models.hf import load_hf
+
+    if cfg is None:
+        return load_hf(d)
+    return load_hf(d, dtype=cfg.dtype, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
+                   chat=cfg.chat_template)
 
 
-def save_policy(model: TinyLM, tokenizer: CharTokenizer, path: str | Path) -> None:
+def save_policy(model: Any, tokenizer: Any, path: str | Path) -> None:
     """Write the model directory atomically: into `<path>.tmp`, then renamed over `path`."""
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")

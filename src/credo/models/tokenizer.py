@@ -30,6 +30,10 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return [self.stoi.get(c, self.unk_id) for c in text]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """BOS + the text's tokens: how a prompt is framed for the policy."""
+        return [self.bos_id, *self.encode(text)]
+
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         n = len(SPECIALS)
         if skip_special:

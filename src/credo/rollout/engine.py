@@ -9,12 +9,12 @@ import torch
 from credo.data import SEGMENTS, Example, Sample
 from credo.envs.base import Environment
 from credo.models.policy import Policy
-from credo.rollout.sampler import SamplingParams, generate
+from credo.rollout.sampler import SamplingParams, cut_at_stop_text, generate
 
 
 def encode_prompt(tokenizer: Any, env: Environment, example: Example) -> list[int]:
-    """BOS + the rendered prompt's tokens."""
-    return [tokenizer.bos_id, *tokenizer.encode(env.render_prompt(example))]
+    """The rendered prompt's tokens as the tokenizer frames a prompt (BOS + text, or a chat template)."""
+    return tokenizer.encode_prompt(env.render_prompt(example))
 
 
 def rollout(
@@ -32,10 +32,13 @@ def rollout(
     `max_batch` rows (the KV cache grows with the batch: 512 rows keep a 1M-parameter model under 0.5 GB)."""
     prompts = [encode_prompt(tokenizer, env, ex) for ex in examples for _ in range(group_size)]
     stop_ids = [tokenizer.encode(s) for s in params.stop]
+    eos_ids = getattr(tokenizer, "eos_ids", tokenizer.eos_id)
     completions = []
     for i in range(0, len(prompts), max_batch):
         chunk = prompts[i : i + max_batch]
-        completions += generate(policy, chunk, params, tokenizer.eos_id, tokenizer.pad_id, stop_ids, generator)
+        completions += generate(policy, chunk, params, eos_ids, tokenizer.pad_id, stop_ids, generator)
+    if params.stop:
+        completions = [cut_at_stop_text(c, tokenizer.decode, params.stop) for c in completions]
     samples = []
     for i, c in enumerate(completions):
         ex = examples[i // group_size]

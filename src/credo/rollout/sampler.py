@@ -7,6 +7,7 @@ which is exactly what the trainer recomputes (`trainer.logprobs`), so the two ag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,12 +46,15 @@ def generate(
     policy: Policy,
     prompts: list[list[int]],
     params: SamplingParams,
-    eos_id: int,
+    eos_id: int | list[int],
     pad_id: int,
     stop_ids: list[list[int]] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[Completion]:
-    """Sample one completion per prompt. `stop_ids` are the token sequences of the stop strings."""
+    """Sample one completion per prompt. `eos_id` is one id or a list (any of them ends a row); `stop_ids` are
+    the token sequences of the stop strings."""
+    dev = next(iter(policy.parameters())).device
+    eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=dev)
     B = len(prompts)
     P = max(len(p) for p in prompts)
     N = params.max_new_tokens
@@ -59,15 +63,16 @@ def generate(
     for i, p in enumerate(prompts):
         ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[i, P - len(p) :] = True
+    ids, mask = ids.to(dev), mask.to(dev)
     cache = policy.new_cache(B, P + N)
     logits = policy.step(ids, cache, mask)[:, -1].float()  # [B, V]
 
-    out = torch.full((B, N), pad_id, dtype=torch.long)
-    out_lp = torch.zeros(B, N)
-    done = torch.zeros(B, dtype=torch.bool)
-    length = torch.full((B,), N, dtype=torch.long)  # tokens kept per row
-    stopped = torch.zeros(B, dtype=torch.bool)
-    stops = [torch.tensor(s, dtype=torch.long) for s in (stop_ids or []) if s]
+    out = torch.full((B, N), pad_id, dtype=torch.long, device=dev)
+    out_lp = torch.zeros(B, N, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    length = torch.full((B,), N, dtype=torch.long, device=dev)  # tokens kept per row
+    stopped = torch.zeros(B, dtype=torch.bool, device=dev)
+    stops = [torch.tensor(s, dtype=torch.long, device=dev) for s in (stop_ids or []) if s]
     greedy = params.temperature <= 0
     for t in range(N):
         scaled = logits if greedy else logits / params.temperature
@@ -75,11 +80,14 @@ def generate(
             tok = scaled.argmax(-1)
         else:
             probs = (_top_p_filter(scaled, params.top_p) if params.top_p < 1.0 else scaled).softmax(-1)
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            if generator is not None and generator.device != probs.device:  # a CPU generator with a GPU policy
+                tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(dev)
+            else:
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         tok = tok.masked_fill(done, pad_id)
         out[:, t] = tok
         out_lp[:, t] = logprobs_from_logits(scaled[:, None], tok[:, None])[:, 0]
-        hit = tok == eos_id
+        hit = torch.isin(tok, eos)
         for s in stops:
             L = len(s)
             if t + 1 >= L:
@@ -92,6 +100,7 @@ def generate(
             break
         logits = policy.step(tok[:, None], cache)[:, -1].float()
 
+    out, out_lp, length, stopped = out.cpu(), out_lp.cpu(), length.cpu(), stopped.cpu()
     results = []
     for i in range(B):
         n = int(length[i])
@@ -104,3 +113,17 @@ def generate(
             )
         )
     return results
+
+
+def cut_at_stop_text(c: Completion, decode: Callable[[list[int]], str], stops: tuple[str, ...]) -> Completion:
+    """End `c` at the first token whose text completes a stop string.
+
+    The sampler stops on the stop strings' token sequences, which is exact for a character tokenizer; a BPE
+    tokenizer can spell the same text with other tokens (`"\n\n"` as one token or two), so the decoded text
+    is checked too and the completion cut after the shortest prefix that contains a stop string.
+    """
+    ids = c.completion_ids.tolist()
+    if not any(s in decode(ids) for s in stops):
+        return c
+    n = next(k for k in range(1, len(ids) + 1) if any(s in decode(ids[:k]) for s in stops))
+    return Completion(c.prompt_ids, c.completion_ids[:n].clone(), c.logprobs[:n].clone(), "stop")

@@ -28,6 +28,10 @@ class ModelConfig:
     n_heads: int = 4  # attention heads
     d_ff: int = 512  # MLP hidden width
     max_len: int = 192  # longest prompt + completion
+    dtype: str = "float32"  # Hugging Face models: float32 | bfloat16 | float16
+    device: str = "cpu"  # Hugging Face models: torch device (TinyLM runs on the CPU)
+    gradient_checkpointing: bool = False  # Hugging Face models: recompute activations in the backward pass
+    chat_template: bool = True  # Hugging Face models: frame prompts with the tokenizer's chat template
 
 
 @dataclass

@@ -83,7 +83,7 @@ def _eval(policy: Any, tok: Any, env: Any, cfg: Config, step: int) -> dict[str, 
 def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: JsonlSink) -> tuple[Any, Any]:
     """The model RL starts from: `model.path`, else a fresh TinyLM trained by SFT (saved as start_model/)."""
     if cfg.model.path:
-        policy, tok = load_policy(cfg.model.path)
+        policy, tok = load_policy(cfg.model.path, cfg.model)
         save_policy(policy, tok, run_dir / "start_model")
         return policy, tok
     torch.manual_seed(cfg.run.seed)
@@ -117,7 +117,7 @@ def train(cfg: Config) -> dict[str, float]:
     state = ckpt.load(ckpt_path) if cfg.run.resume and ckpt_path.exists() else None
     if state is not None:  # exact resume: model, optimizer, RNG, data position, step, metrics so far
         sink = JsonlSink(run_dir / "metrics.jsonl", state["history"])
-        policy, tok = load_policy(run_dir / "start_model")
+        policy, tok = load_policy(run_dir / "start_model", cfg.model)
         policy.load_state_dict(state["model"])
         start_step, stream = state["step"], PromptStream(len(train_examples), cfg.run.seed, state["data_pos"])
         wall_before = state["wall_s"]
@@ -129,7 +129,7 @@ def train(cfg: Config) -> dict[str, float]:
         print(format_line(sink.records[-1], CONSOLE_KEYS))
     ref_policy = None
     if cfg.rl.kl_coef > 0:
-        ref_policy = load_policy(run_dir / "start_model")[0].eval().requires_grad_(False)
+        ref_policy = load_policy(run_dir / "start_model", cfg.model)[0].eval().requires_grad_(False)
     opt = torch.optim.AdamW(
         policy.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay, betas=(0.9, 0.99), eps=cfg.rl.adam_eps
     )

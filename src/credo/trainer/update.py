@@ -58,13 +58,14 @@ def policy_update(
     loss_fn = LOSSES[cfg.loss]
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     B = len(batch)
+    device = next(iter(policy.parameters())).device
     n_mb = max(1, min(cfg.minibatches, B))
     sums: dict[str, float] = {}
     n_steps = skipped = 0
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B, generator=generator)
         for idx in perm.chunk(n_mb):
-            mb = _trim(batch.select(idx))
+            mb = _trim(batch.select(idx)).to(device)
             logprobs, entropy = sequence_logprobs(policy, mb.input_ids, cfg.temperature, with_entropy=True)
             loss_tok, m = loss_fn(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, params)  # [b, T]
             metrics = {f"loss/{k}": float(v) for k, v in m.items()}

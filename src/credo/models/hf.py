@@ -1,0 +1,165 @@
+"""Hugging Face causal LMs as credo policies: `HFPolicy` (model) and `HFTokenizer` (tokenizer + chat template).
+
+Any `transformers` causal LM saved in a local directory loads with `load_hf(path)`; nothing is downloaded.
+The native sampler drives the model step by step through `new_cache` / `step` (the model's own KV cache,
+`DynamicCache`), never through `generate`, so sampler log-probs come from the same logits the trainer
+recomputes with `forward`.
+
+Left padding: the sampler left-pads prompts into one block. `step` keeps the running attention mask and
+derives each row's position ids from it (`cumsum(mask) - 1`), so a padded row is scored exactly like the
+unpadded one; the trainer's right-padded `forward` uses the default positions 0..T-1, the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class HFCache:
+    """The model's own cache object plus the attention mask of every position seen so far."""
+
+    past: Any  # transformers Cache (DynamicCache)
+    mask: torch.Tensor  # [B, S] bool: real (non-pad) positions so far
+
+
+class HFPolicy(torch.nn.Module):
+    """A `transformers` causal LM behind the `Policy` protocol."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] of right-padded sequences."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def new_cache(self, batch_size: int, max_len: int) -> HFCache:
+        from transformers import DynamicCache
+
+        return HFCache(
+            past=DynamicCache(config=self.model.config),
+            mask=torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device),
+        )
+
+    def step(self, input_ids: torch.Tensor, cache: HFCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append `input_ids` [B, t] and return the logits of the LAST position only, [B, 1, V].
+
+        Only the last position is computed (`logits_to_keep=1`): a prompt block of a real model's vocabulary
+        (B × P × 150k floats) would otherwise dominate memory. The sampler reads only `[:, -1]`.
+        """
+        B, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(B, t, dtype=torch.bool, device=input_ids.device)
+        cache.mask = torch.cat([cache.mask, attention_mask.bool()], dim=1)
+        positions = (cache.mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=cache.mask.long(),
+            position_ids=positions,
+            past_key_values=cache.past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.past = out.past_key_values
+        return out.logits
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(path, safe_serialization=True)
+
+
+class HFTokenizer:
+    """A `transformers` tokenizer with the interface the sampler and trainer use.
+
+    `encode_prompt` applies the chat template (user turn + generation prompt) when the tokenizer has one and
+    `chat` is true; otherwise it encodes the raw text after BOS (when the tokenizer has a BOS token).
+    `eos_ids` holds every id that ends a completion: the tokenizer's EOS and the generation config's.
+    """
+
+    def __init__(self, tokenizer: Any, chat: bool = True, extra_eos: list[int] | None = None) -> None:
+        self.tk = tokenizer
+        self.chat = chat and bool(getattr(tokenizer, "chat_template", None))
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.eos_ids = sorted({*eos, *(extra_eos or [])})
+        if not self.eos_ids:
+            raise ValueError("tokenizer has no EOS token and the model's generation config names none")
+        self.eos_id = self.eos_ids[0]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.bos_id = tokenizer.bos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tk)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        if self.chat:
+            ids = self.tk.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
+            if isinstance(ids, dict) or hasattr(ids, "keys"):  # some versions return a BatchEncoding
+                ids = ids["input_ids"]
+            return list(ids)
+        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self.tk.decode(ids, skip_special_tokens=skip_special)
+
+    def save(self, path: str | Path) -> None:
+        self.tk.save_pretrained(path)
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """True for a directory holding a transformers config that is not a credo TinyLM."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") not in (None, "tinylm")
+
+
+def load_hf(
+    path: str | Path,
+    dtype: str = "float32",
+    device: str = "cpu",
+    gradient_checkpointing: bool = False,
+    chat: bool = True,
+) -> tuple[HFPolicy, HFTokenizer]:
+    """Load model and tokenizer from a local directory (`local_files_only`: never a hub download)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:  # saving shards reports through huggingface_hub's own bars
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True).to(device)
+    if gradient_checkpointing:  # transformers >= 5.x names it activation checkpointing
+        enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+        enable()
+        model.config.use_cache = False  # the sampler passes use_cache=True explicitly
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    extra: list[int] = []
+    try:
+        gen = GenerationConfig.from_pretrained(path, local_files_only=True)
+        eos = gen.eos_token_id
+        extra = [eos] if isinstance(eos, int) else list(eos or [])
+    except OSError:  # no generation_config.json
+        pass
+    return HFPolicy(model), HFTokenizer(tokenizer, chat=chat, extra_eos=extra)
