@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 from credo.data import collate  # noqa: E402
 from credo.models import load_policy, save_policy  # noqa: E402
-from credo.models.hf import HFPolicy, HFTokenizer  # noqa: E402
+from credo.models.hf import HFPolicy, HFTokenizer, load_hf  # noqa: E402
 from credo.models.tiny_hf import make_tiny_hf  # noqa: E402
 from credo.rollout.sampler import SamplingParams, generate  # noqa: E402
 from credo.trainer.logprobs import sequence_logprobs  # noqa: E402
@@ -32,8 +32,10 @@ def test_load_gives_hf_policy_and_chat_prompt(hf_dir):
     assert tok.eos_ids == [tok.tk.convert_tokens_to_ids("<|im_end|>")]
 
 
-def test_cached_step_matches_full_forward_with_left_padding(hf_dir):
-    policy, tok = load_policy(hf_dir)
+@pytest.mark.parametrize("native", [True, False])
+def test_cached_step_matches_full_forward_with_left_padding(hf_dir, native):
+    policy, tok = load_hf(hf_dir, native=native)
+    assert (policy.engine is not None) == native  # both tiny archs are Llama-family
     policy.eval()
     a, b = tok.encode_prompt("12+7=19 then"), tok.encode_prompt("3")
     P = max(len(a), len(b))
@@ -53,11 +55,12 @@ def test_cached_step_matches_full_forward_with_left_padding(hf_dir):
             torch.testing.assert_close(second[i], full[-1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
-def test_sampler_logprobs_equal_trainer_logprobs(hf_dir, temperature, top_p):
+def test_sampler_logprobs_equal_trainer_logprobs(hf_dir, temperature, top_p, native):
     from credo.data import Sample
 
-    policy, tok = load_policy(hf_dir)
+    policy, tok = load_hf(hf_dir, native=native)
     policy.eval()
     prompts = [tok.encode_prompt(t) for t in ("1+1", "what is 17+25?", "first 3*4")] * 2
     g = torch.Generator().manual_seed(0)
@@ -97,3 +100,28 @@ def test_dtype_and_gradient_checkpointing_options(hf_dir):
     assert getattr(m, "is_activation_checkpointing", None) or m.is_gradient_checkpointing
     with pytest.raises(ValueError, match="model.dtype"):
         load_policy(hf_dir, ModelConfig(dtype="float8"))
+
+
+def test_native_engine_follows_trainer_updates(hf_dir):
+    """After an optimizer step on the Hugging Face model, the engine decodes with the new weights."""
+    policy, tok = load_hf(hf_dir)
+    ids = torch.tensor([tok.encode_prompt("7*8")])
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    policy.forward(ids).logsumexp(-1).mean().backward()
+    opt.step()
+    with torch.no_grad():
+        cache = policy.new_cache(1, ids.shape[1])
+        fast = policy.step(ids, cache)[0, -1]
+        slow = policy.forward(ids)[0, -1]
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+def test_unsupported_features_fall_back_to_generic_decoding(hf_dir):
+    from transformers import AutoConfig
+
+    from credo.models.hf import native_config
+
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    assert native_config(cfg) is not None
+    cfg.hidden_act = "gelu"
+    assert native_config(cfg) is None

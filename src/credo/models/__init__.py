@@ -43,7 +43,7 @@ def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
     if cfg is None:
         return load_hf(d)
     return load_hf(d, dtype=cfg.dtype, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
-                   chat=cfg.chat_template)
+                   chat=cfg.chat_template, native=cfg.native_decode)
 
 
 def save_policy(model: Any, tokenizer: Any, path: str | Path) -> None:

@@ -1,9 +1,16 @@
 """Hugging Face causal LMs as credo policies: `HFPolicy` (model) and `HFTokenizer` (tokenizer + chat template).
 
 Any `transformers` causal LM saved in a local directory loads with `load_hf(path)`; nothing is downloaded.
-The native sampler drives the model step by step through `new_cache` / `step` (the model's own KV cache,
-`DynamicCache`), never through `generate`, so sampler log-probs come from the same logits the trainer
-recomputes with `forward`.
+The native sampler drives it step by step through `new_cache` / `step`, never through `generate`:
+
+- Llama-family models (llama, qwen2, mistral with default RoPE) decode on a native engine: a `TinyLM` with
+  grouped-query attention and SwiGLU whose weights are copied from the Hugging Face model whenever the
+  trainer has changed them (detected through the parameters' in-place version counters). This is the
+  inference-engine split of verl/OpenRLHF (trainer weights → rollout engine) inside one process.
+- Any other architecture decodes through the model's own forward and `DynamicCache`.
+
+Either way the trainer recomputes log-probs with the Hugging Face `forward`; tests hold the sampler's
+log-probs to the trainer's within 1e-4 for both paths.
 
 Left padding: the sampler left-pads prompts into one block. `step` keeps the running attention mask and
 derives each row's position ids from it (`cumsum(mask) - 1`), so a padded row is scored exactly like the
@@ -18,6 +25,8 @@ from typing import Any
 
 import torch
 
+from credo.models.tiny import KVCache, TinyConfig, TinyLM
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -29,12 +38,86 @@ class HFCache:
     mask: torch.Tensor  # [B, S] bool: real (non-pad) positions so far
 
 
-class HFPolicy(torch.nn.Module):
-    """A `transformers` causal LM behind the `Policy` protocol."""
+def native_config(config: Any) -> TinyConfig | None:
+    """The TinyLM configuration equivalent to a Hugging Face config, or None when the architecture has a
+    feature the native engine does not implement (then decoding goes through the model's own forward)."""
+    if config.model_type not in ("llama", "qwen2", "mistral"):
+        return None
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    unsupported = (
+        rope.get("rope_type", rope.get("type", "default")) != "default"
+        or any(t != "full_attention" for t in getattr(config, "layer_types", None) or [])
+        or head_dim * config.num_attention_heads != config.hidden_size
+        or getattr(config, "hidden_act", "silu") != "silu"
+        or getattr(config, "mlp_bias", False)
+        or (config.model_type == "llama" and getattr(config, "attention_bias", False))  # also an o_proj bias
+        or getattr(config, "use_sliding_window", False)
+        or (config.model_type == "mistral" and getattr(config, "sliding_window", None))
+    )
+    if unsupported:
+        return None
+    return TinyConfig(
+        vocab_size=config.vocab_size,
+        d_model=config.hidden_size,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        n_kv_heads=config.num_key_value_heads or config.num_attention_heads,
+        d_ff=config.intermediate_size,
+        max_len=config.max_position_embeddings,
+        rope_base=float(theta),
+        norm_eps=config.rms_norm_eps,
+        mlp="swiglu",
+        qkv_bias=config.model_type == "qwen2",
+        tie_embeddings=bool(config.tie_word_embeddings),
+    )
 
-    def __init__(self, model: Any) -> None:
+
+@torch.no_grad()
+def copy_into_native(model: Any, engine: TinyLM) -> None:
+    """Copy a Llama-family Hugging Face model's weights into `engine` (fusing q/k/v and gate/up)."""
+    base = model.model
+    engine.embed.weight.copy_(base.embed_tokens.weight)
+    engine.ln_f.weight.copy_(base.norm.weight)
+    if engine.head is not None:
+        engine.head.weight.copy_(model.lm_head.weight)
+    for blk, layer in zip(engine.blocks, base.layers, strict=True):
+        att, mlp = layer.self_attn, layer.mlp
+        blk.ln1.weight.copy_(layer.input_layernorm.weight)
+        blk.ln2.weight.copy_(layer.post_attention_layernorm.weight)
+        blk.qkv.weight.copy_(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]))
+        if blk.qkv.bias is not None:
+            blk.qkv.bias.copy_(torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]))
+        blk.proj.weight.copy_(att.o_proj.weight)
+        blk.up.weight.copy_(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        blk.down.weight.copy_(mlp.down_proj.weight)
+
+
+class HFPolicy(torch.nn.Module):
+    """A `transformers` causal LM behind the `Policy` protocol (see the module docstring)."""
+
+    def __init__(self, model: Any, native: bool = True) -> None:
         super().__init__()
         self.model = model
+        cfg = native_config(model.config) if native else None
+        # kept out of the module tree: not trained, not in state_dict, not in .parameters()
+        self._engine: list[TinyLM] = []
+        if cfg is not None:
+            p = next(model.parameters())
+            self._engine.append(TinyLM(cfg).to(device=p.device, dtype=p.dtype).eval().requires_grad_(False))
+        self._synced: int | None = None
+
+    @property
+    def engine(self) -> TinyLM | None:
+        """The native decoding engine, with the current weights, or None for the generic path."""
+        if not self._engine:
+            return None
+        version = sum(p._version for p in self.model.parameters())  # bumped by every in-place update
+        if version != self._synced:
+            copy_into_native(self.model, self._engine[0])
+            self._synced = version
+        return self._engine[0]
 
     @property
     def device(self) -> torch.device:
@@ -44,7 +127,10 @@ class HFPolicy(torch.nn.Module):
         """Logits [B, T, V] of right-padded sequences."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def new_cache(self, batch_size: int, max_len: int) -> HFCache:
+    def new_cache(self, batch_size: int, max_len: int) -> HFCache | KVCache:
+        engine = self.engine
+        if engine is not None:
+            return engine.new_cache(batch_size, max_len)
         from transformers import DynamicCache
 
         return HFCache(
@@ -52,12 +138,16 @@ class HFPolicy(torch.nn.Module):
             mask=torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device),
         )
 
-    def step(self, input_ids: torch.Tensor, cache: HFCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, input_ids: torch.Tensor, cache: HFCache | KVCache, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Append `input_ids` [B, t] and return the logits of the LAST position only, [B, 1, V].
 
-        Only the last position is computed (`logits_to_keep=1`): a prompt block of a real model's vocabulary
-        (B × P × 150k floats) would otherwise dominate memory. The sampler reads only `[:, -1]`.
+        Only the last position is computed: a prompt block over a real model's vocabulary (B × P × 150k
+        floats) would otherwise dominate memory. The sampler reads only `[:, -1]`.
         """
+        if isinstance(cache, KVCache):
+            return self._engine[0].step(input_ids, cache, attention_mask, last_only=True)
         B, t = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones(B, t, dtype=torch.bool, device=input_ids.device)
@@ -135,6 +225,7 @@ def load_hf(
     device: str = "cpu",
     gradient_checkpointing: bool = False,
     chat: bool = True,
+    native: bool = True,
 ) -> tuple[HFPolicy, HFTokenizer]:
     """Load model and tokenizer from a local directory (`local_files_only`: never a hub download)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -162,4 +253,4 @@ def load_hf(
         extra = [eos] if isinstance(eos, int) else list(eos or [])
     except OSError:  # no generation_config.json
         pass
-    return HFPolicy(model), HFTokenizer(tokenizer, chat=chat, extra_eos=extra)
+    return HFPolicy(model, native=native), HFTokenizer(tokenizer, chat=chat, extra_eos=extra)

@@ -2,6 +2,10 @@
 
 Pre-norm blocks (RMSNorm), rotary position embeddings, fused QKV projection, GELU MLP, tied input/output
 embeddings, and a preallocated KV cache for decoding. Saved as `config.json` + `model.safetensors`.
+
+The same blocks also cover the Llama family (grouped-query attention, SwiGLU MLP, QKV bias as in Qwen2,
+untied output head): `models.hf` copies a Hugging Face Llama/Qwen2 model's weights into a TinyLM and uses it
+as the fast decoding engine, while the trainer keeps the Hugging Face model.
 """
 
 from __future__ import annotations
@@ -26,14 +30,22 @@ class TinyConfig:
     max_len: int = 512  # longest sequence (prompt + completion) the RoPE tables cover
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    n_kv_heads: int = 0  # grouped-query attention: key/value heads (0: n_heads)
+    mlp: str = "gelu"  # "gelu" (up, down) or "swiglu" (fused gate+up, down) as in Llama/Qwen2
+    qkv_bias: bool = False  # bias on the QKV projection (Qwen2)
+    tie_embeddings: bool = True  # output head shares the input embedding
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
 
 
 @dataclass
 class KVCache:
     """Preallocated keys/values for every layer, plus which slots hold real (non-pad) tokens."""
 
-    k: torch.Tensor  # [L, B, H, S, Dh]
-    v: torch.Tensor  # [L, B, H, S, Dh]
+    k: torch.Tensor  # [L, B, Hkv, S, Dh]
+    v: torch.Tensor  # [L, B, Hkv, S, Dh]
     key_valid: torch.Tensor  # [B, S] bool
     next_pos: torch.Tensor  # [B] long, RoPE position of the next token of each row
     length: int = 0  # slots filled so far
@@ -67,12 +79,13 @@ class Block(nn.Module):
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
         d = cfg.d_model
-        self.n_heads = cfg.n_heads
+        self.n_heads, self.kv_heads, self.dh = cfg.n_heads, cfg.kv_heads, d // cfg.n_heads
+        self.swiglu = cfg.mlp == "swiglu"
         self.ln1 = RMSNorm(d, cfg.norm_eps)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.qkv = nn.Linear(d, (self.n_heads + 2 * self.kv_heads) * self.dh, bias=cfg.qkv_bias)
         self.proj = nn.Linear(d, d, bias=False)
         self.ln2 = RMSNorm(d, cfg.norm_eps)
-        self.up = nn.Linear(d, cfg.d_ff, bias=False)
+        self.up = nn.Linear(d, (2 if self.swiglu else 1) * cfg.d_ff, bias=False)
         self.down = nn.Linear(cfg.d_ff, d, bias=False)
 
     def forward(
@@ -84,8 +97,13 @@ class Block(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> torch.Tensor:
         B, t, d = x.shape
-        H = self.n_heads
-        q, k, v = self.qkv(self.ln1(x)).view(B, t, 3, H, d // H).permute(2, 0, 3, 1, 4)  # 3 × [B, H, t, Dh]
+        H, Hkv, Dh = self.n_heads, self.kv_heads, self.dh
+        qkv = self.qkv(self.ln1(x))
+        if H == Hkv:
+            q, k, v = qkv.view(B, t, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 × [B, H, t, Dh]
+        else:
+            q = qkv[..., : H * Dh].view(B, t, H, Dh).transpose(1, 2)  # [B, H, t, Dh]
+            k, v = qkv[..., H * Dh :].view(B, t, 2, Hkv, Dh).permute(2, 0, 3, 1, 4)  # 2 × [B, Hkv, t, Dh]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             ck, cv, start = cache
@@ -93,16 +111,21 @@ class Block(nn.Module):
             cv[:, :, start : start + t] = v
             k, v = ck[:, :, : start + t], cv[:, :, : start + t]
         if t == 1 and cache is not None:  # one-token decode: a plain bmm beats the CPU flash kernel ~10x here
-            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, 1, S]
+            qg = q.view(B, Hkv, H // Hkv, Dh)  # query heads grouped by their key/value head
+            scores = (qg @ k.transpose(-1, -2)) * Dh**-0.5  # [B, Hkv, H/Hkv, S]
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            a = scores.softmax(-1) @ v  # [B, H, 1, Dh]
+            a = (scores.softmax(-1) @ v).view(B, H, 1, Dh)
         elif mask is None:
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=H != Hkv)
         else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != Hkv)
         x = x + self.proj(a.transpose(1, 2).reshape(B, t, d))
-        return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+        h = self.up(self.ln2(x))
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            return x + self.down(F.silu(gate) * up)
+        return x + self.down(F.gelu(h, approximate="tanh"))
 
 
 class TinyLM(nn.Module):
@@ -110,12 +133,14 @@ class TinyLM(nn.Module):
 
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model={cfg.d_model} must be divisible by n_heads={cfg.n_heads}")
+        if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.kv_heads:
+            raise ValueError(f"d_model={cfg.d_model} must be divisible by n_heads={cfg.n_heads}, "
+                             f"and n_heads by n_kv_heads={cfg.kv_heads}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.max_len, cfg.d_model // cfg.n_heads, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -134,14 +159,15 @@ class TinyLM(nn.Module):
         return self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # [B, 1, t, Dh/2]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.ln_f(x), self.embed.weight)  # tied output embedding, [B, t, V]
+        w = self.embed.weight if self.head is None else self.head.weight
+        return F.linear(self.ln_f(x), w)  # [B, t, V]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] for right-padded `input_ids` [B, T] (padding only after real tokens)."""
         B, T = input_ids.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds model max_len {self.cfg.max_len}")
-        pos = torch.arange(T).expand(B, T)
+        pos = torch.arange(T, device=input_ids.device).expand(B, T)
         cos, sin = self._rope(pos)
         x = self.embed(input_ids)
         for blk in self.blocks:
@@ -150,7 +176,7 @@ class TinyLM(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         c = self.cfg
-        shape = (c.n_layers, batch_size, c.n_heads, max_len, c.d_model // c.n_heads)
+        shape = (c.n_layers, batch_size, c.kv_heads, max_len, c.d_model // c.n_heads)
         w = self.embed.weight
         return KVCache(
             k=torch.empty(shape, dtype=w.dtype, device=w.device),
@@ -160,9 +186,13 @@ class TinyLM(nn.Module):
         )
 
     def step(
-        self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache,
+        attention_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Append `input_ids` [B, t] to the cache and return their logits [B, t, V].
+        """Append `input_ids` [B, t] to the cache and return their logits [B, t, V] ([B, 1, V] if `last_only`).
 
         `attention_mask` [B, t] marks real tokens (False = left padding of the prompt); pad slots are never
         attended to, and RoPE positions count real tokens only, so a left-padded row scores exactly like the
@@ -172,7 +202,8 @@ class TinyLM(nn.Module):
         start = cache.length
         if start + t > cache.k.shape[3]:
             raise ValueError(f"KV cache full: {start}+{t} > {cache.k.shape[3]}")
-        valid = torch.ones(B, t, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        dev = input_ids.device
+        valid = torch.ones(B, t, dtype=torch.bool, device=dev) if attention_mask is None else attention_mask.bool()
         pos = cache.next_pos[:, None] + valid.long().cumsum(1) - 1  # [B, t]
         cache.next_pos = pos[:, -1] + 1
         cache.key_valid[:, start : start + t] = valid
@@ -182,14 +213,14 @@ class TinyLM(nn.Module):
         mask = None
         if cache.any_pad or (start > 0 and t > 1):
             keys = cache.key_valid[:, None, None, : start + t]  # [B, 1, 1, S]
-            causal = torch.ones(t, start + t, dtype=torch.bool).tril(start)  # [t, S]
-            diag = torch.zeros(t, start + t, dtype=torch.bool)
-            diag[:, start:] = torch.eye(t, dtype=torch.bool)  # pad queries attend to themselves: no NaN rows
+            causal = torch.ones(t, start + t, dtype=torch.bool, device=dev).tril(start)  # [t, S]
+            diag = torch.zeros(t, start + t, dtype=torch.bool, device=dev)
+            diag[:, start:] = torch.eye(t, dtype=torch.bool, device=dev)  # pad queries see themselves: no NaN
             mask = (keys & causal) | diag
         x = self.embed(input_ids)
         for i, blk in enumerate(self.blocks):
             x = blk(x, cos, sin, mask, (cache.k[i], cache.v[i], start))
-        return self._logits(x)
+        return self._logits(x[:, -1:] if last_only else x)
 
     # ---- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

@@ -32,6 +32,7 @@ class ModelConfig:
     device: str = "cpu"  # Hugging Face models: torch device (TinyLM runs on the CPU)
     gradient_checkpointing: bool = False  # Hugging Face models: recompute activations in the backward pass
     chat_template: bool = True  # Hugging Face models: frame prompts with the tokenizer's chat template
+    native_decode: bool = True  # Hugging Face Llama/Qwen2/Mistral: decode on credo's native engine
 
 
 @dataclass
