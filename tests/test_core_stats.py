@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import random
 from fractions import Fraction
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from credo.core.stats import (
     logprobs_from_logits,
+    maj_at_k,
     masked_mean,
     masked_sum,
     masked_var,
@@ -113,3 +115,44 @@ def test_pass_at_k_batch():
         pass_at_k_batch(torch.tensor([11]), n, k)
     with pytest.raises(ValueError):
         pass_at_k_batch(torch.tensor([1]), n, 11)
+
+
+def _brute_force_maj(answers: list[str], right: set[str], k: int) -> float:
+    """Majority vote over every size-k subset, ties split evenly."""
+    from collections import Counter
+
+    total, subsets = 0.0, list(itertools.combinations(range(len(answers)), k))
+    for sub in subsets:
+        votes = Counter(answers[i] for i in sub)
+        top = max(votes.values())
+        winners = [a for a, v in votes.items() if v == top]
+        total += sum(a in right for a in winners) / len(winners)
+    return total / len(subsets)
+
+
+def test_maj_at_k_hand_values():
+    # answers a,a,b with a right: k=1 → 2/3; k=2 → ({a,a}: 1, {a,b} ×2: ½ each) / 3 = 2/3; k=3 → 1
+    assert maj_at_k([2, 1], [True, False], 1) == pytest.approx(2 / 3)
+    assert maj_at_k([2, 1], [True, False], 2) == pytest.approx(2 / 3)
+    assert maj_at_k([2, 1], [True, False], 3) == pytest.approx(1.0)
+    # the right answer is a minority of 1 in 4 (b,b,c): k=4 → b wins outright → 0
+    assert maj_at_k([1, 2, 1], [True, False, False], 4) == 0.0
+    assert maj_at_k([3], [False], 2) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_maj_at_k_brute_force(seed):
+    rng = random.Random(seed)
+    answers = [rng.choice("abcd") for _ in range(rng.randint(3, 9))]
+    right = set(rng.sample("abcd", rng.randint(1, 2)))  # sometimes two classes are both right
+    classes = sorted(set(answers))
+    counts = [answers.count(a) for a in classes]
+    for k in range(1, len(answers) + 1):
+        got = maj_at_k(counts, [a in right for a in classes], k)
+        assert got == pytest.approx(_brute_force_maj(answers, right, k), abs=1e-12)
+
+
+def test_maj_at_k_is_not_pass_at_k():
+    # 2 right of 5, the 3 wrong ones agree: pass@5 = 1 but the vote of all five is always wrong
+    assert pass_at_k(5, 2, 5) == 1.0
+    assert maj_at_k([2, 3], [True, False], 5) == 0.0

@@ -112,3 +112,49 @@ def pass_at_k_batch(n_correct: Tensor, n: int, k: int) -> Tensor:
     prod = torch.where(active, factors[None, :], torch.ones_like(factors)[None, :]).prod(-1)  # [P]
     result = torch.where((n - c) < k, torch.ones_like(prod), 1.0 - prod)  # [P]
     return result.to(torch.float32)  # [P]
+
+
+def maj_at_k(counts: list[int], correct: list[bool], k: int) -> float:
+    """Unbiased maj@k: the expected accuracy of a majority vote over k samples drawn without replacement from
+    n = Σ counts samples, averaged over all C(n, k) subsets (the combinatorial estimator, not best-of-n).
+
+    `counts[a]` samples gave answer class a; `correct[a]` says whether class a is right. A vote tied between
+    the top classes is broken uniformly at random, so a tie of a correct class with t others counts 1/(t+1).
+
+        maj@k = Σ_{a correct} Σ_{j≥1} C(c_a, j) · W_a(j) / C(n, k),
+        W_a(j) = Σ over picks of k−j samples from the other classes, each class taking ≤ j, of 1/(1 + #classes at j)
+
+    W is computed exactly by dynamic programming over the other classes (picks so far × ties so far).
+
+    >>> maj_at_k([2, 1], [True, False], 2)  # {a,a} wins; {a,b} twice is a tie: (1 + ½ + ½) / 3
+    0.6666666666666666
+    """
+    import math
+
+    n = sum(counts)
+    _check_pass_at_k_args(n, k)
+    if len(counts) != len(correct) or any(c < 0 for c in counts):
+        raise ValueError("maj@k needs one non-negative count per answer class and one correctness flag each")
+    if k == 0:
+        return 0.0
+    total = 0.0
+    for a, (c_a, ok) in enumerate(zip(counts, correct, strict=True)):
+        if not ok or c_a == 0:
+            continue
+        others = [c for b, c in enumerate(counts) if b != a and c > 0]
+        for j in range(1, min(c_a, k) + 1):
+            rest = k - j
+            # ways[s][t]: ways to pick s samples from the classes seen so far, t of them tied with j picks
+            ways = [[0] * (len(others) + 1) for _ in range(rest + 1)]
+            ways[0][0] = 1
+            for m in others:
+                new = [[0] * (len(others) + 1) for _ in range(rest + 1)]
+                for s in range(rest + 1):
+                    for t in range(len(others) + 1):
+                        if ways[s][t]:
+                            for x in range(min(m, j, rest - s) + 1):
+                                new[s + x][t + (x == j)] += ways[s][t] * math.comb(m, x)
+                ways = new
+            weighted = sum(ways[rest][t] / (1 + t) for t in range(len(others) + 1))
+            total += math.comb(c_a, j) * weighted
+    return total / math.comb(n, k)
