@@ -1,0 +1,172 @@
+"""Any reasoning-gym task as an environment: `env.name = "reasoning_gym:<task>"`, `env.options` its config.
+
+    credo train env.name=reasoning_gym:chain_sum env.options.min_terms=2 env.options.max_terms=3
+
+Problems come from `reasoning_gym.create_dataset(task, size=..., seed=..., **env.options)`; the seeds of the
+three splits are derived from `env.seed`, the task name and the split, so the splits are deterministic and
+drawn from different streams. The test split holds `n_test` distinct questions; a question that is in the test
+split is never used for "train" or "sft" (tasks with small question spaces repeat questions, so these are
+dropped and more are drawn). Repeats within "train" or "sft" are allowed.
+
+Scoring is the task's own `score_answer(answer, entry)` applied to the content of the last
+`<answer>…</answer>` block; parts: `correct` (its value, which some tasks make partial) and `format` (an
+answer tag is present). The verifier is total: a `score_answer` that raises scores 0. Setting `env.verifier`
+(e.g. "integer") scores with that credo verifier against `entry["answer"]` instead.
+
+Reasoning-gym has no reasoning traces: the warm-start completion is just `<answer>{entry["answer"]}</answer>`,
+so SFT teaches the format and (for easy tasks) the answer, not a method. A few tasks have no single oracle
+answer (`entry["answer"] is None`: e.g. boxnet, rush_hour); they work for RL, but the warm start needs
+`sft.enabled=false` or a saved model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import random
+from typing import Any
+
+from credo.data import Example
+from credo.envs.base import Score
+from credo.envs.verifiers.answer_tag import extract_answer
+
+DEFAULT_TEMPLATE = "{question}\nGive your final answer in <answer></answer> tags.\n"
+MAX_ROUNDS = 10  # draws of fresh problems before giving up on filling a split (tiny question spaces)
+
+
+def _registry() -> dict[str, Any]:
+    try:
+        from reasoning_gym.factory import DATASETS
+    except ImportError as e:  # an optional dependency
+        raise ImportError("the reasoning_gym environment needs `pip install reasoning-gym` "
+                          "(or `pip install credo[tasks]`)") from e
+    return DATASETS
+
+
+def _check_task(task: str) -> None:
+    names = sorted(_registry())
+    if task in names:
+        return
+    close = difflib.get_close_matches(task, names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    examples = ", ".join(n for n in ("basic_arithmetic", "chain_sum", "leg_counting", "gsm_symbolic") if n in names)
+    raise ValueError(f"unknown reasoning-gym task {task!r}; {hint}{len(names)} tasks, e.g. {examples} "
+                     "(reasoning_gym.factory.DATASETS lists them all)")
+
+
+class ReasoningGymEnv:
+    """Environment over one reasoning-gym task; see the module docstring."""
+
+    def __init__(self, task: str, options: dict[str, Any] | None = None, n_sft: int = 6000, n_train: int = 4000,
+                 n_test: int = 200, seed: int = 0, prompt_template: str = "", verifier: str = "") -> None:
+        _check_task(task)
+        self.task = task
+        self.name = f"reasoning_gym:{task}"
+        self.options = dict(options or {})
+        reserved = {"seed", "size"} & set(self.options)
+        if reserved:
+            raise ValueError(f"{self.name}: env.options may not set {', '.join(sorted(reserved))}; "
+                             "use env.seed and env.n_sft / env.n_train / env.n_test")
+        self.sizes = {"sft": n_sft, "train": n_train, "test": n_test}
+        self.seed = seed
+        self.template = prompt_template or DEFAULT_TEMPLATE
+        try:
+            self.template.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"{self.name}: env.prompt_template {self.template!r} must use only {{question}} "
+                             f"(literal braces doubled): {e!r}") from e
+        self._scorer = self._dataset(size=1, seed=0)  # score_answer depends on the config, not on seed/size
+        self._verifier = None
+        if verifier:  # a credo verifier instead of the task's score_answer
+            from credo.envs.verifiers import get_verifier
+
+            self._verifier = get_verifier(verifier)
+        self._splits: dict[str, list[Example]] = {}
+
+    def _dataset(self, size: int, seed: int) -> Any:
+        import reasoning_gym
+
+        try:
+            return reasoning_gym.create_dataset(self.task, size=size, seed=seed, **self.options)
+        except TypeError as e:  # an option the task's config does not have
+            cfg_cls = _registry()[self.task][1]
+            valid = sorted(getattr(cfg_cls, "__dataclass_fields__", {}).keys() - {"seed", "size"})
+            raise ValueError(f"{self.name}: bad env.options {self.options}: {e}; the task's options: "
+                             f"{', '.join(valid)}") from e
+        except (AssertionError, ValueError) as e:  # the config's own validate()
+            raise ValueError(f"{self.name}: invalid env.options {self.options}: {e}") from e
+
+    def _seed(self, tag: str, rnd: int) -> int:
+        # far-apart seeds: many tasks seed item i with `seed + i`, so nearby seeds would share items
+        return random.Random(f"reasoning_gym/{self.task}/{self.seed}/{tag}/{rnd}").randrange(2**30)
+
+    def _draw(self, tag: str, n: int, exclude: set[str], distinct: bool) -> list[Example]:
+        out: list[Example] = []
+        seen: set[str] = set()
+        for rnd in range(MAX_ROUNDS):
+            missing = n - len(out)
+            if missing <= 0:
+                break
+            size = missing if rnd == 0 else max(2 * missing, 8)
+            ds = self._dataset(size, self._seed(tag, rnd))
+            for i in range(size):
+                entry = ds[i]
+                q = entry["question"]
+                if q in exclude or (distinct and q in seen):
+                    continue
+                seen.add(q)
+                out.append(Example(id=f"{self.task}-{tag}-{len(out)}", prompt=q, reference=entry["answer"],
+                                   meta={"entry": entry}, env=self.name))
+                if len(out) == n:
+                    break
+        if len(out) < n:
+            what = "distinct questions" if distinct else "questions outside the test split"
+            raise ValueError(f"{self.name}: found only {len(out)} {what} for the {tag} split, {n} requested; "
+                             f"lower env.n_{tag} or widen the task with env.options")
+        return out
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in self.sizes:
+            raise ValueError(f"{self.name}: unknown split {split!r} (expected sft, train or test)")
+        if "test" not in self._splits:
+            self._splits["test"] = self._draw("test", self.sizes["test"], set(), distinct=True)
+        if split not in self._splits:
+            held = {e.prompt for e in self._splits["test"]}
+            self._splits[split] = self._draw(split, self.sizes[split], held, distinct=False)
+        return self._splits[split]
+
+    def render_prompt(self, example: Example) -> str:
+        return self.template.format(question=example.prompt)
+
+    def reference_completion(self, example: Example) -> str:
+        answer = example.meta["entry"]["answer"]
+        if answer is None:
+            raise ValueError(f"{self.name}: the task has no reference answer for {example.id} (no single oracle "
+                             "answer); run without the warm start (sft.enabled=false) or from a saved model")
+        return f"<answer>{answer}</answer>"
+
+    def verify(self, completion: str, example: Example) -> Score:
+        if self._verifier is not None:
+            return self._verifier(completion, example.reference)
+        try:
+            answer = extract_answer(completion)
+        except Exception:  # total, whatever the completion
+            answer = None
+        correct = 0.0
+        if answer is not None:
+            try:
+                correct = float(self._scorer.score_answer(answer, example.meta["entry"]))
+            except Exception:  # total: a task's scorer that raises scores 0
+                correct = 0.0
+            if not math.isfinite(correct):
+                correct = 0.0
+        return Score(correct, {"correct": correct, "format": float(answer is not None)})
+
+
+def from_config(cfg) -> ReasoningGymEnv:  # cfg: trainer.config.EnvConfig, cfg.name = "reasoning_gym:<task>"
+    _, _, task = cfg.name.partition(":")
+    if not task:
+        raise ValueError("name a reasoning-gym task after a colon: env.name = \"reasoning_gym:<task>\", "
+                         "e.g. reasoning_gym:chain_sum")
+    return ReasoningGymEnv(task, cfg.options, n_sft=cfg.n_sft, n_train=cfg.n_train, n_test=cfg.n_test,
+                           seed=cfg.seed, prompt_template=cfg.prompt_template, verifier=cfg.verifier)
