@@ -31,13 +31,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     import torch
 
     from credo.envs import make_env
-    from credo.models import build_policy, save_policy
+    from credo.models import build_policy, load_policy, save_policy
     from credo.trainer.sft import sft
 
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
-    policy, tok = build_policy(cfg.model)
+    # a fresh TinyLM, or continue from model.path (a TinyLM or Hugging Face model directory)
+    policy, tok = load_policy(cfg.model.path, cfg.model) if cfg.model.path else build_policy(cfg.model)
     history = sft(policy, tok, make_env(cfg.env), cfg.sft, cfg.run.seed)
     out = Path(args.out or Path(cfg.run.out_dir) / cfg.run.name / "sft_model")
     save_policy(policy, tok, out)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="warm start (SFT) + RL on an environment, then a report")
     t.add_argument("config", nargs="?", help="TOML preset (default: built-in arith sandbox)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.steps=10")
-    s = sub.add_parser("sft", help="only the supervised warm start")
+    s = sub.add_parser("sft", help="only the supervised warm start (of a fresh TinyLM, or of model.path)")
     s.add_argument("config", nargs="?")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--out", help="where to save the model (default runs/<name>/sft_model)")
