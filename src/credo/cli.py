@@ -1,4 +1,4 @@
-"""`credo train|sft|eval`: the command line over `trainer`."""
+"""`credo train|sft|eval|ablate`: the command line over `trainer`."""
 
 from __future__ import annotations
 
@@ -28,18 +28,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    import torch
-
-    from credo.envs import make_env
-    from credo.models import build_policy, load_policy, save_policy
-    from credo.trainer.sft import sft
+    from credo.models import save_policy
+    from credo.trainer.sft import warm_start_model
 
     cfg = load_config(args.config, args.overrides)
-    torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
-    # a fresh TinyLM, or continue from model.path (a TinyLM or Hugging Face model directory)
-    policy, tok = load_policy(cfg.model.path, cfg.model) if cfg.model.path else build_policy(cfg.model)
-    history = sft(policy, tok, make_env(cfg.env), cfg.sft, cfg.run.seed)
+    policy, tok, history = warm_start_model(cfg)
     out = Path(args.out or Path(cfg.run.out_dir) / cfg.run.name / "sft_model")
     save_policy(policy, tok, out)
     print(f"sft: final loss {history[-1]['sft/loss']:.4f}; model saved to {out}")
@@ -75,6 +68,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    import json
+
+    from credo.trainer.ablate import ablate, markdown_table
+
+    report = ablate(args.config, args.overrides, [v for v in args.variants.split(",") if v], args.seeds,
+                    args.target, args.out)
+    print(markdown_table(json.loads((report.parent / "summary.json").read_text())))
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="credo", description="RL for reasoning, with credit to the real cause.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,12 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*")
     e.add_argument("--config", help="TOML preset for the environment when evaluating a model directory")
+    a = sub.add_parser("ablate", help="several RL methods x seeds from the same warm start, one report")
+    a.add_argument("config", nargs="?")
+    a.add_argument("overrides", nargs="*")
+    a.add_argument("--variants", default="grpo,dr_grpo,dapo,ssr,rethink,hicra",
+                   help="comma-separated names from credo.trainer.ablate.VARIANTS, or 'name:key=value;key=value'")
+    a.add_argument("--seeds", type=int, default=3)
+    a.add_argument("--target", type=float, help="accuracy for the steps-to-target column (default: halfway "
+                   "from the mean start accuracy to the best final one)")
+    a.add_argument("--out", help="ablation folder (default runs/<run.name>-ablate)")
     args = p.parse_args(argv)
-    if args.command in ("train", "sft") and args.config and "=" in args.config:
+    if args.command in ("train", "sft", "ablate") and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)  # `credo train rl.steps=5`: no preset, only overrides
         args.config = None
     try:
-        return {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval}[args.command](args)
+        commands = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "ablate": cmd_ablate}
+        return commands[args.command](args)
     except ConfigError as err:
         print(f"credo: config error: {err}", file=sys.stderr)
         return 2

@@ -196,12 +196,21 @@ def write_report(
     if config is not None:
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         parts.append(f"<h2>Config</h2><pre>{html.escape(text)}</pre>")
+    return write_page(run_dir / "report.html", name, parts)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table (cells escaped)."""
+    return _table(header, rows)
+
+
+def write_page(out: Path, title: str, parts: list[str]) -> Path:
+    """Write an HTML page made of `parts` (HTML fragments) atomically to `out`; returns `out`."""
     page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)}</title>'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
-    out = run_dir / "report.html"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".report-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)

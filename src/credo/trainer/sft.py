@@ -71,3 +71,17 @@ def sft(
         if on_step is not None:
             on_step(step, m)
     return history
+
+
+def warm_start_model(cfg: Any, env: Environment | None = None) -> tuple[Any, Any, list[dict[str, float]]]:
+    """`credo sft`: a fresh TinyLM (or the model at `model.path`) trained by SFT on the env's "sft" split.
+
+    `cfg` is a full `Config`; returns (policy, tokenizer, per-step metrics)."""
+    from credo.envs import make_env
+    from credo.models import build_policy, load_policy
+
+    torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    policy, tok = load_policy(cfg.model.path, cfg.model) if cfg.model.path else build_policy(cfg.model)
+    history = sft(policy, tok, env or make_env(cfg.env), cfg.sft, cfg.run.seed)
+    return policy, tok, history
