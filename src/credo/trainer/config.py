@@ -91,6 +91,15 @@ class RLConfig:
     adam_eps: float = 1e-8  # AdamW epsilon; larger values damp the normalised steps of tiny, noisy gradients
     max_grad_norm: float = 1.0  # gradient clipping
     recompute_old_logprobs: bool = False  # recompute old log-probs with the trainer instead of the sampler's
+    ssr: bool = False  # VL-Rethinker Selective Sample Replay in place of rl.selection (trainer.replay.ssr_select)
+    ssr_alpha: float = 1.0  # SSR priority exponent: P(j) ∝ |A_j|^alpha (paper and code: 1)
+    ssr_buffer: int = 0  # SSR replay history, in samples; 0 = half the rollout batch (released code)
+    ssr_eps: float = 1e-4  # SSR replay priority smoothing: P(j) ∝ |A_j| + eps (released code: 1e-4)
+    ssr_batch_frac: float = 0.5  # SSR batch size as a share of the rollout batch (released code: 0.5)
+    ssr_replacement: bool = True  # SSR draws from the current batch with replacement (README and code)
+    dynamic_sampling: bool = False  # DAPO dynamic sampling: re-roll until prompts_per_step informative groups
+    dynamic_max_rounds: int = 3  # DAPO dynamic sampling: most extra rollout rounds per step
+    overlong_cache: int = 0  # DAPO soft overlong punishment window L_cache, tokens (0 = off; paper 4096 of 20480)
 
 
 @dataclass
@@ -238,6 +247,19 @@ def validate(cfg: Config) -> Config:
                        "rl.temperature": cfg.rl.temperature, "sft.steps": cfg.sft.steps}.items():
         if value < 0:
             raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
+    for key, value in {"rl.ssr_alpha": cfg.rl.ssr_alpha, "rl.ssr_eps": cfg.rl.ssr_eps,
+                       "rl.ssr_buffer": cfg.rl.ssr_buffer, "rl.dynamic_max_rounds": cfg.rl.dynamic_max_rounds,
+                       "rl.overlong_cache": cfg.rl.overlong_cache}.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
+    if cfg.rl.ssr_batch_frac <= 0:
+        raise ConfigError(f"config key 'rl.ssr_batch_frac': must be > 0, got {cfg.rl.ssr_batch_frac}")
+    if cfg.rl.overlong_cache > cfg.rl.max_new_tokens:
+        raise ConfigError(f"config key 'rl.overlong_cache'={cfg.rl.overlong_cache}: must be <= rl.max_new_tokens "
+                          f"({cfg.rl.max_new_tokens})")
+    if cfg.rl.ssr and (cfg.rl.selection != "all" or cfg.rl.dynamic_sampling):
+        raise ConfigError("config key 'rl.ssr': SSR does its own selection; it needs rl.selection = \"all\" "
+                          "and rl.dynamic_sampling = false")
     if not 0 < cfg.rl.top_p <= 1:
         raise ConfigError(f"config key 'rl.top_p': must be in (0, 1], got {cfg.rl.top_p}")
     if cfg.model.d_model % cfg.model.n_heads:
