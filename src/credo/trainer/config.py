@@ -100,6 +100,10 @@ class RLConfig:
     dynamic_sampling: bool = False  # DAPO dynamic sampling: re-roll until prompts_per_step informative groups
     dynamic_max_rounds: int = 3  # DAPO dynamic sampling: most extra rollout rounds per step
     overlong_cache: int = 0  # DAPO soft overlong punishment window L_cache, tokens (0 = off; paper 4096 of 20480)
+    hicra_alpha: float = 0.2  # HICRA planning-token amplification α (rl.credit = "hicra"; paper: 0.2)
+    hicra_refresh: int = 10  # HICRA: steps between re-mining strategic grams from correct rollouts (0: seeds only)
+    hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
+    hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
 
 
 @dataclass
