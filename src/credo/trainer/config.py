@@ -132,6 +132,35 @@ class RunConfig:
 
 
 @dataclass
+class RethinkConfig:
+    """VL-Rethinker Forced Rethinking (rollout/rethink.py); defaults = the released `force_append_wait` code."""
+
+    enabled: bool = False  # rethink after the first rollout round (rollout.rethink.forced_rethink)
+    triggers: list[str] = field(default_factory=lambda: [  # the released code's four trigger strings, in order
+        "\n\nWait", "\n\nWait, does it seem right?", "\n\nWait, let's double check",
+        "\n\nWait, there might be a mistake",
+    ])
+    p_generic: float = 0.5  # P(trigger 0 or 1); otherwise trigger 2 if round 0 was correct, else trigger 3
+    p_bare_wait: float = 0.4  # P(trigger 0 | generic)
+    select: str = "all"  # "all": finished samples (code: force_append_wait) | "wrong": wrong ones (code: append_wait)
+    easy_acc: float = 0.7  # "all": in groups with accuracy above this, incorrect samples are not rethought
+    hard_acc: float = 0.6  # "wrong": only groups with accuracy at most this are rethought
+    skip_prob: float = 0.35  # each selected sample is left out with this probability (the rethink rate)
+    reserve_tokens: int = 1024  # only samples with <= rl.max_new_tokens - reserve_tokens tokens are rethought
+    truncate_prob: float = 0.5  # P(cut the response before its last answer before the trigger); 0: never
+    paragraph_sep: str = "\n\n"  # truncation backs up to the last of these ("\n" suits arith's one-line steps)
+    temperature: float = 0.9  # sampling temperature of the continuation
+    min_continuation: int = 30  # accept only continuations of more than this many tokens
+    max_continuation: int = 1024  # accept only continuations of fewer than this many tokens
+    max_per_prompt: int = 2  # most accepted rethinks per prompt group
+    max_waits: int = 4  # reject when 1 + #"wait," + #"wait a" + #"alternatively" in the continuation exceeds this
+    require_correct: bool = True  # accept only rethinks whose final answer is correct (the paper's selective rule)
+    train_trigger: bool = True  # loss_mask = 1 on trigger tokens (the released code trains on them)
+    reward_shaping: bool = False  # rethink-aware reward (code: always on; rollout.rethink.rethink_reward_shaping)
+    nll_coef: float = 0.0  # auxiliary NLL on positive samples that rethink (code group_sft: 0.05)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -140,6 +169,7 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rethink: RethinkConfig = field(default_factory=RethinkConfig)
 
 
 # ---- loading --------------------------------------------------------------------------------------------
