@@ -69,14 +69,34 @@ class Batch:
     group_ids: torch.Tensor  # [B] long
     rewards: torch.Tensor  # [B] float
     images: list[Any] | None = None
+    # named extra [B, T] token masks a method carries to the update (e.g. "planning" for HICRA's entropy
+    # split, "nll" for Forced Rethinking's auxiliary loss); selected, trimmed and moved with the rest
+    token_masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def to(self, device: torch.device | str) -> Batch:
         """Every tensor moved to `device` (images stay as they are)."""
-        return Batch(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
-                        for f in dataclasses.fields(self)})
+        out = Batch(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                       for f in dataclasses.fields(self)})
+        out.token_masks = {k: v.to(device) for k, v in self.token_masks.items()}
+        return out
+
+    def columns(self, T: int) -> Batch:
+        """The first `T` positions of every [B, T] tensor (drops padding columns)."""
+        return Batch(
+            input_ids=self.input_ids[:, :T],
+            attention_mask=self.attention_mask[:, :T],
+            loss_mask=self.loss_mask[:, :T],
+            segment_ids=self.segment_ids[:, :T],
+            old_logprobs=self.old_logprobs[:, :T],
+            advantages=self.advantages[:, :T],
+            group_ids=self.group_ids,
+            rewards=self.rewards,
+            images=self.images,
+            token_masks={k: v[:, :T] for k, v in self.token_masks.items()},
+        )
 
     def select(self, idx: torch.Tensor) -> Batch:
         """Rows `idx` of every tensor (a minibatch or a selection)."""
@@ -91,6 +111,7 @@ class Batch:
             group_ids=self.group_ids[idx],
             rewards=self.rewards[idx],
             images=imgs,
+            token_masks={k: v[idx] for k, v in self.token_masks.items()},
         )
 
 

@@ -30,7 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "gspo": ["rl.loss=gspo", "rl.eps_low=3e-4", "rl.eps_high=4e-4", "rl.aggregation=seq_mean_token_mean"],
     "rloo": ["rl.advantage=rloo"],
-    "ssr": ["rl.selection=ssr"],  # VL-Rethinker Selective Sample Replay
+    "ssr": ["rl.ssr=true"],  # VL-Rethinker Selective Sample Replay (released-code batch: half the rollout)
     "rethink": ["rethink.enabled=true"],  # VL-Rethinker Forced Rethinking
     "hicra": ["rl.credit=hicra"],  # HICRA: A + alpha|A| on planning tokens
 }

@@ -6,30 +6,21 @@ import math
 
 import torch
 
+from credo.analysis.strategic_grams import entropy_split
 from credo.core.aggregation import aggregate
 from credo.core.kl import KL_ESTIMATORS
 from credo.core.losses import LOSSES, LossParams
 from credo.core.stats import masked_mean
 from credo.data import Batch
 from credo.models.policy import Policy
+from credo.rollout.rethink import rethink_nll_loss
 from credo.trainer.config import RLConfig
 from credo.trainer.logprobs import sequence_logprobs
 
 
 def _trim(batch: Batch) -> Batch:
     """Drop padding columns beyond the longest row."""
-    T = int(batch.attention_mask.sum(1).max())
-    return Batch(
-        input_ids=batch.input_ids[:, :T],
-        attention_mask=batch.attention_mask[:, :T],
-        loss_mask=batch.loss_mask[:, :T],
-        segment_ids=batch.segment_ids[:, :T],
-        old_logprobs=batch.old_logprobs[:, :T],
-        advantages=batch.advantages[:, :T],
-        group_ids=batch.group_ids,
-        rewards=batch.rewards,
-        images=batch.images,
-    )
+    return batch.columns(int(batch.attention_mask.sum(1).max()))
 
 
 def _warmup(optimizer: torch.optim.Optimizer, cfg: RLConfig) -> None:
@@ -48,11 +39,16 @@ def policy_update(
     cfg: RLConfig,
     generator: torch.Generator,
     ref_policy: Policy | None = None,
+    nll_coef: float = 0.0,
 ) -> dict[str, float]:
     """Run `cfg.ppo_epochs` passes of `cfg.minibatches` optimizer steps; return averaged `loss/` metrics.
 
     A minibatch whose loss or gradient is not finite is skipped (no optimizer step) and counted in
     `loss/skipped`; the caller decides when too many skips must stop the run.
+
+    Token masks the batch carries: "nll" adds `nll_coef` × the mean NLL over its tokens (Forced Rethinking's
+    auxiliary loss on positive rethinking samples); "planning" splits the logged token entropy into planning
+    and execution tokens (HICRA's diagnostic).
     """
     params = LossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high)
     loss_fn = LOSSES[cfg.loss]
@@ -76,6 +72,12 @@ def policy_update(
                 loss_tok = loss_tok + cfg.kl_coef * kl
                 metrics["loss/kl"] = float(masked_mean(kl.detach(), mb.loss_mask))
             loss = aggregate(loss_tok, mb.loss_mask, cfg.aggregation, norm_len=cfg.max_new_tokens)
+            if nll_coef > 0 and "nll" in mb.token_masks:
+                nll = rethink_nll_loss(logprobs, mb.token_masks["nll"].to(logprobs.dtype))
+                loss = loss + nll_coef * nll
+                metrics["loss/rethink_nll"] = float(nll)
+            if "planning" in mb.token_masks:
+                metrics.update(entropy_split(entropy.detach(), mb.token_masks["planning"], mb.loss_mask))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
