@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from credo.data import Example, Sample
 from credo.envs.base import Environment, Score
+from credo.rewards.runner import VerifyRunner, run_inline
 
 
 def outcome(sample: Sample, score: Score) -> float:
@@ -23,21 +24,20 @@ REWARDS: dict[str, Callable[[Sample, Score], float]] = {"outcome": outcome, "for
 
 
 def score_samples(
-    samples: list[Sample], examples: dict[str, Example], env: Environment, weights: dict[str, float]
+    samples: list[Sample], examples: dict[str, Example], env: Environment, weights: dict[str, float],
+    runner: VerifyRunner | None = None,
 ) -> dict[str, float]:
-    """Set `reward` and `reward_parts` on every sample; return batch metrics under `reward/`.
+    """Set `reward` and `reward_parts` on every sample; return batch metrics under `reward/` and `verify/`.
 
-    The verifier is total by contract; if one raises anyway the sample scores 0 and is counted in
-    `verify/errors`, never silently.
+    Completions are scored by `runner` (its function: the env's verifier or `reward.function`, with a per-item
+    timeout in worker processes), or inline by `env.verify` when no runner is given. A verifier that raises
+    anyway, or runs past its timeout, scores 0 and is counted in `verify/errors` or `verify/timeouts`: never
+    silently.
     """
-    errors = 0
+    jobs = [(s.text, examples[s.example_id]) for s in samples]
+    verdicts = runner.run(jobs) if runner is not None else run_inline(env.verify, jobs)
     sums: dict[str, float] = {}
-    for s in samples:
-        try:
-            score = env.verify(s.text, examples[s.example_id])
-        except Exception:
-            errors += 1
-            score = Score(0.0, {})
+    for s, score in zip(samples, verdicts.scores, strict=True):
         parts = {name: REWARDS[name](s, score) for name, w in weights.items() if w != 0}
         parts.update({f"verifier/{k}": v for k, v in score.parts.items()})
         s.reward = sum(w * parts[name] for name, w in weights.items() if w != 0)
@@ -47,5 +47,6 @@ def score_samples(
     n = max(1, len(samples))
     metrics = {f"reward/{k.removeprefix('verifier/')}": v / n for k, v in sums.items()}
     metrics["reward/mean"] = sum(s.reward for s in samples) / n
-    metrics["verify/errors"] = float(errors)
+    metrics["verify/errors"] = float(verdicts.errors)
+    metrics["verify/timeouts"] = float(verdicts.timeouts)
     return metrics

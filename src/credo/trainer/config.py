@@ -110,6 +110,9 @@ class RLConfig:
 class RewardConfig:
     outcome: float = 1.0  # weight of the verifier's outcome score (correct answer)
     format: float = 0.0  # weight of the verifier's format part (well-formed answer tag)
+    function: str = ""  # "package.module:fn", fn(completion, example) -> float | Score, replaces the env's verifier
+    timeout_s: float = 10.0  # wall-clock limit per verification; past it the item scores 0 (verify/timeouts)
+    workers: int = 1  # verification worker processes (0: inline in the trainer, errors caught but no timeout)
 
 
 @dataclass

@@ -10,8 +10,10 @@ from credo.core.stats import pass_at_k_batch
 from credo.data import Example
 from credo.envs.base import Environment
 from credo.models.policy import Policy
+from credo.rewards.runner import VerifyRunner
 from credo.rollout.engine import rollout
 from credo.rollout.sampler import SamplingParams
+from credo.trainer.config import RewardConfig
 
 
 def evaluate(
@@ -24,26 +26,45 @@ def evaluate(
     pass_k: list[int],
     temperature: float,
     seed: int,
+    runner: VerifyRunner | None = None,
+    workers: int = RewardConfig.workers,
+    timeout_s: float = RewardConfig.timeout_s,
 ) -> dict[str, float]:
-    """Greedy accuracy over `examples` and pass@k from `n_samples` samples each (Chen et al. estimator)."""
+    """Greedy accuracy over `examples` and pass@k from `n_samples` samples each (Chen et al. estimator).
+
+    Answers are checked by `env.verify` (never by `reward.function`: accuracy is the environment's verdict)
+    through `runner`, or through a runner with `workers` processes and `timeout_s` per item made for this
+    evaluation and closed at its end (the env must be picklable when `workers > 0`). A verification that raises
+    or times out counts as wrong and is reported in `eval/verify_errors` / `eval/verify_timeouts`.
+    """
+    own = runner is None
+    if runner is None:  # started before the rollouts, so the workers' start-up overlaps with generation
+        runner = VerifyRunner(env.verify, workers=workers, timeout_s=timeout_s)
     was_training = policy.training
     policy.eval()
-    greedy = rollout(policy, tokenizer, env, examples, 1, SamplingParams(max_new_tokens, temperature=0.0))
-    correct = [env.verify(s.text, ex).value >= 1.0 for s, ex in zip(greedy, examples, strict=True)]
-    out = {
-        "eval/greedy_acc": sum(correct) / len(examples),
-        "eval/response_len": sum(len(s.completion_ids) for s in greedy) / len(greedy),
-    }
-    if n_samples > 0 and pass_k:
-        g = torch.Generator().manual_seed(seed)
-        params = SamplingParams(max_new_tokens, temperature=temperature)
-        sampled = rollout(policy, tokenizer, env, examples, n_samples, params, g)
-        hits = torch.tensor(
-            [env.verify(s.text, examples[i // n_samples]).value >= 1.0 for i, s in enumerate(sampled)]
-        ).view(len(examples), n_samples)
-        n_correct = hits.sum(1)
-        for k in pass_k:
-            if k <= n_samples:
-                out[f"eval/pass@{k}"] = float(pass_at_k_batch(n_correct, n_samples, k).mean())
-    policy.train(was_training)
+    try:
+        greedy = rollout(policy, tokenizer, env, examples, 1, SamplingParams(max_new_tokens, temperature=0.0))
+        verdicts = runner.run([(s.text, ex) for s, ex in zip(greedy, examples, strict=True)])
+        errors, timeouts = verdicts.errors, verdicts.timeouts
+        out = {
+            "eval/greedy_acc": sum(v.value >= 1.0 for v in verdicts.scores) / len(examples),
+            "eval/response_len": sum(len(s.completion_ids) for s in greedy) / len(greedy),
+        }
+        if n_samples > 0 and pass_k:
+            g = torch.Generator().manual_seed(seed)
+            params = SamplingParams(max_new_tokens, temperature=temperature)
+            sampled = rollout(policy, tokenizer, env, examples, n_samples, params, g)
+            verdicts = runner.run([(s.text, examples[i // n_samples]) for i, s in enumerate(sampled)])
+            errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
+            hits = torch.tensor([v.value >= 1.0 for v in verdicts.scores]).view(len(examples), n_samples)
+            n_correct = hits.sum(1)
+            for k in pass_k:
+                if k <= n_samples:
+                    out[f"eval/pass@{k}"] = float(pass_at_k_batch(n_correct, n_samples, k).mean())
+        out["eval/verify_errors"] = float(errors)
+        out["eval/verify_timeouts"] = float(timeouts)
+    finally:
+        policy.train(was_training)
+        if own:
+            runner.close()
     return out

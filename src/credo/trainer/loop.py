@@ -23,6 +23,7 @@ from credo.data import collate
 from credo.envs import make_env
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards import score_samples
+from credo.rewards.runner import make_runner
 from credo.rollout.engine import rollout
 from credo.rollout.sampler import SamplingParams
 from credo.trainer import checkpoint as ckpt
@@ -152,7 +153,7 @@ def train(cfg: Config) -> dict[str, float]:
     bad_steps = 0
     bar = tqdm(total=cfg.rl.steps, initial=start_step, desc="rl", disable=not cfg.run.progress, dynamic_ncols=True)
     step = start_step
-    with _Interrupt() as interrupt:
+    with _Interrupt() as interrupt, make_runner(env, cfg.reward) as runner:  # verifier workers, closed at the end
         while step < cfg.rl.steps:
             t_step = time.perf_counter()
             with timers("rollout"):
@@ -162,7 +163,7 @@ def train(cfg: Config) -> dict[str, float]:
                 policy.train()
             with timers("reward"):
                 reward_metrics = score_samples(samples, by_id, env, {"outcome": cfg.reward.outcome,
-                                                                     "format": cfg.reward.format})
+                                                                     "format": cfg.reward.format}, runner)
             with timers("advantage"):
                 batch = collate(samples, tok.pad_id)
                 adv = ADVANTAGES[cfg.rl.advantage](batch.rewards, batch.group_ids)  # [B]
