@@ -104,6 +104,7 @@ class RLConfig:
     hicra_refresh: int = 10  # HICRA: steps between re-mining strategic grams from correct rollouts (0: seeds only)
     hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
     hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
+    planning_metrics: bool = True  # log strategic-gram metrics (semantic entropy, planning entropy) without HICRA
 
 
 @dataclass
@@ -299,6 +300,19 @@ def validate(cfg: Config) -> Config:
                           "and rl.dynamic_sampling = false")
     if not 0 < cfg.rl.top_p <= 1:
         raise ConfigError(f"config key 'rl.top_p': must be in (0, 1], got {cfg.rl.top_p}")
+    if cfg.reward.workers < 0 or cfg.reward.timeout_s <= 0:
+        raise ConfigError(f"config keys 'reward.workers' (>= 0) / 'reward.timeout_s' (> 0): got "
+                          f"{cfg.reward.workers} / {cfg.reward.timeout_s}")
+    if cfg.reward.function and ":" not in cfg.reward.function:
+        raise ConfigError(f"config key 'reward.function': {cfg.reward.function!r} is not an import path "
+                          "'package.module:function'")
+    if cfg.rethink.select not in ("all", "wrong"):
+        raise ConfigError(f"config key 'rethink.select': unknown value {cfg.rethink.select!r}; choose all or wrong")
+    for key in ("p_generic", "p_bare_wait", "skip_prob", "truncate_prob", "easy_acc", "hard_acc"):
+        if not 0 <= getattr(cfg.rethink, key) <= 1:
+            raise ConfigError(f"config key 'rethink.{key}': must be in [0, 1], got {getattr(cfg.rethink, key)}")
+    if cfg.rl.credit == "hicra" and not cfg.rl.hicra_ngram:
+        raise ConfigError("config key 'rl.hicra_ngram': HICRA needs at least one gram length")
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError(f"config keys 'model.d_model'={cfg.model.d_model} and 'model.n_heads'="
                           f"{cfg.model.n_heads}: d_model must be divisible by n_heads")

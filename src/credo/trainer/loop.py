@@ -7,6 +7,7 @@ Ctrl-C finishes the current step, saves a checkpoint and returns; `resume` conti
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -16,20 +17,24 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from credo.analysis.strategic_grams import SEEDS, StrategicGrams, apply_hicra, hicra_metrics
 from credo.core.advantages import ADVANTAGES, to_tokens
-from credo.core.credit import CREDIT
+from credo.core.credit import CREDIT, HicraParams
 from credo.core.selection import SELECTION
-from credo.data import collate
+from credo.data import Sample, collate
 from credo.envs import make_env
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards import score_samples
-from credo.rewards.runner import make_runner
+from credo.rewards.runner import VerifyRunner, make_runner
 from credo.rollout.engine import rollout
+from credo.rollout.rethink import forced_rethink, has_rethinking, rethink_nll_mask, rethink_reward_shaping
 from credo.rollout.sampler import SamplingParams
 from credo.trainer import checkpoint as ckpt
 from credo.trainer.config import Config, to_dict
+from credo.trainer.dapo import apply_overlong_penalty, dynamic_sampling_fill
 from credo.trainer.evaluate import evaluate
 from credo.trainer.metrics import JsonlSink, Timers, format_line, peak_rss_mb
+from credo.trainer.replay import make_replay_buffer, ssr_select
 from credo.trainer.sft import sft
 from credo.trainer.update import policy_update
 
@@ -73,10 +78,10 @@ class _Interrupt:
         signal.signal(signal.SIGINT, self._old)
 
 
-def _eval(policy: Any, tok: Any, env: Any, cfg: Config, step: int) -> dict[str, Any]:
+def _eval(policy: Any, tok: Any, env: Any, cfg: Config, step: int, runner: VerifyRunner) -> dict[str, Any]:
     m = evaluate(
         policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples, cfg.eval.pass_k,
-        cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step,
+        cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=runner,
     )
     return {"phase": "eval", "step": step, **m}
 
@@ -104,13 +109,27 @@ def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: JsonlSink) -> tuple[
 
 
 def train(cfg: Config) -> dict[str, float]:
-    """Run SFT (if needed) + RL as configured; return the summary written at the end."""
+    """Run SFT (if needed) + RL as configured; return the summary written at the end.
+
+    Verification runs in `reward.workers` worker processes with a per-item timeout, started once for the run:
+    one runner for rewards (the env's verifier or `reward.function`) and, when a reward function replaces the
+    verifier, a second one for evaluation (accuracy is always the environment's own verdict)."""
+    env = make_env(cfg.env)
+    with contextlib.ExitStack() as stack:
+        runner = stack.enter_context(make_runner(env, cfg.reward))
+        eval_runner = runner
+        if cfg.reward.function:
+            eval_runner = stack.enter_context(
+                VerifyRunner(env.verify, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s))
+        return _train(cfg, env, runner, eval_runner)
+
+
+def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunner) -> dict[str, float]:
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.run.threads)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
-    env = make_env(cfg.env)
     train_examples = env.examples("train")
     by_id = {e.id: e for e in train_examples}
     g = torch.Generator().manual_seed(cfg.run.seed)
@@ -126,7 +145,7 @@ def train(cfg: Config) -> dict[str, float]:
         sink = JsonlSink(run_dir / "metrics.jsonl")
         policy, tok = _warm_start(cfg, env, run_dir, sink)
         start_step, stream, wall_before = 0, PromptStream(len(train_examples), cfg.run.seed), 0.0
-        sink.log(_eval(policy, tok, env, cfg, 0))
+        sink.log(_eval(policy, tok, env, cfg, 0, eval_runner))
         print(format_line(sink.records[-1], CONSOLE_KEYS))
     ref_policy = None
     if cfg.rl.kl_coef > 0:
@@ -139,6 +158,16 @@ def train(cfg: Config) -> dict[str, float]:
         ckpt.set_rng_state(state["rng"], g)
     params = SamplingParams(cfg.rl.max_new_tokens, cfg.rl.temperature, cfg.rl.top_p)
     timers = Timers()
+    replay = make_replay_buffer(cfg.rl) if cfg.rl.ssr else None
+    grams = None
+    if cfg.rl.credit == "hicra" or cfg.rl.planning_metrics:
+        grams = StrategicGrams(cfg.rl.hicra_ngram, cfg.rl.hicra_min_support, cfg.rl.hicra_refresh,
+                               seeds=SEEDS.get(env.name, ()))
+    if state is not None:  # method state lives in the checkpoint too, so resume stays exact
+        if replay is not None:
+            replay.load_state_dict(state["replay"])
+        if grams is not None:
+            grams.load_state_dict(state["grams"])
 
     def save(step: int) -> None:
         ckpt.save_atomic(
@@ -146,6 +175,8 @@ def train(cfg: Config) -> dict[str, float]:
                 "model": policy.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "data_pos": stream.pos, "rng": ckpt.rng_state(g), "history": sink.records,
                 "config": to_dict(cfg), "wall_s": wall_before + time.perf_counter() - t_start,
+                "replay": replay.state_dict() if replay is not None else None,
+                "grams": grams.state_dict() if grams is not None else None,
             },
             ckpt_path,
         )
@@ -153,42 +184,83 @@ def train(cfg: Config) -> dict[str, float]:
     bad_steps = 0
     bar = tqdm(total=cfg.rl.steps, initial=start_step, desc="rl", disable=not cfg.run.progress, dynamic_ncols=True)
     step = start_step
-    with _Interrupt() as interrupt, make_runner(env, cfg.reward) as runner:  # verifier workers, closed at the end
+    weights = {"outcome": cfg.reward.outcome, "format": cfg.reward.format}
+    with _Interrupt() as interrupt:
         while step < cfg.rl.steps:
             t_step = time.perf_counter()
-            with timers("rollout"):
-                examples = [train_examples[i] for i in stream.take(cfg.rl.prompts_per_step)]
-                policy.eval()
-                samples = rollout(policy, tok, env, examples, cfg.rl.group_size, params, g)
-                policy.train()
-            with timers("reward"):
-                reward_metrics = score_samples(samples, by_id, env, {"outcome": cfg.reward.outcome,
-                                                                     "format": cfg.reward.format}, runner)
+            record: dict[str, Any] = {}
+
+            def roll(n_prompts: int, first_group: int, record: dict = record) -> tuple[list[Sample], torch.Tensor]:
+                """Rollout (+ forced rethinking) and rewards for `n_prompts` fresh prompts -> samples, A [B]."""
+                with timers("rollout"):
+                    examples = [train_examples[i] for i in stream.take(n_prompts)]
+                    policy.eval()
+                    samples = rollout(policy, tok, env, examples, cfg.rl.group_size, params, g, first_group)
+                    if cfg.rethink.enabled:
+                        samples, m = forced_rethink(policy, tok, env, samples, by_id, cfg.rethink, params, g)
+                        _merge(record, m)
+                    policy.train()
+                with timers("reward"):
+                    m = score_samples(samples, by_id, env, weights, runner)
+                    if cfg.rethink.enabled and cfg.rethink.reward_shaping:
+                        m.update(rethink_reward_shaping(samples))
+                    if cfg.rl.overlong_cache:
+                        m.update(apply_overlong_penalty(samples, cfg.rl.max_new_tokens, cfg.rl.overlong_cache))
+                    _merge(record, m)
+                return samples, _group_advantages(samples, cfg.rl.advantage)
+
+            if cfg.rl.dynamic_sampling:  # DAPO: re-roll until prompts_per_step groups carry a learning signal
+                samples, m = dynamic_sampling_fill(roll, cfg.rl.prompts_per_step, cfg.rl.dynamic_max_rounds)
+                record.update(m)
+                adv = _group_advantages(samples, cfg.rl.advantage) if samples else torch.zeros(0)
+            else:
+                samples, adv = roll(cfg.rl.prompts_per_step, 0)
             with timers("advantage"):
-                batch = collate(samples, tok.pad_id)
-                adv = ADVANTAGES[cfg.rl.advantage](batch.rewards, batch.group_ids)  # [B]
-                batch.advantages = CREDIT[cfg.rl.credit](to_tokens(adv, batch.loss_mask), batch.segment_ids)
-                keep = SELECTION[cfg.rl.selection](adv, batch.group_ids, g)
-                batch = batch.select(keep)
+                if replay is not None:  # VL-Rethinker SSR: drop zero-advantage samples, draw ∝ |A|^α, replay
+                    used, used_adv, m = ssr_select(samples, adv, replay, cfg.rl, g)
+                    record.update(m)
+                else:
+                    keep = SELECTION[cfg.rl.selection](adv, torch.tensor([x.group_id for x in samples]), g)
+                    used, used_adv = [samples[i] for i in keep.tolist()], adv[keep]
+                batch = None
+                if used:
+                    batch = collate(used, tok.pad_id)
+                    credit_params = None
+                    if grams is not None:  # strategic grams: HICRA credit and/or its diagnostics
+                        grams.update([x.text for x in samples if x.reward_parts.get("outcome", 0.0) > 0.5], step)
+                        planning = apply_hicra(used, grams, tok)  # [B, T]
+                        batch.token_masks["planning"] = planning
+                        record.update(hicra_metrics(used, grams, planning))
+                        if cfg.rl.credit == "hicra":
+                            credit_params = HicraParams(planning, cfg.rl.hicra_alpha)
+                    token_adv = to_tokens(used_adv, batch.loss_mask)
+                    batch.advantages = CREDIT[cfg.rl.credit](token_adv, batch.segment_ids, credit_params)
+                    if cfg.rethink.enabled and cfg.rethink.nll_coef > 0:
+                        batch.token_masks["nll"] = rethink_nll_mask(batch.loss_mask, used_adv, has_rethinking(used))
             with timers("update"):
-                loss_metrics = policy_update(policy, opt, batch, cfg.rl, g, ref_policy)
+                if batch is not None:
+                    loss_metrics = policy_update(policy, opt, batch, cfg.rl, g, ref_policy, cfg.rethink.nll_coef)
+                else:  # nothing survived selection: no update this step (not a failure)
+                    loss_metrics = {"loss/optimizer_steps": 0.0, "loss/skipped": 0.0, "loss/empty_batch": 1.0}
             step += 1
             record = {
-                "phase": "rl", "step": step, **reward_metrics, **loss_metrics,
-                **rollout_metrics(samples, adv, len(keep)),
+                "phase": "rl", "step": step, **record, **loss_metrics,
+                **(rollout_metrics(samples, adv, len(used)) if samples else {}),
                 **timers.pop(), "time/step": time.perf_counter() - t_step,
             }
             sink.log(record)
-            bad_steps = bad_steps + 1 if loss_metrics["loss/optimizer_steps"] == 0 else 0
+            failed = loss_metrics["loss/optimizer_steps"] == 0 and loss_metrics["loss/skipped"] > 0
+            bad_steps = bad_steps + 1 if failed else 0
             if bad_steps >= MAX_BAD_STEPS:
                 save(step)
                 raise RuntimeError(f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss or gradient "
                                    f"(last at step {step}); checkpoint saved to {ckpt_path}")
             if step % cfg.eval.every == 0 or step == cfg.rl.steps:
-                sink.log(_eval(policy, tok, env, cfg, step))
+                sink.log(_eval(policy, tok, env, cfg, step, eval_runner))
                 tqdm.write(format_line(sink.records[-1], CONSOLE_KEYS))
             bar.update(1)
-            bar.set_postfix(reward=f"{record['reward/mean']:.2f}", len=f"{record['rollout/response_len']:.0f}")
+            bar.set_postfix(reward=f"{record.get('reward/mean', math.nan):.2f}",
+                            len=f"{record.get('rollout/response_len', math.nan):.0f}")
             if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or step == cfg.rl.steps:
                 save(step)
             if interrupt.requested:
@@ -201,6 +273,22 @@ def train(cfg: Config) -> dict[str, float]:
         return {"interrupted_at": float(step)}
     save_policy(policy, tok, run_dir / "final_model")
     return finish(run_dir, sink.records, cfg, wall_before + time.perf_counter() - t_start)
+
+
+def _group_advantages(samples: list[Sample], name: str) -> torch.Tensor:
+    """Sequence advantages [B] of the samples' rewards within their groups (`core.advantages` by name)."""
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float)
+    return ADVANTAGES[name](rewards, torch.tensor([s.group_id for s in samples], dtype=torch.long))
+
+
+def _merge(record: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Add a rollout round's metrics to the step record: counts (`verify/*`) add up over DAPO's extra rounds;
+    other values keep the first round's (the policy's own batch, before re-rolling)."""
+    for k, v in metrics.items():
+        if k.startswith("verify/") and k in record:
+            record[k] += v
+        else:
+            record.setdefault(k, v)
 
 
 def rollout_metrics(samples: list, adv: torch.Tensor, n_kept: int) -> dict[str, float]:

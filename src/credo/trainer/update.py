@@ -75,7 +75,7 @@ def policy_update(
             if nll_coef > 0 and "nll" in mb.token_masks:
                 nll = rethink_nll_loss(logprobs, mb.token_masks["nll"].to(logprobs.dtype))
                 loss = loss + nll_coef * nll
-                metrics["loss/rethink_nll"] = float(nll)
+                metrics["loss/rethink_nll"] = float(nll.detach())
             if "planning" in mb.token_masks:
                 metrics.update(entropy_split(entropy.detach(), mb.token_masks["planning"], mb.loss_mask))
             optimizer.zero_grad(set_to_none=True)
