@@ -157,3 +157,19 @@ def test_hf_model_trains_on_reasoning_gym_through_the_cli(tmp_path):
     before, after = start.state_dict(), end.state_dict()
     unchanged = [n for n in before if torch.equal(before[n], after[n])]
     assert not unchanged, f"parameters that did not change: {unchanged}"
+
+
+def test_credo_eval_on_a_model_directory_writes_json(hf_dir, tmp_path, capsys):
+    import json
+
+    from credo.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(hf_dir), "env.n_test=6", "env.n_train=8", "env.n_sft=8", "eval.n_samples=4",
+                 "eval.pass_k=[1,2,4]", "rl.max_new_tokens=8", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_problems"] == 6 and result["env"] == "arith"
+    for k in (1, 2, 4):
+        assert 0 <= result[f"eval/maj@{k}"] <= result[f"eval/pass@{k}"] <= 1
+    assert result["eval/maj@1"] == pytest.approx(result["eval/pass@1"])  # a vote of one is one sample
+    assert "eval/greedy_acc" in capsys.readouterr().out

@@ -51,20 +51,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     target = Path(args.checkpoint)
     if target.is_file():  # a checkpoint.pt: the run's config and start_model/ + weights
         state = ckpt.load(target)
-        cfg = from_dict(state["config"])
-        policy, tok = load_policy(target.parent / "start_model")
+        cfg = apply_overrides(from_dict(state["config"]), args.overrides)
+        policy, tok = load_policy(target.parent / "start_model", cfg.model)
         policy.load_state_dict(state["model"])
-    else:
-        cfg = load_config(args.config)
-        policy, tok = load_policy(target)
-    apply_overrides(cfg, args.overrides)
+    else:  # a model directory (credo TinyLM or Hugging Face) and the environment from --config / overrides
+        cfg = load_config(args.config, args.overrides)
+        policy, tok = load_policy(target, cfg.model)
     torch.set_num_threads(cfg.run.threads)
     env = make_env(cfg.env)
     m = evaluate(policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples,
-                 cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed)
+                 cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed, workers=cfg.reward.workers,
+                 timeout_s=cfg.reward.timeout_s)
+    result = {"target": str(target), "env": cfg.env.name, "n_problems": len(env.examples("test")),
+              "n_samples": cfg.eval.n_samples, "temperature": cfg.eval.temperature, **m}
+    print(f"{'metric':24s} value")
     for k, v in m.items():
         print(f"{k:24s} {v:.4f}")
-    print(json.dumps(m))
+    out = Path(args.out) if args.out else (target.parent / "eval.json" if target.is_file() else None)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1))
+        print(f"eval: written to {out}")
+    print(json.dumps(result))
     return 0
 
 
@@ -90,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("config", nargs="?")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--out", help="where to save the model (default runs/<name>/sft_model)")
-    e = sub.add_parser("eval", help="evaluate a checkpoint.pt or a model directory on the held-out split")
+    e = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a checkpoint.pt or model directory")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*")
     e.add_argument("--config", help="TOML preset for the environment when evaluating a model directory")
+    e.add_argument("--out", help="write the results as JSON here (default: eval.json beside a checkpoint)")
     a = sub.add_parser("ablate", help="several RL methods x seeds from the same warm start, one report")
     a.add_argument("config", nargs="?")
     a.add_argument("overrides", nargs="*")

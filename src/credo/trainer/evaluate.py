@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
-from credo.core.stats import pass_at_k_batch
+from credo.core.stats import maj_at_k, pass_at_k_batch
 from credo.data import Example
 from credo.envs.base import Environment
+from credo.envs.verifiers.answer_tag import extract_answer
 from credo.models.policy import Policy
 from credo.rewards.runner import VerifyRunner
 from credo.rollout.engine import rollout
@@ -30,7 +31,9 @@ def evaluate(
     workers: int = RewardConfig.workers,
     timeout_s: float = RewardConfig.timeout_s,
 ) -> dict[str, float]:
-    """Greedy accuracy over `examples` and pass@k from `n_samples` samples each (Chen et al. estimator).
+    """Greedy accuracy over `examples`, and pass@k (Chen et al. estimator) and maj@k (`core.stats.maj_at_k`)
+    from `n_samples` samples each. Votes group samples by their extracted answer (`env.answer_key(text)` when
+    the env has one, else the last `<answer>` tag's text); a sample with no answer is a vote of its own.
 
     Answers are checked by `env.verify` (never by `reward.function`: accuracy is the environment's verdict)
     through `runner`, or through a runner with `workers` processes and `timeout_s` per item made for this
@@ -58,9 +61,13 @@ def evaluate(
             errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
             hits = torch.tensor([v.value >= 1.0 for v in verdicts.scores]).view(len(examples), n_samples)
             n_correct = hits.sum(1)
+            answer_of = getattr(env, "answer_key", extract_answer)
+            votes = [_vote_classes([answer_of(s.text) for s in sampled[i * n_samples : (i + 1) * n_samples]],
+                                   hits[i].tolist()) for i in range(len(examples))]
             for k in pass_k:
                 if k <= n_samples:
                     out[f"eval/pass@{k}"] = float(pass_at_k_batch(n_correct, n_samples, k).mean())
+                    out[f"eval/maj@{k}"] = sum(maj_at_k(c, ok, k) for c, ok in votes) / len(examples)
         out["eval/verify_errors"] = float(errors)
         out["eval/verify_timeouts"] = float(timeouts)
     finally:
@@ -68,3 +75,19 @@ def evaluate(
         if own:
             runner.close()
     return out
+
+
+def _vote_classes(answers: list[str | None], correct: list[bool]) -> tuple[list[int], list[bool]]:
+    """Answer classes of one problem's samples: counts and whether each class is right (any of its samples
+    verified). Samples without an answer each form their own class, so they never win a vote together.
+
+    >>> _vote_classes(["4", None, "4", "5", None], [True, False, True, False, False])
+    ([2, 1, 1, 1], [True, False, False, False])
+    """
+    counts: dict[object, int] = {}
+    right: dict[object, bool] = {}
+    for i, (a, ok) in enumerate(zip(answers, correct, strict=True)):
+        key: object = ("none", i) if a is None else a
+        counts[key] = counts.get(key, 0) + 1
+        right[key] = right.get(key, False) or bool(ok)
+    return list(counts.values()), [right[k] for k in counts]
