@@ -31,7 +31,9 @@ VARIANTS: dict[str, list[str]] = {
     "gspo": ["rl.loss=gspo", "rl.eps_low=3e-4", "rl.eps_high=4e-4", "rl.aggregation=seq_mean_token_mean"],
     "rloo": ["rl.advantage=rloo"],
     "ssr": ["rl.ssr=true"],  # VL-Rethinker Selective Sample Replay (released-code batch: half the rollout)
-    "rethink": ["rethink.enabled=true"],  # VL-Rethinker Forced Rethinking
+    "rethink": [  # VL-Rethinker Forced Rethinking with the release's rethink-aware reward and auxiliary NLL
+        "rethink.enabled=true", "rethink.reward_shaping=true", "rethink.nll_coef=0.05",
+    ],
     "hicra": ["rl.credit=hicra"],  # HICRA: A + alpha|A| on planning tokens
 }
 
