@@ -23,6 +23,12 @@ MATH = [
     ("\\boxed{\\dfrac{3}{4}}", "0.75", 1.0),
     ("\\boxed{\\frac{3}{4}}", "\\frac{2}{3}", 0.0),
     ("<answer>$x = 2$</answer>", "2", 1.0),  # an equation's right-hand side
+    ("<answer>5 cm</answer>", "5", 1.0),  # units
+    ("<answer>5\\text{ cm}</answer>", "5", 1.0),
+    ("\\boxed{12\\,\\mathrm{kg}}", "12", 1.0),
+    ("<answer>6 cm</answer>", "5", 0.0),
+    ("<answer>90^\\circ</answer>", "90", 1.0),
+    ("<answer>\\$3.50</answer>", "3.5", 1.0),  # escaped currency sign
     ("<answer>\\sqrt{2}/2</answer>", "\\frac{\\sqrt{2}}{2}", 1.0),
     ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", 1.0),
     ("\\boxed{\\pi}", "\\pi", 1.0),
@@ -72,6 +78,9 @@ NUMERIC = [
     ("<answer>50\\%</answer>", 50, 1.0),  # ... and the number
     ("<answer>1.00001</answer>", 1, 1.0),  # within rel_tol = 1e-4
     ("<answer>1.001</answer>", 1, 0.0),
+    ("<answer>12 kg</answer>", 12, 1.0),  # units after the number
+    ("<answer>12.0 m/s</answer>", 12, 1.0),
+    ("<answer>13 kg</answer>", 12, 0.0),
     ("<answer>$2,500</answer>", 2500, 1.0),
     ("the total is 17.", 17, 1.0),  # no tag: the last number of the text
     ("<answer>18</answer>", 17, 0.0),

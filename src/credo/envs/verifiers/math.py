@@ -107,6 +107,7 @@ def verify_math(completion: str, reference: Any) -> Score:
     try:
         answer, fmt = extract_math_answer(completion)
         fmt = fmt and bool(answer)
+        answer = answer.replace("\\$", "")  # an escaped currency sign ("\\$3.50") is not maths
         pred = _parse_all(answer, boxed=fmt)
         correct = bool(pred) and _matches(_gold(reference), pred)
     except Exception:  # total: a verifier never raises
