@@ -23,17 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+from rollout import best_of  # benchmarks/rollout.py, beside this script
 
 N_PROMPTS, GROUP, NEW_TOKENS, LR = 8, 8, 64, 1e-6
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def rollout_race(model_dir: Path, prompts: list[str]) -> tuple[float, float]:
