@@ -37,7 +37,8 @@ def rollout_race(model_dir: Path, prompts: list[str]) -> tuple[float, float]:
     policy.eval()
     rows = [tok.encode_prompt(p) for p in prompts for _ in range(GROUP)]
     g = torch.Generator().manual_seed(0)
-    credo_s = best_of(lambda: generate(policy, rows, SamplingParams(NEW_TOKENS, 1.0), [-1], tok.pad_id, generator=g))
+    credo_s = best_of(lambda: generate(policy, rows, SamplingParams(NEW_TOKENS, 1.0), [-1], tok.pad_id, generator=g),
+                      repeats=3)
     P = max(map(len, rows))
     ids = torch.full((len(rows), P), tok.pad_id)
     mask = torch.zeros(len(rows), P, dtype=torch.long)
@@ -52,7 +53,7 @@ def rollout_race(model_dir: Path, prompts: list[str]) -> tuple[float, float]:
                                         pad_token_id=tok.pad_id)
         assert out.shape[1] == P + NEW_TOKENS
 
-    hf_s = best_of(hf)
+    hf_s = best_of(hf, repeats=3)
     n = len(rows) * NEW_TOKENS
     return n / credo_s, n / hf_s
 
