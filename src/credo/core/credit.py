@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -51,4 +52,50 @@ def hicra(advantages: Tensor, segment_ids: Tensor, params: HicraParams | None = 
     return advantages + params.alpha * advantages.abs() * mask  # [B, T]
 
 
-CREDIT = {"none": identity, "hicra": hicra}
+PERCEPTION = 3  # segment id of perception tokens: credo.data.SEGMENTS["perception"] (core imports only torch)
+
+
+@dataclass
+class MocaParams:
+    """Inputs of ``moca`` beyond advantages and segments: per-sequence outcome and perception verdicts.
+
+    Built from the samples' reward parts by ``credo.rewards.perception.moca_params``.
+    """
+
+    failed: Tensor  # [B] bool: the outcome failed (R_O = 0)
+    perception_ok: Tensor  # [B] bool: R_P = 1, the blindfolded reasoner answered right from the perception alone
+    alpha_protect: float = 0.2  # α_protect: credit added to correct perception of a failed trajectory
+    alpha_punish: float = 0.2  # α_punish: extra blame on wrong perception of a failed trajectory
+    perception_id: int = PERCEPTION  # the segment id that marks perception tokens
+
+
+def moca(advantages: Tensor, segment_ids: Tensor, params: MocaParams | None = None) -> Tensor:
+    """MoCA advantage routing ("Bad Seeing or Bad Thinking? Rewarding Perception for Multimodal Reasoning",
+    arXiv 2605.14054).
+
+    For a failed trajectory (R_O = 0) and a perception token t: A'_t = A + α_protect·|A| if R_P = 1 ("bad
+    thinking": protect the seeing), A'_t = A − α_punish·|A| if R_P = 0 ("bad seeing": blame the seeing);
+    reasoning and answer tokens, and every token of a successful trajectory, keep A.
+
+    Perception tokens are ``segment_ids == params.perception_id``. ``failed`` and ``perception_ok`` are [B]
+    constants, no gradient flows through them; padding and prompt positions carry A = 0 and stay 0.
+    No public code exists; departure: α_protect = α_punish = 0.2 are inferred (mirroring HICRA's α), the paper's
+    values are not public.
+    """
+    if params is None:
+        raise ValueError("moca needs params=MocaParams(failed=[B] bool, perception_ok=[B] bool, ...)")
+    B = advantages.shape[0]
+    if params.failed.shape != (B,) or params.perception_ok.shape != (B,):
+        raise ValueError(f"moca: failed {tuple(params.failed.shape)} and perception_ok "
+                         f"{tuple(params.perception_ok.shape)} must both be ({B},)")
+    dev, dtype = advantages.device, advantages.dtype
+    failed = params.failed.to(device=dev, dtype=torch.bool)[:, None]  # [B, 1]
+    ok = params.perception_ok.to(device=dev, dtype=torch.bool)[:, None]  # [B, 1]
+    protect = torch.tensor(params.alpha_protect, dtype=dtype, device=dev)
+    punish = torch.tensor(-params.alpha_punish, dtype=dtype, device=dev)
+    sign = torch.where(ok, protect, punish)  # [B, 1]: +α_protect or −α_punish, in the advantages' dtype
+    route = (segment_ids.to(dev) == params.perception_id) & failed  # [B, T]: perception tokens of failed rows
+    return advantages + route.to(dtype) * sign * advantages.abs()  # [B, T]
+
+
+CREDIT = {"none": identity, "hicra": hicra, "moca": moca}

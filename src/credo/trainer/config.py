@@ -105,6 +105,8 @@ class RLConfig:
     hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
     hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
     planning_metrics: bool = True  # log strategic-gram metrics (semantic entropy, planning entropy) without HICRA
+    moca_alpha_protect: float = 0.2  # MoCA: credit added to correct perception (R_P = 1) of failed rollouts (inferred)
+    moca_alpha_punish: float = 0.2  # MoCA: extra blame on wrong perception (R_P = 0) of failed rollouts (inferred)
 
 
 @dataclass
@@ -114,6 +116,10 @@ class RewardConfig:
     function: str = ""  # "package.module:fn", fn(completion, example) -> float | Score, replaces the env's verifier
     timeout_s: float = 10.0  # wall-clock limit per verification; past it the item scores 0 (verify/timeouts)
     workers: int = 1  # verification worker processes (0: inline in the trainer, errors caught but no timeout)
+    perception: float = 0.0  # λ, weight of the MoCA perception reward R_P (0 = Perception Verification off)
+    perception_reasoner: str = "program"  # blindfolded reasoner for R_P: program | policy | model:<path>
+    perception_max_len: int = 800  # perception longer than this (tokens; chars without a tokenizer) is penalised
+    perception_len_penalty: float = 0.1  # reward subtracted when the perception exceeds perception_max_len
 
 
 @dataclass
