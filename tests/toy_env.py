@@ -32,3 +32,21 @@ class DigitsEnv:
 
 def make(cfg: object) -> DigitsEnv:
     return DigitsEnv()
+
+
+class ImageDigitsEnv(DigitsEnv):
+    """`DigitsEnv` whose examples each carry one small solid-colour image (exercises the vision path)."""
+
+    name = "image_digits"
+
+    def __init__(self, n: int = 32, size: int = 16) -> None:
+        import numpy as np
+
+        super().__init__(n)
+        for i, ex in enumerate(self._examples):
+            colour = np.array([(37 * i) % 256, (91 * i) % 256, (53 * i) % 256], dtype=np.uint8)
+            ex.images = [np.broadcast_to(colour, (size, size, 3)).copy()]
+
+
+def make_images(cfg: object) -> ImageDigitsEnv:
+    return ImageDigitsEnv()

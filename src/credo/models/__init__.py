@@ -13,19 +13,18 @@ from credo.models.tokenizer import CharTokenizer
 
 
 def build_policy(cfg: Any) -> tuple[TinyLM, CharTokenizer]:
-    """A freshly initialised TinyLM and its char tokenizer from a `ModelConfig`."""
+    """A freshly initialised TinyLM (or TinyVLM, `model.kind = "tinyvlm"`) and its char tokenizer."""
+    shape = dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff=cfg.d_ff, max_len=cfg.max_len)
+    if getattr(cfg, "kind", "tinylm") == "tinyvlm":
+        from credo.models.vlm import TinyVLM, VLMConfig, VLMTokenizer
+
+        n_patches = (cfg.image_size // cfg.patch_size) ** 2
+        vtok = VLMTokenizer(n_patches=n_patches)
+        vcfg = VLMConfig(vocab_size=vtok.vocab_size, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                         image_token_id=vtok.image_token_id, **shape)
+        return TinyVLM(vcfg), vtok
     tok = CharTokenizer()
-    model = TinyLM(
-        TinyConfig(
-            vocab_size=tok.vocab_size,
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads,
-            d_ff=cfg.d_ff,
-            max_len=cfg.max_len,
-        )
-    )
-    return model, tok
+    return TinyLM(TinyConfig(vocab_size=tok.vocab_size, **shape)), tok
 
 
 def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
@@ -38,6 +37,10 @@ def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
     kind = json.loads((d / "config.json").read_text()).get("model_type")
     if kind == "tinylm":
         return TinyLM.from_pretrained(d), CharTokenizer.load(d)
+    if kind == "tinyvlm":
+        from credo.models.vlm import TinyVLM, VLMTokenizer
+
+        return TinyVLM.from_pretrained(d), VLMTokenizer.load(d)
     from credo.models.hf import load_hf
 
     if cfg is None:

@@ -11,7 +11,9 @@ class Policy(Protocol):
     """A causal LM. `forward` scores whole right-padded sequences; `step` decodes with a KV cache.
 
     `new_cache(B, S)` preallocates room for S positions; `step(ids [B, t], cache, attention_mask [B, t])`
-    appends t tokens (t > 1 for the prompt, 1 while decoding) and returns logits [B, t, V].
+    appends t tokens (t > 1 for the prompt, 1 while decoding) and returns logits [B, t, V] (or only the last
+    position's, [B, 1, V]: the sampler reads `[:, -1]`). Vision policies also take `images=` (per row, a list
+    of images) in `forward` and in the prefill `step`; callers pass it only when a row has images.
     """
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...

@@ -131,6 +131,9 @@ class Block(nn.Module):
 class TinyLM(nn.Module):
     """Decoder-only LM implementing the `Policy` protocol."""
 
+    model_type = "tinylm"
+    config_class = TinyConfig
+
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
         if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.kv_heads:
@@ -162,14 +165,23 @@ class TinyLM(nn.Module):
         w = self.embed.weight if self.head is None else self.head.weight
         return F.linear(self.ln_f(x), w)  # [B, t, V]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T, V] for right-padded `input_ids` [B, T] (padding only after real tokens)."""
+    def embed_inputs(self, input_ids: torch.Tensor, images: list | None = None) -> torch.Tensor:
+        """Token embeddings [B, t, D]. A text model takes no images (`TinyVLM` overrides this)."""
+        if images is not None and any(images):
+            raise ValueError("this model takes no image input (build a TinyVLM: model.kind = \"tinyvlm\")")
+        return self.embed(input_ids)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, images: list | None = None
+    ) -> torch.Tensor:
+        """Logits [B, T, V] for right-padded `input_ids` [B, T] (padding only after real tokens); `images`: one
+        list of images per row (vision models only)."""
         B, T = input_ids.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds model max_len {self.cfg.max_len}")
         pos = torch.arange(T, device=input_ids.device).expand(B, T)
         cos, sin = self._rope(pos)
-        x = self.embed(input_ids)
+        x = self.embed_inputs(input_ids, images)
         for blk in self.blocks:
             x = blk(x, cos, sin, None)
         return self._logits(x)
@@ -191,6 +203,7 @@ class TinyLM(nn.Module):
         cache: KVCache,
         attention_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        images: list | None = None,
     ) -> torch.Tensor:
         """Append `input_ids` [B, t] to the cache and return their logits [B, t, V] ([B, 1, V] if `last_only`).
 
@@ -217,7 +230,7 @@ class TinyLM(nn.Module):
             diag = torch.zeros(t, start + t, dtype=torch.bool, device=dev)
             diag[:, start:] = torch.eye(t, dtype=torch.bool, device=dev)  # pad queries see themselves: no NaN
             mask = (keys & causal) | diag
-        x = self.embed(input_ids)
+        x = self.embed_inputs(input_ids, images)
         for i, blk in enumerate(self.blocks):
             x = blk(x, cos, sin, mask, (cache.k[i], cache.v[i], start))
         return self._logits(x[:, -1:] if last_only else x)
@@ -226,7 +239,7 @@ class TinyLM(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps({"model_type": "tinylm", **asdict(self.cfg)}, indent=1))
+        (d / "config.json").write_text(json.dumps({"model_type": self.model_type, **asdict(self.cfg)}, indent=1))
         save_model(self, str(d / "model.safetensors"))
 
     @classmethod
@@ -234,6 +247,6 @@ class TinyLM(nn.Module):
         d = Path(directory)
         spec = json.loads((d / "config.json").read_text())
         spec.pop("model_type", None)
-        model = cls(TinyConfig(**spec))
+        model = cls(cls.config_class(**spec))
         load_model(model, str(d / "model.safetensors"))
         return model

@@ -13,8 +13,15 @@ from credo.rollout.sampler import SamplingParams, cut_at_stop_text, generate
 
 
 def encode_prompt(tokenizer: Any, env: Environment, example: Example) -> list[int]:
-    """The rendered prompt's tokens as the tokenizer frames a prompt (BOS + text, or a chat template)."""
-    return tokenizer.encode_prompt(env.render_prompt(example))
+    """The rendered prompt's tokens as the tokenizer frames a prompt (BOS + text, or a chat template), with the
+    tokenizer's image placeholders when the example has images."""
+    ids = tokenizer.encode_prompt(env.render_prompt(example))
+    if example.images:
+        if not hasattr(tokenizer, "with_images"):
+            raise ValueError(f"example {example.id!r} has images but the model's tokenizer takes none "
+                             "(use a vision model, e.g. model.kind = \"tinyvlm\")")
+        ids = tokenizer.with_images(ids, len(example.images))
+    return ids
 
 
 def rollout(
@@ -33,10 +40,13 @@ def rollout(
     prompts = [encode_prompt(tokenizer, env, ex) for ex in examples for _ in range(group_size)]
     stop_ids = [tokenizer.encode(s) for s in params.stop]
     eos_ids = getattr(tokenizer, "eos_ids", tokenizer.eos_id)
+    images = [ex.images for ex in examples for _ in range(group_size)]
+    has_images = any(images)
     completions = []
     for i in range(0, len(prompts), max_batch):
         chunk = prompts[i : i + max_batch]
-        completions += generate(policy, chunk, params, eos_ids, tokenizer.pad_id, stop_ids, generator)
+        imgs = images[i : i + max_batch] if has_images else None
+        completions += generate(policy, chunk, params, eos_ids, tokenizer.pad_id, stop_ids, generator, imgs)
     if params.stop:
         completions = [cut_at_stop_text(c, tokenizer.decode, params.stop) for c in completions]
     samples = []

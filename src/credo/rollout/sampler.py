@@ -61,9 +61,10 @@ def generate(
     pad_id: int,
     stop_ids: list[list[int]] | None = None,
     generator: torch.Generator | None = None,
+    images: list | None = None,
 ) -> list[Completion]:
     """Sample one completion per prompt. `eos_id` is one id or a list (any of them ends a row); `stop_ids` are
-    the token sequences of the stop strings."""
+    the token sequences of the stop strings; `images`, per row, the row's images (read once, at the prefill)."""
     dev = next(iter(policy.parameters())).device
     eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=dev)
     B = len(prompts)
@@ -76,7 +77,8 @@ def generate(
         mask[i, P - len(p) :] = True
     ids, mask = ids.to(dev), mask.to(dev)
     cache = policy.new_cache(B, P + N)
-    logits = policy.step(ids, cache, mask)[:, -1].float()  # [B, V]
+    prefill = policy.step(ids, cache, mask) if images is None else policy.step(ids, cache, mask, images=images)
+    logits = prefill[:, -1].float()  # [B, V]
 
     out = torch.full((B, N), pad_id, dtype=torch.long, device=dev)
     out_lp = torch.zeros(B, N, device=dev)

@@ -23,6 +23,9 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     path: str = ""  # load a saved model directory instead of building a fresh TinyLM
+    kind: str = "tinylm"  # the fresh model: "tinylm" (text) or "tinyvlm" (TinyLM + patch embedding of images)
+    image_size: int = 48  # tinyvlm: images are resized to this many pixels square
+    patch_size: int = 8  # tinyvlm: square patch side; (image_size / patch_size)² image tokens per image
     d_model: int = 128  # TinyLM width
     n_layers: int = 4  # TinyLM depth
     n_heads: int = 4  # attention heads
@@ -319,6 +322,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"config key 'rethink.{key}': must be in [0, 1], got {getattr(cfg.rethink, key)}")
     if cfg.rl.credit == "hicra" and not cfg.rl.hicra_ngram:
         raise ConfigError("config key 'rl.hicra_ngram': HICRA needs at least one gram length")
+    if cfg.model.kind not in ("tinylm", "tinyvlm"):
+        raise ConfigError(f"config key 'model.kind': unknown value {cfg.model.kind!r}; choose tinylm or tinyvlm")
+    if cfg.model.kind == "tinyvlm" and (cfg.model.patch_size < 1 or cfg.model.image_size % cfg.model.patch_size):
+        raise ConfigError(f"config keys 'model.image_size'={cfg.model.image_size} and 'model.patch_size'="
+                          f"{cfg.model.patch_size}: the image side must be a multiple of the patch side")
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError(f"config keys 'model.d_model'={cfg.model.d_model} and 'model.n_heads'="
                           f"{cfg.model.n_heads}: d_model must be divisible by n_heads")

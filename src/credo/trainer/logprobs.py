@@ -9,11 +9,17 @@ from credo.models.policy import Policy
 
 
 def sequence_logprobs(
-    policy: Policy, input_ids: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+    policy: Policy,
+    input_ids: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    images: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(x_t | x_<t) at every position t ≥ 1 (position 0 gets 0); logits scaled by 1/temperature
-    exactly as in the sampler. Returns logprobs [B, T] and, optionally, token entropies [B, T]."""
-    logits = policy.forward(input_ids)[:, :-1].float()  # [B, T-1, V]
+    exactly as in the sampler. `images`: per row, the row's images (vision policies). Returns logprobs [B, T]
+    and, optionally, token entropies [B, T]."""
+    out = policy.forward(input_ids) if images is None else policy.forward(input_ids, images=images)
+    logits = out[:, :-1].float()  # [B, T-1, V]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     lp = logprobs_from_logits(logits, input_ids[:, 1:])  # [B, T-1]

@@ -50,7 +50,9 @@ def sft(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train `policy` in place on the environment's "sft" split; returns per-step metrics."""
-    ids, mask = sft_tensors(tokenizer, env, env.examples("sft"))
+    examples = env.examples("sft")
+    ids, mask = sft_tensors(tokenizer, env, examples)
+    images = [ex.images for ex in examples] if any(ex.images for ex in examples) else None
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     history = []
@@ -60,7 +62,8 @@ def sft(
         idx = torch.randint(0, ids.shape[0], (cfg.batch_size,), generator=g)
         b_mask = mask[idx]
         T = int(b_mask.nonzero()[:, 1].max()) + 1  # trim padding columns
-        lp, _ = sequence_logprobs(policy, ids[idx, :T])
+        imgs = [images[i] for i in idx.tolist()] if images is not None else None
+        lp, _ = sequence_logprobs(policy, ids[idx, :T], images=imgs)
         loss = token_mean(-lp, b_mask[:, :T])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -74,7 +77,7 @@ def sft(
 
 
 def warm_start_model(cfg: Any, env: Environment | None = None) -> tuple[Any, Any, list[dict[str, float]]]:
-    """`credo sft`: a fresh TinyLM (or the model at `model.path`) trained by SFT on the env's "sft" split.
+    """`credo sft`: a fresh TinyLM/TinyVLM (or the model at `model.path`) trained by SFT on the env's "sft" split.
 
     `cfg` is a full `Config`; returns (policy, tokenizer, per-step metrics)."""
     from credo.envs import make_env

@@ -62,12 +62,12 @@ def policy_update(
         perm = torch.randperm(B, generator=generator)
         for idx in perm.chunk(n_mb):
             mb = _trim(batch.select(idx)).to(device)
-            logprobs, entropy = sequence_logprobs(policy, mb.input_ids, cfg.temperature, with_entropy=True)
+            logprobs, entropy = sequence_logprobs(policy, mb.input_ids, cfg.temperature, True, mb.images)
             loss_tok, m = loss_fn(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, params)  # [b, T]
             metrics = {f"loss/{k}": float(v) for k, v in m.items()}
             if cfg.kl_coef > 0 and ref_policy is not None:
                 with torch.no_grad():
-                    ref_logprobs, _ = sequence_logprobs(ref_policy, mb.input_ids, cfg.temperature)
+                    ref_logprobs, _ = sequence_logprobs(ref_policy, mb.input_ids, cfg.temperature, images=mb.images)
                 kl = kl_fn(logprobs, ref_logprobs)  # [b, T]
                 loss_tok = loss_tok + cfg.kl_coef * kl
                 metrics["loss/kl"] = float(masked_mean(kl.detach(), mb.loss_mask))
