@@ -320,6 +320,12 @@ def validate(cfg: Config) -> Config:
     for key in ("p_generic", "p_bare_wait", "skip_prob", "truncate_prob", "easy_acc", "hard_acc"):
         if not 0 <= getattr(cfg.rethink, key) <= 1:
             raise ConfigError(f"config key 'rethink.{key}': must be in [0, 1], got {getattr(cfg.rethink, key)}")
+    if cfg.rl.credit == "moca" and cfg.reward.perception <= 0:
+        raise ConfigError("config key 'rl.credit' = \"moca\" routes credit by R_P: it needs reward.perception > 0")
+    reasoner = cfg.reward.perception_reasoner
+    if reasoner not in ("program", "policy") and not reasoner.startswith("model:"):
+        raise ConfigError(f"config key 'reward.perception_reasoner': unknown value {reasoner!r}; choose program, "
+                          "policy or model:<path>")
     if cfg.rl.credit == "hicra" and not cfg.rl.hicra_ngram:
         raise ConfigError("config key 'rl.hicra_ngram': HICRA needs at least one gram length")
     if cfg.model.kind not in ("tinylm", "tinyvlm"):

@@ -25,6 +25,7 @@ from credo.data import Sample, collate
 from credo.envs import make_env
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards import score_samples
+from credo.rewards.perception import add_perception_reward, make_reasoner, moca_params
 from credo.rewards.runner import VerifyRunner, make_runner
 from credo.rollout.engine import rollout
 from credo.rollout.rethink import forced_rethink, has_rethinking, rethink_nll_mask, rethink_reward_shaping
@@ -159,6 +160,12 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
     params = SamplingParams(cfg.rl.max_new_tokens, cfg.rl.temperature, cfg.rl.top_p)
     timers = Timers()
     replay = make_replay_buffer(cfg.rl) if cfg.rl.ssr else None
+    reasoner = None  # MoCA's blindfolded reasoner for Perception Verification
+    if cfg.reward.perception > 0:
+        reasoner = make_reasoner(cfg.reward.perception_reasoner, env, policy, tok, cfg.model)
+        if cfg.reward.perception_reasoner == "policy":
+            print("perception verification: the blindfolded reasoner is the live policy itself (the paper uses a "
+                  "separate 14B text model): R_P is not faithful to MoCA")
     grams = None
     if cfg.rl.credit == "hicra" or cfg.rl.planning_metrics:
         grams = StrategicGrams(cfg.rl.hicra_ngram, cfg.rl.hicra_min_support, cfg.rl.hicra_refresh,
@@ -202,6 +209,8 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                     policy.train()
                 with timers("reward"):
                     m = score_samples(samples, by_id, env, weights, runner)
+                    if reasoner is not None:  # MoCA: R = R_O + λ·R_P − length penalty
+                        m.update(add_perception_reward(samples, by_id, env, reasoner, cfg.reward, tok))
                     if cfg.rethink.enabled and cfg.rethink.reward_shaping:
                         m.update(rethink_reward_shaping(samples))
                     if cfg.rl.overlong_cache:
@@ -233,6 +242,8 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                         record.update(hicra_metrics(used, grams, planning))
                         if cfg.rl.credit == "hicra":
                             credit_params = HicraParams(planning, cfg.rl.hicra_alpha)
+                    if cfg.rl.credit == "moca":  # route failed trajectories' perception credit by R_P
+                        credit_params = moca_params(used, cfg.rl.moca_alpha_protect, cfg.rl.moca_alpha_punish)
                     token_adv = to_tokens(used_adv, batch.loss_mask)
                     batch.advantages = CREDIT[cfg.rl.credit](token_adv, batch.segment_ids, credit_params)
                     if cfg.rethink.enabled and cfg.rethink.nll_coef > 0:
