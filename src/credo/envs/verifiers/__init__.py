@@ -17,6 +17,7 @@ VERIFIERS: dict[str, str] = {
     "math": "credo.envs.verifiers.math:verify_math",
     "mcq": "credo.envs.verifiers.choice:verify_choice",
     "numeric": "credo.envs.verifiers.numeric:verify_numeric",
+    "typed": "credo.envs.verifiers.typed:verify_typed",  # Structured Verbal Verification (MoCA)
 }
 
 
