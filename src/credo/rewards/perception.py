@@ -50,24 +50,18 @@ TEMPLATE = (
 def extract_perception(text: str, tag: str = "perception") -> str:
     """All `<perception>…</perception>` blocks of `text`, stripped and joined by newlines.
 
-    A block ends at its closing tag, at the next opening tag, or (unclosed) at the end of the text; stray
-    closing tags are ignored. Linear scans, no regex, so any length is safe.
+    Blocks are read by `envs.blocks.block_spans`, the same parser that labels perception tokens: a block ends
+    at its closing tag, at an opening tag of another kind, or (unclosed) at the end of the text.
 
     >>> extract_perception("<perception>a red cube</perception><think>x</think><perception>2 balls")
     'a red cube\\n2 balls'
     >>> extract_perception("no perception here")
     ''
     """
-    open_tag, close_tag = f"<{tag}>", f"</{tag}>"
-    blocks, i = [], text.find(open_tag)
-    while i >= 0:
-        start = i + len(open_tag)
-        ends = [j for j in (text.find(close_tag, start), text.find(open_tag, start)) if j >= 0]
-        end = min(ends) if ends else len(text)
-        if block := text[start:end].strip():
-            blocks.append(block)
-        i = text.find(open_tag, end)
-    return "\n".join(blocks)
+    from credo.envs.blocks import block_contents  # the parser the segment labels use: both read tags alike
+
+    parts = (p.strip() for b in block_contents(text, tag) for p in b.split(f"<{tag}>"))  # a repeated opening tag
+    return "\n".join(p for p in parts if p)
 
 
 def question_text(example: Example) -> str:

@@ -107,6 +107,7 @@ class RLConfig:
     hicra_refresh: int = 10  # HICRA: steps between re-mining strategic grams from correct rollouts (0: seeds only)
     hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
     hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
+    segments: bool = True  # label perception/answer/reasoning tokens from the tags (MoCA routes credit by them)
     planning_metrics: bool = True  # log strategic-gram metrics (semantic entropy, planning entropy) without HICRA
     moca_alpha_protect: float = 0.2  # MoCA: credit added to correct perception (R_P = 1) of failed rollouts (inferred)
     moca_alpha_punish: float = 0.2  # MoCA: extra blame on wrong perception (R_P = 0) of failed rollouts (inferred)

@@ -30,6 +30,7 @@ from credo.rewards.runner import VerifyRunner, make_runner
 from credo.rollout.engine import rollout
 from credo.rollout.rethink import forced_rethink, has_rethinking, rethink_nll_mask, rethink_reward_shaping
 from credo.rollout.sampler import SamplingParams
+from credo.rollout.segments import label_samples
 from credo.trainer import checkpoint as ckpt
 from credo.trainer.config import Config, to_dict
 from credo.trainer.dapo import apply_overlong_penalty, dynamic_sampling_fill
@@ -206,6 +207,8 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                     if cfg.rethink.enabled:
                         samples, m = forced_rethink(policy, tok, env, samples, by_id, cfg.rethink, params, g)
                         _merge(record, m)
+                    if cfg.rl.segments:  # perception / reasoning / answer labels from the completion's tags
+                        _merge(record, label_samples(samples, tok))
                     policy.train()
                 with timers("reward"):
                     m = score_samples(samples, by_id, env, weights, runner)
