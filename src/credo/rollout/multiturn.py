@@ -274,3 +274,20 @@ def multiturn_rollout(
         "tools/turns": sum(t.n_turns for t in trajs) / B,
     }
     return samples, metrics
+
+
+def tool_use_metrics(samples: list[Sample], correct_key: str = "outcome") -> dict[str, float]:
+    """After scoring: accuracy of the trajectories with ≥ 1 valid tool call and of those without (the issue's
+    "accuracy with and without tool use"), from `reward_parts[correct_key]` (else the reward), and their shares.
+    A group that is empty reports accuracy 0 and share 0."""
+    def acc(group: list[Sample]) -> float:
+        return sum(s.reward_parts.get(correct_key, s.reward) for s in group) / max(1, len(group))
+
+    used = [s for s in samples if s.n_tool_calls > 0]
+    unused = [s for s in samples if s.n_tool_calls == 0]
+    n = max(1, len(samples))
+    return {
+        "tools/acc_with_tools": acc(used),
+        "tools/acc_without_tools": acc(unused),
+        "tools/share_with_tools": len(used) / n,
+    }
