@@ -90,3 +90,24 @@ def test_registry_adapters_and_user_tools():
         assert TOOLS["echo"]({"x": 5}, ctx).text == "5"
     finally:
         TOOLS.pop("echo", None)
+
+
+def test_zoom_sandbox_digit_only_readable_in_a_crop():
+    from credo.envs.zoom import ZoomConfig, ZoomEnv
+
+    env = ZoomEnv(ZoomConfig(n_sft=4, n_train=4, n_test=4))
+    ex = env.examples("test")[0]
+    again = ZoomEnv(ZoomConfig(n_sft=4, n_train=4, n_test=4)).examples("test")[0]
+    assert np.array_equal(np.asarray(ex.images[0]), np.asarray(again.images[0]))  # seeded
+    assert {e.id for e in env.examples("train")}.isdisjoint({e.id for e in env.examples("test")})
+    assert env.verify(f"<answer>{ex.reference}</answer>", ex).value == 1.0
+    assert env.verify(f"<answer>{(ex.reference + 1) % 10}</answer>", ex).value == 0.0
+    view = np.asarray(ex.images[0].resize((48, 48))).mean(-1)  # what the model sees without the tool
+    ctx = ToolContext(images=ex.images, image_size=48)
+    zoomed = np.asarray(TOOLS["crop_image"]({"bbox_2d": ex.meta["box"], "target_image": 1}, ctx).images[0]).mean(-1)
+    assert (view < 80).sum() == 0 and (zoomed < 80).sum() > 30  # the digit's strokes survive only in the crop
+    call, answer = env.tool_trace(ex)
+    from credo.rollout.multiturn import parse_tool_call
+
+    assert parse_tool_call(call) == ("crop_image", {"bbox_2d": ex.meta["box"], "target_image": 1})
+    assert answer == f"<answer>{ex.reference}</answer>"
