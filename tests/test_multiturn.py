@@ -200,3 +200,21 @@ def test_tool_use_metrics_split_accuracy():
 
     m = tool_use_metrics([s(1, 1.0), s(2, 0.0), s(0, 1.0), s(0, 1.0)])
     assert m == {"tools/acc_with_tools": 0.5, "tools/acc_without_tools": 1.0, "tools/share_with_tools": 0.5}
+
+
+def test_zoom_crop_trajectory_on_a_tinyvlm():
+    from credo.envs.zoom import ZoomConfig, ZoomEnv
+
+    torch.manual_seed(0)
+    model, tok = build_policy(VLM)
+    env = ZoomEnv(ZoomConfig(canvas=64, digit_px=8, n_digits=2, n_sft=2, n_train=2, n_test=2))
+    ex = env.examples("train")[0]
+    call, _ = env.tool_trace(ex)
+    policy = Scripted(model.eval(), tok, call).eval()
+    samples, metrics = multiturn_rollout(policy, tok, env, [ex], 2, SamplingParams(120, 1.0),
+                                         torch.Generator().manual_seed(0), max_turns=2)
+    assert metrics["tools/call_rate"] == 1.0
+    for s in samples:
+        assert s.text.startswith(call) and "Here is the cropped image (Image Size: 16x16)" in s.text
+        assert len(s.images) == 2 and s.images[1].size == (16, 16)
+    _check_logprobs(policy, samples, tok)
