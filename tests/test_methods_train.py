@@ -19,6 +19,8 @@ METHODS = {
     "dapo": (["rl.dynamic_sampling=true", "rl.overlong_cache=8", "rl.eps_high=0.28"], "dapo/rounds"),
     "hicra": (["rl.credit=hicra"], "hicra/semantic_entropy"),
     "rethink": (RETHINK, "rethink/rate"),
+    "multiturn": (['rl.multiturn=true', 'rl.tools=["calculator"]', "rl.max_turns=2", "curiosity.variant=paper"],
+                  "tools/call_rate"),
 }
 
 

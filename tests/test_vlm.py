@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from toy_env import ImageDigitsEnv
 
 from credo.data import collate
 from credo.models import build_policy, load_policy, save_policy
@@ -13,7 +14,6 @@ from credo.rollout.sampler import SamplingParams
 from credo.trainer.config import ModelConfig, load_config
 from credo.trainer.logprobs import sequence_logprobs
 from credo.trainer.loop import train
-from toy_env import ImageDigitsEnv
 
 VLM = ModelConfig(kind="tinyvlm", d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=128, image_size=16,
                   patch_size=4)

@@ -107,6 +107,10 @@ class RLConfig:
     hicra_refresh: int = 10  # HICRA: steps between re-mining strategic grams from correct rollouts (0: seeds only)
     hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
     hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
+    multiturn: bool = False  # multi-turn rollouts with tool calls (rollout.multiturn); observations never trained
+    tools: list[str] = field(default_factory=lambda: ["crop_image", "select_frames"])  # envs.tools.TOOLS names
+    max_turns: int = 4  # multi-turn: most policy turns per trajectory
+    max_images: int = 16  # multi-turn: most images per trajectory (prompt + observations)
     segments: bool = True  # label perception/answer/reasoning tokens from the tags (MoCA routes credit by them)
     planning_metrics: bool = True  # log strategic-gram metrics (semantic entropy, planning entropy) without HICRA
     moca_alpha_protect: float = 0.2  # MoCA: credit added to correct perception (R_P = 1) of failed rollouts (inferred)
@@ -124,6 +128,18 @@ class RewardConfig:
     perception_reasoner: str = "program"  # blindfolded reasoner for R_P: program | policy | model:<path>
     perception_max_len: int = 800  # perception longer than this (tokens; chars without a tokenizer) is penalised
     perception_len_penalty: float = 0.1  # reward subtracted when the perception exceeds perception_max_len
+
+
+@dataclass
+class CuriosityConfig:
+    """Pixel Reasoner's curiosity bonus (rewards/curiosity.py): r' = r + α·max(H − RaPR, 0)·1[tool] + β·min(N − n, 0).
+    """
+
+    variant: str = ""  # "" (off) | "paper" | "code" (the released OpenRLHF form)
+    alpha: float = 0.5  # weight of the rate bonus
+    beta: float = 0.05  # weight of the per-call penalty beyond N calls
+    H: float = 0.3  # target rate of pixel-space reasoning in a group
+    N: int = 1  # calls allowed before the penalty
 
 
 @dataclass
@@ -184,6 +200,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rethink: RethinkConfig = field(default_factory=RethinkConfig)
+    curiosity: CuriosityConfig = field(default_factory=CuriosityConfig)
 
 
 # ---- loading --------------------------------------------------------------------------------------------
@@ -321,6 +338,16 @@ def validate(cfg: Config) -> Config:
     for key in ("p_generic", "p_bare_wait", "skip_prob", "truncate_prob", "easy_acc", "hard_acc"):
         if not 0 <= getattr(cfg.rethink, key) <= 1:
             raise ConfigError(f"config key 'rethink.{key}': must be in [0, 1], got {getattr(cfg.rethink, key)}")
+    if cfg.curiosity.variant not in ("", "paper", "code"):
+        raise ConfigError(f"config key 'curiosity.variant': unknown value {cfg.curiosity.variant!r}; choose "
+                          "\"\" (off), paper or code")
+    if cfg.curiosity.variant and not cfg.rl.multiturn:
+        raise ConfigError("config key 'curiosity.variant': the curiosity bonus needs rl.multiturn = true")
+    from credo.envs.tools import TOOLS
+
+    unknown = [t for t in cfg.rl.tools if t not in TOOLS]
+    if unknown:
+        raise ConfigError(f"config key 'rl.tools': unknown tools {unknown}; registered: {sorted(TOOLS)}")
     if cfg.rl.credit == "moca" and cfg.reward.perception <= 0:
         raise ConfigError("config key 'rl.credit' = \"moca\" routes credit by R_P: it needs reward.perception > 0")
     reasoner = cfg.reward.perception_reasoner

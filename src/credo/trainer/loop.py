@@ -23,11 +23,14 @@ from credo.core.credit import CREDIT, HicraParams
 from credo.core.selection import SELECTION
 from credo.data import Sample, collate
 from credo.envs import make_env
+from credo.envs.tools import TOOLS
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards import score_samples
+from credo.rewards.curiosity import curiosity_rewards
 from credo.rewards.perception import add_perception_reward, make_reasoner, moca_params
 from credo.rewards.runner import VerifyRunner, make_runner
 from credo.rollout.engine import rollout
+from credo.rollout.multiturn import multiturn_rollout, tool_use_metrics
 from credo.rollout.rethink import forced_rethink, has_rethinking, rethink_nll_mask, rethink_reward_shaping
 from credo.rollout.sampler import SamplingParams
 from credo.rollout.segments import label_samples
@@ -203,7 +206,13 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                 with timers("rollout"):
                     examples = [train_examples[i] for i in stream.take(n_prompts)]
                     policy.eval()
-                    samples = rollout(policy, tok, env, examples, cfg.rl.group_size, params, g, first_group)
+                    if cfg.rl.multiturn:  # tool calls executed between turns; observations get loss_mask 0
+                        tools = {name: TOOLS[name] for name in cfg.rl.tools}
+                        samples, m = multiturn_rollout(policy, tok, env, examples, cfg.rl.group_size, params, g,
+                                                       cfg.rl.max_turns, cfg.rl.max_images, tools, first_group)
+                        _merge(record, m)
+                    else:
+                        samples = rollout(policy, tok, env, examples, cfg.rl.group_size, params, g, first_group)
                     if cfg.rethink.enabled:
                         samples, m = forced_rethink(policy, tok, env, samples, by_id, cfg.rethink, params, g)
                         _merge(record, m)
@@ -216,6 +225,10 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                         m.update(add_perception_reward(samples, by_id, env, reasoner, cfg.reward, tok))
                     if cfg.rethink.enabled and cfg.rethink.reward_shaping:
                         m.update(rethink_reward_shaping(samples))
+                    if cfg.curiosity.variant:  # Pixel Reasoner: keep tool use alive
+                        m.update(_add_curiosity(samples, cfg))
+                    if cfg.rl.multiturn:
+                        m.update(tool_use_metrics(samples))
                     if cfg.rl.overlong_cache:
                         m.update(apply_overlong_penalty(samples, cfg.rl.max_new_tokens, cfg.rl.overlong_cache))
                     _merge(record, m)
@@ -293,6 +306,20 @@ def _group_advantages(samples: list[Sample], name: str) -> torch.Tensor:
     """Sequence advantages [B] of the samples' rewards within their groups (`core.advantages` by name)."""
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float)
     return ADVANTAGES[name](rewards, torch.tensor([s.group_id for s in samples], dtype=torch.long))
+
+
+def _add_curiosity(samples: list[Sample], cfg: Config) -> dict[str, float]:
+    """Add the curiosity bonus to every sample's reward (part `curiosity`); returns its batch mean."""
+    c = cfg.curiosity
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float)
+    n_ops = torch.tensor([s.n_tool_calls for s in samples], dtype=torch.float)
+    gids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
+    new = curiosity_rewards(rewards, n_ops > 0, n_ops, gids, variant=c.variant, alpha=c.alpha, beta=c.beta,
+                            H=c.H, N=c.N)
+    for s, r_old, r_new in zip(samples, rewards.tolist(), new.tolist(), strict=True):
+        s.reward_parts["curiosity"] = r_new - r_old
+        s.reward = r_new
+    return {"reward/curiosity": float((new - rewards).mean()), "reward/mean": float(new.mean())}
 
 
 def _merge(record: dict[str, Any], metrics: dict[str, float]) -> None:
