@@ -81,7 +81,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from credo.trainer.ablate import ablate, markdown_table
 
     report = ablate(args.config, args.overrides, [v for v in args.variants.split(",") if v], args.seeds,
-                    args.target, args.out)
+                    args.target, args.out, args.target_gain)
     print(markdown_table(json.loads((report.parent / "summary.json").read_text())))
     print(f"report: {report}")
     return 0
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--variants", default="grpo,dr_grpo,dapo,ssr,rethink,hicra",
                    help="comma-separated names from credo.trainer.ablate.VARIANTS, or 'name:key=value;key=value'")
     a.add_argument("--seeds", type=int, default=3)
-    a.add_argument("--target", type=float, help="accuracy for the steps-to-target column (default: halfway "
-                   "from the mean start accuracy to the best final one)")
+    a.add_argument("--target", type=float, help="absolute accuracy for the steps-to-target column (default: "
+                   "each run's start accuracy + --target-gain)")
+    a.add_argument("--target-gain", type=float, default=0.05, help="gain over the start for steps-to-target")
     a.add_argument("--out", help="ablation folder (default runs/<run.name>-ablate)")
     args = p.parse_args(argv)
     if args.command in ("train", "sft", "ablate") and args.config and "=" in args.config:

@@ -37,8 +37,8 @@ VARIANTS: dict[str, list[str]] = {
     "hicra": ["rl.credit=hicra"],  # HICRA: A + alpha|A| on planning tokens
 }
 
-COLUMNS = ("final_acc", "best_acc", "steps_to_target", "effective_share", "rethink_rate", "semantic_entropy",
-           "wall_s")
+COLUMNS = ("final_acc", "best_acc", "steps_to_target", "informative_groups", "effective_share", "rethink_rate",
+           "semantic_entropy", "wall_s")
 
 
 def parse_variant(spec: str) -> tuple[str, list[str]]:
@@ -56,12 +56,16 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def run_columns(records: list[dict[str, Any]], target: float, wall_s: float) -> dict[str, float]:
+def run_columns(records: list[dict[str, Any]], target: float | None, wall_s: float, gain: float = 0.05
+                ) -> dict[str, float]:
     """The table's columns for one run, from its metrics records.
 
-    `steps_to_target` is the first evaluated RL step whose greedy accuracy reaches `target` (NaN if never);
-    `effective_share` is the mean share of samples (after selection) that carry a non-zero advantage when
-    SSR logs it, else the mean share of groups with a non-zero advantage."""
+    `steps_to_target` is the first evaluated RL step whose greedy accuracy reaches `target`, or, when `target`
+    is None, the run's own start accuracy + `gain` (seeds' warm starts differ by many points, so a shared
+    absolute target mostly measures the seed); NaN if never reached;
+    `informative_groups` is the mean share of rollout groups with a non-zero advantage (before any selection);
+    `effective_share` the mean share of trained samples with a non-zero advantage when SSR logs it, else the
+    same as `informative_groups` (every sample of an informative group is trained)."""
     evals = [r for r in records if r.get("phase") == "eval"]
     rl = [r for r in records if r.get("phase") == "rl"]
     acc = [r["eval/greedy_acc"] for r in evals]
@@ -73,11 +77,13 @@ def run_columns(records: list[dict[str, Any]], target: float, wall_s: float) -> 
                 return sum(xs) / len(xs)
         return math.nan
 
-    hit = [r["step"] for r in evals if r["eval/greedy_acc"] >= target]
+    goal = target if target is not None else (acc[0] + gain if acc else math.inf)
+    hit = [r["step"] for r in evals if r["eval/greedy_acc"] >= goal - 1e-9]
     return {
         "final_acc": acc[-1] if acc else math.nan,
         "best_acc": max(acc) if acc else math.nan,
         "steps_to_target": float(hit[0]) if hit else math.nan,
+        "informative_groups": mean_of("adv/nonzero_groups"),
         "effective_share": mean_of("ssr/effective_share_after", "adv/nonzero_groups"),
         "rethink_rate": mean_of("rethink/rate"),
         "semantic_entropy": mean_of("hicra/semantic_entropy"),
@@ -99,6 +105,7 @@ def ablate(
     seeds: int,
     target: float | None = None,
     root: str | None = None,
+    gain: float = 0.05,
 ) -> Path:
     """Run every variant at seeds 0..seeds-1 and write the report; returns the report's path."""
     from credo.models import save_policy
@@ -141,15 +148,10 @@ def ablate(
                 print(f"[ablate] {name} seed {seed}: acc {summary['eval_acc_start']:.3f} -> "
                       f"{summary['eval_acc_end']:.3f} in {summary['wall_s']:.0f}s")
             runs[name].append((_records(run_dir), json.loads(done.read_text())["wall_s"]))
-    if target is None:  # default target: halfway from the mean start accuracy to the best final accuracy
-        starts = [next(r["eval/greedy_acc"] for r in recs if r.get("phase") == "eval")
-                  for rs in runs.values() for recs, _ in rs]
-        finals = [[r for r in recs if r.get("phase") == "eval"][-1]["eval/greedy_acc"]
-                  for rs in runs.values() for recs, _ in rs]
-        target = statistics.fmean(starts) + 0.5 * (max(finals) - statistics.fmean(starts))
-    columns = {name: [run_columns(recs, target, wall) for recs, wall in rs] for name, rs in runs.items()}
+    columns = {name: [run_columns(recs, target, wall, gain) for recs, wall in rs] for name, rs in runs.items()}
     summary = {
         "target_acc": target,
+        "target_gain": None if target is not None else gain,
         "seeds": seeds,
         "variants": {name: {c: _mean_std([r[c] for r in cols]) for c in COLUMNS} for name, cols in columns.items()},
     }
@@ -211,8 +213,10 @@ def write_ablation_report(out: Path, runs: dict[str, list[tuple[list[dict[str, A
             for name, cols in summary["variants"].items()]
     parts = [
         f"<h1>Ablation: {len(runs)} variants × {summary['seeds']} seeds</h1>",
-        f"<p>mean ± std over seeds; steps_to_target: first evaluated step with greedy accuracy ≥ "
-        f"{summary['target_acc']:.3f} (in brackets: how many seeds reached it).</p>",
+        "<p>mean ± std over seeds; steps_to_target: first evaluated step with greedy accuracy ≥ "
+        + (f"{summary['target_acc']:.3f}" if summary["target_acc"] is not None else
+           f"the run's start accuracy + {summary['target_gain']:.2f}")
+        + " (in brackets: how many seeds have a value, when not all).</p>",
         table(["variant", *COLUMNS], rows),
     ]
     for file, title in figures:
@@ -229,6 +233,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         for c in COLUMNS:
             v = cols[c]
             d = 0 if c in ("wall_s", "steps_to_target") else 3
-            cells.append("–" if v["n"] == 0 else f"{v['mean']:.{d}f} ± {v['std']:.{d}f}")
+            n = f" ({v['n']})" if 0 < v["n"] < summary.get("seeds", v["n"]) else ""
+            cells.append("–" if v["n"] == 0 else f"{v['mean']:.{d}f} ± {v['std']:.{d}f}{n}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines)
