@@ -40,3 +40,12 @@ class Environment(Protocol):
     def reference_completion(self, example: Example) -> str:
         """A correct, well-formatted completion for the SFT warm start."""
         ...
+
+
+def sample_metrics(env: Environment, texts: list[str], examples: list[Example]) -> dict[str, float]:
+    """The environment's own diagnostics of a batch of completions (`env.sample_metrics(texts, examples)`, an
+    optional method; e.g. the scenes sandbox's bad-seeing / bad-thinking attribution), {} when it has none.
+    The loop logs them per RL step for the rollouts and per evaluation (with `eval/` in front) for the greedy
+    completions."""
+    fn = getattr(env, "sample_metrics", None)
+    return dict(fn(texts, examples)) if fn is not None else {}

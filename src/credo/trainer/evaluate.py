@@ -8,7 +8,7 @@ import torch
 
 from credo.core.stats import maj_at_k, pass_at_k_batch
 from credo.data import Example
-from credo.envs.base import Environment
+from credo.envs.base import Environment, sample_metrics
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.models.policy import Policy
 from credo.rewards.runner import VerifyRunner
@@ -53,6 +53,7 @@ def evaluate(
             "eval/greedy_acc": sum(v.value >= 1.0 for v in verdicts.scores) / len(examples),
             "eval/response_len": sum(len(s.completion_ids) for s in greedy) / len(greedy),
         }
+        out.update({f"eval/{k}": v for k, v in sample_metrics(env, [s.text for s in greedy], examples).items()})
         if n_samples > 0 and pass_k:
             g = torch.Generator().manual_seed(seed)
             params = SamplingParams(max_new_tokens, temperature=temperature)

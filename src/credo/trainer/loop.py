@@ -23,6 +23,7 @@ from credo.core.credit import CREDIT, HicraParams
 from credo.core.selection import SELECTION
 from credo.data import Sample, collate
 from credo.envs import make_env
+from credo.envs.base import sample_metrics
 from credo.envs.tools import TOOLS
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards import score_samples
@@ -229,6 +230,7 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                         m.update(_add_curiosity(samples, cfg))
                     if cfg.rl.multiturn:
                         m.update(tool_use_metrics(samples))
+                    m.update(sample_metrics(env, [s.text for s in samples], [by_id[s.example_id] for s in samples]))
                     if cfg.rl.overlong_cache:
                         m.update(apply_overlong_penalty(samples, cfg.rl.max_new_tokens, cfg.rl.overlong_cache))
                     _merge(record, m)

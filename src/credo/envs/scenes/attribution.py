@@ -17,6 +17,7 @@ not), bad thinking only when they are exactly right. `perception_correct` is the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,11 +73,30 @@ def perception_sufficient(completion: str, example: Example) -> bool:
 
 
 def attribution_metrics(attributions: Sequence[Attribution]) -> dict[str, float]:
-    """Fractions under `attribution/`: correct, bad_seeing, bad_thinking, perception_exact, perception_sufficient."""
+    """Shares under `attribution/` (issue 5's diagnostics, from the ground truth):
+
+    - `correct`, `bad_seeing`, `bad_thinking`: label shares of all completions (they sum to 1);
+    - `bad_seeing_share`, `bad_thinking_share`: shares of the FAILED completions (sum to 1; NaN with no failure);
+    - `perception_acc`: claims exactly right; `perception_sufficient`: claims let the solver answer correctly;
+    - `reasoning_given_perception`: answer correct among completions whose perception is sufficient (NaN if none).
+
+    >>> A = Attribution
+    >>> m = attribution_metrics([
+    ...     A("correct", True, True, True, True), A("bad_seeing", False, True, False, False),
+    ...     A("bad_thinking", False, True, True, True), A("bad_thinking", False, True, False, True)])
+    >>> [m[f"attribution/{k}"] for k in ("bad_thinking_share", "reasoning_given_perception", "perception_acc")]
+    [0.6666666666666666, 0.3333333333333333, 0.5]
+    """
     n = max(1, len(attributions))
     out = {f"attribution/{k}": sum(a.label == k for a in attributions) / n for k in LABELS}
-    out["attribution/perception_exact"] = sum(a.perception_exact for a in attributions) / n
+    failed = [a for a in attributions if not a.answer_correct]
+    for k in ("bad_seeing", "bad_thinking"):
+        out[f"attribution/{k}_share"] = sum(a.label == k for a in failed) / len(failed) if failed else math.nan
+    out["attribution/perception_acc"] = sum(a.perception_exact for a in attributions) / n
     out["attribution/perception_sufficient"] = sum(a.perception_sufficient for a in attributions) / n
+    seen = [a for a in attributions if a.perception_sufficient]
+    out["attribution/reasoning_given_perception"] = (sum(a.answer_correct for a in seen) / len(seen) if seen
+                                                     else math.nan)
     return out
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from credo.data import Example
 from credo.envs.base import Score
-from credo.envs.scenes.attribution import judge_perception
+from credo.envs.scenes.attribution import attribute, attribution_metrics, judge_perception
 from credo.envs.scenes.claims import claim_scores, format_claims, parse_claims, perception_text
 from credo.envs.scenes.questions import FAMILIES, make_question
 from credo.envs.scenes.render import render
@@ -190,6 +190,12 @@ class ScenesEnv:
     def perception_sufficient(self, perception: str, example: Example) -> bool:
         """The claims in `perception` let the exact solver reach the reference (the ideal PV verdict)."""
         return judge_perception(perception, example)[1]
+
+    def sample_metrics(self, texts: list[str], examples: list[Example]) -> dict[str, float]:
+        """Ground-truth attribution of a batch of completions (`attribution.attribution_metrics`): bad-seeing and
+        bad-thinking shares of the failures, perception accuracy, reasoning accuracy given sufficient perception.
+        The loop logs these per RL step (rollouts) and per evaluation (greedy, under `eval/`)."""
+        return attribution_metrics([attribute(t, ex) for t, ex in zip(texts, examples, strict=True)])
 
     def answer_key(self, completion: str) -> str | None:
         """The typed canonical answer (majority votes group "3" with "three")."""
