@@ -53,7 +53,8 @@ class Sample:
     reward: float = 0.0
     reward_parts: dict[str, float] = field(default_factory=dict)
     rethought: bool = False
-    n_tool_calls: int = 0
+    n_tool_calls: int = 0  # valid tool calls executed (multi-turn)
+    n_tool_errors: int = 0  # malformed or failed tool calls (multi-turn; the released curiosity code counts them)
 
 
 @dataclass

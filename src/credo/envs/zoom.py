@@ -11,9 +11,11 @@ and resamples to `image_size`) shows the digit several times larger. The answer 
              </tool_call> … (observation) … <answer>7</answer>
 
 `meta` keeps the frame (`box`, relative [x1, y1, x2, y2]) and the digits. `tool_trace(example)` gives the
-warm-start demonstration as (call text, answer text); `reference_completion` returns it joined around an
-observation stub for `sft_tool_frac` of the warm-start examples (the rest answer directly), so a multi-turn SFT
-that inserts the real crop can use it (the current single-text SFT would train on the stub: see the report).
+warm-start demonstration as (call text, answer text). `reference_turns` is what SFT trains on: for
+`sft_tool_frac` of the warm-start examples the two policy turns [call, answer], between which multi-turn SFT
+(`trainer/sft.py::sft_rows`) inserts the REAL crop as the rollout would; the rest answer directly, [answer].
+`reference_completion` (single text, for code that wants one string) joins the turns around an observation
+stub and is not what SFT uses.
 
     credo train env.name=credo.envs.zoom:from_config model.kind=tinyvlm model.image_size=48
 """
@@ -118,6 +120,12 @@ class ZoomEnv:
         """(the crop call on the red frame, the answer after the observation): a warm-start demonstration."""
         call = {"name": "crop_image", "arguments": {"bbox_2d": example.meta["box"], "target_image": 1}}
         return f"<tool_call>{json.dumps(call)}</tool_call>", f"<answer>{example.reference}</answer>"
+
+    def reference_turns(self, example: Example) -> list[str]:
+        """Policy turns of the warm-start trace: [crop call, answer] on a tool-trace example, else [answer]."""
+        if not example.meta.get("tool_trace"):
+            return [f"<answer>{example.reference}</answer>"]
+        return list(self.tool_trace(example))
 
     def reference_completion(self, example: Example) -> str:
         if not example.meta.get("tool_trace"):

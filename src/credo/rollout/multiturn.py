@@ -120,6 +120,53 @@ def call_segments(tokenizer: Any, ids: list[int], text: str) -> list[int]:
     return seg
 
 
+DISABLED = "tools are disabled"
+
+
+@dataclass
+class TurnResult:
+    """What follows a policy turn that ended in a call: the observation, its tokens, and how the call went."""
+
+    obs: Observation
+    ids: list[int]  # the observation's token ids (`observation_tokens`), appended with loss_mask 0
+    valid: bool  # the tool ran (an image-limited call stays valid, as in the rollout's counts)
+    refused: bool = False  # tools disabled: the call was not executed
+    image_limited: bool = False
+
+
+def execute_turn(
+    tokenizer: Any,
+    text: str,
+    images: list[Any],
+    meta: dict[str, Any],
+    image_size: int,
+    tools: dict[str, Tool],
+    max_images: int = 16,
+    enabled: bool = True,
+) -> TurnResult:
+    """Run the call at the end of the policy turn `text` on a `ToolContext(images, meta, image_size)` and format
+    its observation as tokens. The one place where a call becomes observation tokens: the rollout and the
+    multi-turn SFT builder (`reference_trajectory`) both use it, so their sequences agree token for token.
+
+    A call whose images would take the trajectory past `max_images` gets an error observation (still counted
+    as valid); a tool that returns images to a model that reads none gets an error (invalid). With
+    `enabled = False` (tools forbidden) the call is not executed: the observation is
+    `Execution error:\ntools are disabled\n` and the policy continues, so it can still answer without tools."""
+    if not enabled:
+        obs = Observation(f"Execution error:\n{DISABLED}\n")
+        return TurnResult(obs, observation_tokens(tokenizer, obs), False, refused=True)
+    obs, valid = run_tool(text, ToolContext(images=list(images), meta=meta, image_size=image_size), tools)
+    limited = valid and len(images) + len(obs.images) > max_images
+    if limited:
+        obs = Observation(f"Execution error:\nimage limit reached ({max_images} images)\n")
+    try:
+        ids = observation_tokens(tokenizer, obs)
+    except ToolError as e:
+        obs, valid = Observation(f"Execution error:\n{e}\n"), False
+        ids = observation_tokens(tokenizer, obs)
+    return TurnResult(obs, ids, valid, image_limited=limited)
+
+
 @dataclass
 class _Trajectory:
     example: Example
@@ -131,7 +178,8 @@ class _Trajectory:
     loss_mask: list[float] = field(default_factory=list)
     segments: list[int] = field(default_factory=list)
     n_calls: int = 0  # valid calls executed
-    n_malformed: int = 0
+    n_malformed: int = 0  # calls that failed: unparsable, unknown tool, bad arguments, a tool's exception
+    n_refused: int = 0  # calls not executed because tools are disabled
     n_unexecuted: int = 0  # calls in the last allowed turn
     n_image_limited: int = 0
     n_turns: int = 0
@@ -173,13 +221,20 @@ def multiturn_rollout(
     first_group_id: int = 0,
     max_completion_tokens: int | None = None,
     max_batch: int = 512,
+    tools_enabled: bool = True,
 ) -> tuple[list[Sample], dict[str, float]]:
     """`group_size` multi-turn trajectories per example (see the module docstring), batched across all active
     trajectories at every turn. `params.max_new_tokens` caps each turn; `max_completion_tokens` (default: only
     the model's `max_len`) caps all turns and observations together. Returns the samples and metrics:
     `tools/call_rate` (share of trajectories with ≥ 1 valid call), `tools/calls_per_rollout` (valid calls),
     `tools/malformed_rate` (malformed / attempted calls), `tools/malformed`, `tools/unexecuted`,
-    `tools/image_limited`, `tools/turns` (mean generation turns). `Sample.n_tool_calls` counts valid calls.
+    `tools/image_limited`, `tools/refused`, `tools/turns` (mean generation turns). `Sample.n_tool_calls`
+    counts valid calls, `Sample.n_tool_errors` malformed / failed ones.
+
+    `tools_enabled = False` forbids tools (evaluation without tools): generation still stops at `</tool_call>`,
+    but the call is not executed; the observation is `Execution error:\ntools are disabled\n` (counted in
+    `tools/refused`, not as malformed) and the policy goes on to its next turn, so a model that habitually
+    calls a tool can still answer from what it sees.
     """
     tools = TOOLS if tools is None else tools
     stops = tuple(dict.fromkeys((*params.stop, CALL_END)))
@@ -226,23 +281,17 @@ def multiturn_rollout(
                 t.n_unexecuted += 1
                 t.finish_reason = "stop"
                 continue
-            ctx = ToolContext(images=list(t.images), meta=t.example.meta, image_size=image_size)
-            obs, valid = run_tool(text, ctx, tools)
-            if valid and len(t.images) + len(obs.images) > max_images:
-                obs = Observation(f"Execution error:\nimage limit reached ({max_images} images)\n")
-                t.n_image_limited += 1
-            try:
-                obs_ids = observation_tokens(tokenizer, obs)
-            except ToolError as e:
-                obs, valid = Observation(f"Execution error:\n{e}\n"), False
-                obs_ids = observation_tokens(tokenizer, obs)
-            t.n_calls += int(valid)
-            t.n_malformed += int(not valid)
-            if len(obs_ids) >= t.budget(model_len, max_completion_tokens):
+            res = execute_turn(tokenizer, text, t.images, t.example.meta, image_size, tools, max_images,
+                               enabled=tools_enabled)
+            t.n_calls += int(res.valid)
+            t.n_malformed += int(not res.valid and not res.refused)
+            t.n_refused += int(res.refused)
+            t.n_image_limited += int(res.image_limited)
+            if len(res.ids) >= t.budget(model_len, max_completion_tokens):
                 t.finish_reason = "length"  # no room for the observation and a next turn
                 continue
-            t.images += obs.images
-            t.add(obs_ids, [0.0] * len(obs_ids), 0.0, [SEGMENTS["observation"]] * len(obs_ids))
+            t.images += res.obs.images
+            t.add(res.ids, [0.0] * len(res.ids), 0.0, [SEGMENTS["observation"]] * len(res.ids))
     for t in trajs:
         t.finish_reason = t.finish_reason or "length"
 
@@ -259,6 +308,7 @@ def multiturn_rollout(
             text=tokenizer.decode(t.completion),
             images=t.images or None,
             n_tool_calls=t.n_calls,
+            n_tool_errors=t.n_malformed,
         )
         for t in trajs
     ]
@@ -271,9 +321,64 @@ def multiturn_rollout(
         "tools/malformed": float(sum(t.n_malformed for t in trajs)),
         "tools/unexecuted": float(sum(t.n_unexecuted for t in trajs)),
         "tools/image_limited": float(sum(t.n_image_limited for t in trajs)),
+        "tools/refused": float(sum(t.n_refused for t in trajs)),
         "tools/turns": sum(t.n_turns for t in trajs) / B,
     }
     return samples, metrics
+
+
+def check_turns(turns: list[str]) -> None:
+    """Reference turns as a rollout would cut them: every turn but the last ends with its only `</tool_call>`
+    (generation stops there), the last holds none (it is the answer turn, ended by EOS)."""
+    if not turns or not all(isinstance(x, str) for x in turns):
+        raise ValueError(f"reference turns must be a non-empty list of strings, got {turns!r}")
+    for k, turn in enumerate(turns[:-1]):
+        if not turn.endswith(CALL_END) or turn.count(CALL_END) != 1:
+            raise ValueError(f"reference turn {k} must end with its only {CALL_END}: {turn!r}")
+    if CALL_END in turns[-1]:
+        raise ValueError(f"the last reference turn must not call a tool: {turns[-1]!r}")
+
+
+def reference_trajectory(
+    tokenizer: Any,
+    env: Environment,
+    example: Example,
+    turns: list[str],
+    tools: dict[str, Tool] | None = None,
+    image_size: int = 48,
+    max_images: int = 16,
+) -> Sample:
+    """The trajectory a multi-turn rollout produces when the policy writes exactly `turns` (policy text
+    segments, e.g. `env.reference_turns(example)`): prompt, then per turn its tokens (`loss_mask` 1, segments
+    by `call_segments`) and, after a turn that ends in a call, the REAL tool's observation from `execute_turn`
+    (`loss_mask` 0, segment `observation`, its images appended to the row's), and EOS after the last turn.
+    Multi-turn SFT trains on these rows. Each turn is encoded on its own, as the rollout samples it; for a BPE
+    tokenizer that is the policy's canonical spelling of the turn. `sampler_logprobs` are 0 (no sampler)."""
+    check_turns(turns)
+    tools = TOOLS if tools is None else tools
+    t = _Trajectory(example, 0, encode_prompt(tokenizer, env, example), list(example.images or []))
+    for k, turn in enumerate(turns):
+        ids = tokenizer.encode(turn)
+        if k == len(turns) - 1:
+            ids = ids + [tokenizer.eos_id]
+        t.add(ids, [0.0] * len(ids), 1.0, call_segments(tokenizer, ids, turn))
+        t.n_turns += 1
+        if k < len(turns) - 1:
+            res = execute_turn(tokenizer, turn, t.images, example.meta, image_size, tools, max_images)
+            t.n_calls += int(res.valid)
+            t.n_malformed += int(not res.valid)
+            t.images += res.obs.images
+            t.add(res.ids, [0.0] * len(res.ids), 0.0, [SEGMENTS["observation"]] * len(res.ids))
+    return Sample(
+        example_id=example.id, group_id=0,
+        prompt_ids=torch.tensor(t.prompt_ids, dtype=torch.long),
+        completion_ids=torch.tensor(t.completion, dtype=torch.long),
+        loss_mask=torch.tensor(t.loss_mask, dtype=torch.float),
+        segment_ids=torch.tensor(t.segments, dtype=torch.long),
+        sampler_logprobs=torch.tensor(t.logprobs, dtype=torch.float),
+        finish_reason="stop", text=tokenizer.decode(t.completion), images=t.images or None,
+        n_tool_calls=t.n_calls, n_tool_errors=t.n_malformed,
+    )
 
 
 def tool_use_metrics(samples: list[Sample], correct_key: str = "outcome") -> dict[str, float]:

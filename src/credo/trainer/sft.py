@@ -1,4 +1,8 @@
-"""The SFT warm start: cross-entropy on reference completions (prompt tokens masked out)."""
+"""The SFT warm start: cross-entropy on reference completions (prompt tokens masked out).
+
+An environment with `reference_turns` gets multi-turn SFT: its tool-using traces are built as a multi-turn
+rollout would build them (`rollout.multiturn.reference_trajectory`), with the real tool observations (crops,
+frames) in the sequence and out of the loss."""
 
 from __future__ import annotations
 
@@ -10,26 +14,55 @@ import torch
 
 from credo.core.aggregation import token_mean
 from credo.envs.base import Environment
+from credo.envs.tools import TOOLS, Tool
 from credo.models.policy import Policy
 from credo.rollout.engine import encode_prompt
+from credo.rollout.multiturn import reference_trajectory
 from credo.trainer.config import SFTConfig
 from credo.trainer.logprobs import sequence_logprobs
 
 
-def sft_tensors(tokenizer: Any, env: Environment, examples: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded `BOS prompt completion EOS` ids [N, T] and the mask of completion tokens [N, T]."""
-    rows, masks = [], []
+def sft_rows(
+    tokenizer: Any,
+    env: Environment,
+    examples: list,
+    tools: dict[str, Tool] | None = None,
+    image_size: int = 48,
+    max_images: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, list[list[Any]] | None]:
+    """Right-padded rows [N, T], their loss mask [N, T] and each row's images (None when no row has any).
+
+    Single-text references: `BOS prompt completion EOS` with `env.reference_completion(ex)`, mask 1 on the
+    completion. Multi-turn references: when the env has `reference_turns(example) -> list[str]` (policy text
+    turns; every turn but the last ends with a `</tool_call>`), the row is `rollout.multiturn.
+    reference_trajectory`: exactly the tokens a multi-turn rollout writing those turns produces, with the real
+    tool's observation (text and image placeholders; its images join the row's images) under mask 0."""
+    rows, masks, images = [], [], []
+    turns_of = getattr(env, "reference_turns", None)
     for ex in examples:
-        p = encode_prompt(tokenizer, env, ex)
-        c = tokenizer.encode(env.reference_completion(ex)) + [tokenizer.eos_id]
+        if turns_of is not None:
+            s = reference_trajectory(tokenizer, env, ex, turns_of(ex), tools, image_size, max_images)
+            p, c, m = s.prompt_ids.tolist(), s.completion_ids.tolist(), s.loss_mask.tolist()
+            imgs = list(s.images or [])
+        else:
+            p = encode_prompt(tokenizer, env, ex)
+            c = tokenizer.encode(env.reference_completion(ex)) + [tokenizer.eos_id]
+            m, imgs = [1.0] * len(c), list(ex.images or [])
         rows.append(p + c)
-        masks.append([0.0] * len(p) + [1.0] * len(c))
+        masks.append([0.0] * len(p) + m)
+        images.append(imgs)
     T = max(map(len, rows))
     ids = torch.full((len(rows), T), tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), T)
     for i, (r, m) in enumerate(zip(rows, masks, strict=True)):
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(m)] = torch.tensor(m)
+    return ids, mask, (images if any(images) else None)
+
+
+def sft_tensors(tokenizer: Any, env: Environment, examples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded rows [N, T] and the mask of trained tokens [N, T] (`sft_rows` without the images)."""
+    ids, mask, _ = sft_rows(tokenizer, env, examples)
     return ids, mask
 
 
@@ -48,11 +81,15 @@ def sft(
     cfg: SFTConfig,
     seed: int,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    tools: dict[str, Tool] | None = None,
+    max_images: int = 16,
 ) -> list[dict[str, float]]:
-    """Train `policy` in place on the environment's "sft" split; returns per-step metrics."""
+    """Train `policy` in place on the environment's "sft" split; returns per-step metrics. `tools` (default:
+    the whole registry) and `max_images` serve multi-turn references (`sft_rows`); tool images are resampled to
+    the model's `image_size`."""
     examples = env.examples("sft")
-    ids, mask = sft_tensors(tokenizer, env, examples)
-    images = [ex.images for ex in examples] if any(ex.images for ex in examples) else None
+    image_size = getattr(getattr(policy, "cfg", None), "image_size", 48)
+    ids, mask, images = sft_rows(tokenizer, env, examples, tools, image_size, max_images)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     history = []
@@ -86,5 +123,7 @@ def warm_start_model(cfg: Any, env: Environment | None = None) -> tuple[Any, Any
     torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     policy, tok = load_policy(cfg.model.path, cfg.model) if cfg.model.path else build_policy(cfg.model)
-    history = sft(policy, tok, env or make_env(cfg.env), cfg.sft, cfg.run.seed)
+    tools = {name: TOOLS[name] for name in cfg.rl.tools}
+    history = sft(policy, tok, env or make_env(cfg.env), cfg.sft, cfg.run.seed, tools=tools,
+                  max_images=cfg.rl.max_images)
     return policy, tok, history
