@@ -60,3 +60,23 @@ def test_run_columns_by_hand():
     assert math.isnan(run_columns(recs, target=None, wall_s=1.0, gain=0.3)["steps_to_target"])
     table = markdown_table({"variants": {"v": {k: {"mean": 1.0, "std": 0.0, "n": 1} for k in c}}})
     assert table.splitlines()[2].startswith("| v | 1.000 ± 0.000")
+
+
+def test_attribution_columns_from_the_final_eval_and_tables_skip_absent_columns():
+    recs = [
+        {"phase": "eval", "step": 0, "eval/greedy_acc": 0.2, "eval/attribution/perception_acc": 0.1},
+        {"phase": "rl", "step": 1, "pv/agreement": 0.8},
+        {"phase": "rl", "step": 2, "pv/agreement": 0.6},
+        {"phase": "eval", "step": 2, "eval/greedy_acc": 0.3, "eval/attribution/perception_acc": 0.4,
+         "eval/attribution/bad_seeing_share": 0.75, "eval/attribution/bad_thinking_share": 0.25,
+         "eval/attribution/reasoning_given_perception": 0.9},
+    ]
+    c = run_columns(recs, target=None, wall_s=1.0)
+    assert c["perception_acc"] == 0.4 and c["bad_seeing_share"] == 0.75 and c["bad_thinking_share"] == 0.25
+    assert c["reasoning_given_perception"] == 0.9 and abs(c["pv_agreement"] - 0.7) < 1e-12
+    arith = run_columns([{"phase": "eval", "step": 0, "eval/greedy_acc": 0.2}], target=None, wall_s=1.0)
+    assert math.isnan(arith["perception_acc"]) and math.isnan(arith["pv_agreement"])
+    summary = {"seeds": 1, "variants": {"v": {k: {"mean": 0.5, "std": 0.0, "n": 0 if math.isnan(x) else 1}
+                                              for k, x in arith.items()}}}
+    head = markdown_table(summary).splitlines()[0]
+    assert "final_acc" in head and "perception_acc" not in head and "pv_agreement" not in head

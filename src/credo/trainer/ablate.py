@@ -38,7 +38,10 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 COLUMNS = ("final_acc", "best_acc", "steps_to_target", "informative_groups", "effective_share", "rethink_rate",
-           "semantic_entropy", "wall_s")
+           "semantic_entropy", "perception_acc", "reasoning_given_perception", "bad_seeing_share",
+           "bad_thinking_share", "pv_agreement", "wall_s")
+# final-evaluation columns read from `eval/attribution/*` (environments with `sample_metrics`, e.g. scenes)
+ATTRIBUTION_COLUMNS = ("perception_acc", "reasoning_given_perception", "bad_seeing_share", "bad_thinking_share")
 
 
 def parse_variant(spec: str) -> tuple[str, list[str]]:
@@ -65,7 +68,11 @@ def run_columns(records: list[dict[str, Any]], target: float | None, wall_s: flo
     absolute target mostly measures the seed); NaN if never reached;
     `informative_groups` is the mean share of rollout groups with a non-zero advantage (before any selection);
     `effective_share` the mean share of trained samples with a non-zero advantage when SSR logs it, else the
-    same as `informative_groups` (every sample of an informative group is trained)."""
+    same as `informative_groups` (every sample of an informative group is trained);
+    `perception_acc`, `reasoning_given_perception`, `bad_seeing_share`, `bad_thinking_share` are the final
+    evaluation's ground-truth attribution (greedy, held-out; scenes); `pv_agreement` the mean over RL steps of
+    Perception Verification's agreement with the truth (`pv/agreement`). Columns a run does not log are NaN, and
+    the tables leave out a column no variant has."""
     evals = [r for r in records if r.get("phase") == "eval"]
     rl = [r for r in records if r.get("phase") == "rl"]
     acc = [r["eval/greedy_acc"] for r in evals]
@@ -87,6 +94,8 @@ def run_columns(records: list[dict[str, Any]], target: float | None, wall_s: flo
         "effective_share": mean_of("ssr/effective_share_after", "adv/nonzero_groups"),
         "rethink_rate": mean_of("rethink/rate"),
         "semantic_entropy": mean_of("hicra/semantic_entropy"),
+        **{c: evals[-1].get(f"eval/attribution/{c}", math.nan) if evals else math.nan for c in ATTRIBUTION_COLUMNS},
+        "pv_agreement": mean_of("pv/agreement"),
         "wall_s": wall_s,
     }
 
@@ -185,6 +194,10 @@ def write_ablation_report(out: Path, runs: dict[str, list[tuple[list[dict[str, A
         ("ablate_acc.png", "eval", "eval/greedy_acc", "held-out greedy accuracy (mean ± std over seeds)"),
         ("ablate_effective.png", "rl", "adv/nonzero_groups", "share of groups with a non-zero advantage"),
         ("ablate_reward.png", "rl", "reward/mean", "mean reward of the rollout batch"),
+        ("ablate_perception.png", "eval", "eval/attribution/perception_acc",
+         "held-out perception accuracy (claims exactly right)"),
+        ("ablate_bad_seeing.png", "rl", "attribution/bad_seeing_share",
+         "rollouts: share of failures that are bad seeing"),
     ]:
         fig, ax = plt.subplots(figsize=(7, 4))
         drawn = False
@@ -209,7 +222,8 @@ def write_ablation_report(out: Path, runs: dict[str, list[tuple[list[dict[str, A
             return "–"
         return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" + (f" ({v['n']})" if v["n"] < summary["seeds"] else "")
 
-    rows = [[name, *(cell(cols[c], 0 if c in ("wall_s", "steps_to_target") else 3) for c in COLUMNS)]
+    shown = present_columns(summary)
+    rows = [[name, *(cell(cols[c], 0 if c in ("wall_s", "steps_to_target") else 3) for c in shown)]
             for name, cols in summary["variants"].items()]
     parts = [
         f"<h1>Ablation: {len(runs)} variants × {summary['seeds']} seeds</h1>",
@@ -217,20 +231,26 @@ def write_ablation_report(out: Path, runs: dict[str, list[tuple[list[dict[str, A
         + (f"{summary['target_acc']:.3f}" if summary["target_acc"] is not None else
            f"the run's start accuracy + {summary['target_gain']:.2f}")
         + " (in brackets: how many seeds have a value, when not all).</p>",
-        table(["variant", *COLUMNS], rows),
+        table(["variant", *shown], rows),
     ]
     for file, title in figures:
         parts.append(f'<figure><img src="plots/{file}" alt="{title}"><figcaption>{title}</figcaption></figure>')
     return write_page(out / "report.html", out.name, parts)
 
 
+def present_columns(summary: dict[str, Any]) -> list[str]:
+    """The columns at least one variant has a value for (arith runs have no perception columns, and so on)."""
+    return [c for c in COLUMNS if any(cols.get(c, {}).get("n", 0) > 0 for cols in summary["variants"].values())]
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table (for notes and the console)."""
-    head = "| variant | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
+    shown = present_columns(summary)
+    head = "| variant | " + " | ".join(shown) + " |\n|---|" + "---|" * len(shown) + "\n"
     lines = []
     for name, cols in summary["variants"].items():
         cells = []
-        for c in COLUMNS:
+        for c in shown:
             v = cols[c]
             d = 0 if c in ("wall_s", "steps_to_target") else 3
             n = f" ({v['n']})" if 0 < v["n"] < summary.get("seeds", v["n"]) else ""
