@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from credo.data import SEGMENTS
+from credo.envs.frames import FramesConfig, FramesEnv
 from credo.envs.tools import TOOLS, ToolContext
 from credo.envs.zoom import ZoomConfig, ZoomEnv
 from credo.models import build_policy
@@ -61,10 +62,12 @@ def _zoom(frac: float = 1.0) -> ZoomEnv:
     return ZoomEnv(ZoomConfig(canvas=64, digit_px=8, n_digits=2, n_sft=6, n_train=2, n_test=2, sft_tool_frac=frac))
 
 
-def test_reference_trajectory_equals_a_multiturn_rollout_of_the_same_turns():
+@pytest.mark.parametrize("env_name", ["zoom", "frames"])
+def test_reference_trajectory_equals_a_multiturn_rollout_of_the_same_turns(env_name):
     torch.manual_seed(0)
     model, tok = build_policy(VLM)
-    env = _zoom()
+    env = _zoom() if env_name == "zoom" else FramesEnv(FramesConfig(frame_px=32, thumb_px=4, digit_px=12, n_sft=4,
+                                                                     n_train=2, n_test=2, sft_tool_frac=1.0))
     ex = env.examples("sft")[0]
     turns = env.reference_turns(ex)
     assert len(turns) == 2 and turns[0].startswith("<tool_call>")

@@ -13,6 +13,7 @@ ENVS: dict[str, str] = {
     "reasoning_gym": "credo.envs.reasoning_gym:from_config",  # name = "reasoning_gym:<task>"
     "dataset": "credo.envs.dataset:from_config",  # local JSONL / parquet / CSV files through `datasets`
     "zoom": "credo.envs.zoom:from_config",  # small details readable only after a crop_image call
+    "frames": "credo.envs.frames:from_config",  # a frame sequence as thumbnails; one frame read via select_frames
     "scenes": "credo.envs.scenes:from_config",  # rendered shapes: perception claims + typed answers (vision)
 }
 
