@@ -215,3 +215,27 @@ def test_config_defaults():
     assert (r.perception, r.perception_reasoner, r.perception_max_len, r.perception_len_penalty) == (
         0.0, "program", 800, 0.1)
     assert (rl.moca_alpha_protect, rl.moca_alpha_punish) == (0.2, 0.2)
+
+
+def test_pv_agreement_against_exact_and_sufficient_truth_on_scenes():
+    from credo.envs.scenes import ScenesConfig, ScenesEnv
+    from credo.envs.scenes.claims import format_claims
+    from credo.envs.scenes.scene import SceneObject
+
+    env = ScenesEnv(ScenesConfig(n_sft=1, n_train=1, n_test=40, families=("count",)))
+    samples, by_id, exact, sufficient = [], {}, [], []
+    for ex in env.examples("test"):
+        objs = list(ex.meta["objects"])
+        free = next((r, c) for r in (1, 2, 3) for c in (1, 2, 3) if all((o.row, o.col) != (r, c) for o in objs))
+        extra = SceneObject(*free, "circle", "red", "large")  # an extra claim: never exact, sometimes sufficient
+        for claims in (objs, [*objs, extra], objs[1:]):
+            by_id[ex.id] = ex
+            samples.append(_sample(f"<perception>{format_claims(claims)}</perception><answer>0</answer>", 0.0, ex.id))
+            exact.append(sorted(claims) == sorted(objs))
+            sufficient.append(env.perception_sufficient(format_claims(claims), ex))
+    r_p, m = perception_rewards(samples, by_id, env, make_reasoner("program", env), RewardConfig(perception=0.5))
+    # the program reasoner is the exact solver: R_P = 1 exactly when the claims determine the right answer
+    assert r_p.tolist() == [float(s) for s in sufficient]
+    assert m["pv/agreement_sufficient"] == 1.0
+    want = sum(e == s for e, s in zip(exact, sufficient, strict=True)) / len(samples)
+    assert m["pv/agreement"] == pytest.approx(want) and want < 1.0  # irrelevant extras / misses diverge

@@ -228,9 +228,10 @@ def perception_rewards(
     R_P = 1 when the reasoner's answer to the question, given only the sample's perception, passes the env's
     verifier as `<answer>{answer}</answer>`; 0 without perception, without an answer, or when the reasoner or
     the verifier raised. Metrics: `pv/rate` (mean R_P), `pv/agreement` (share with R_P equal to the env's
-    `perception_correct`, only when the env has it), `pv/length_penalized` (share over `perception_max_len`),
-    `pv/perception_len` (mean length), `pv/empty` (share without perception), `pv/errors` (reasoner calls that
-    raised).
+    `perception_correct`, only when the env has it), `pv/agreement_sufficient` (the same against the env's
+    `perception_sufficient`: the perception determines the right answer), `pv/length_penalized` (share over
+    `perception_max_len`), `pv/perception_len` (mean length), `pv/empty` (share without perception),
+    `pv/errors` (reasoner calls that raised).
     """
     examples = [examples_by_id[s.example_id] for s in samples]
     perceptions = [extract_perception(s.text) for s in samples]
@@ -249,15 +250,16 @@ def perception_rewards(
         "pv/empty": (len(samples) - len(has)) / n,
         "pv/errors": float(errors),
     }
-    truth = getattr(env, "perception_correct", None)
-    if callable(truth):
-        agree = 0
-        for i, (p, ex) in enumerate(zip(perceptions, examples, strict=True)):
-            try:
-                agree += bool(truth(p, ex)) == bool(r_p[i])
-            except Exception:  # a diagnostic only; a failure counts as disagreement
-                pass
-        metrics["pv/agreement"] = agree / n
+    for key, method in (("pv/agreement", "perception_correct"), ("pv/agreement_sufficient", "perception_sufficient")):
+        truth = getattr(env, method, None)
+        if callable(truth):
+            agree = 0
+            for i, (p, ex) in enumerate(zip(perceptions, examples, strict=True)):
+                try:
+                    agree += bool(truth(p, ex)) == bool(r_p[i])
+                except Exception:  # a diagnostic only; a failure counts as disagreement
+                    pass
+            metrics[key] = agree / n
     return r_p, metrics
 
 
