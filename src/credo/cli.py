@@ -46,7 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from credo.models import load_policy
     from credo.trainer import checkpoint as ckpt
     from credo.trainer.config import from_dict
-    from credo.trainer.evaluate import evaluate
+    from credo.trainer.evaluate import evaluate, tool_eval_from_config
 
     target = Path(args.checkpoint)
     if target.is_file():  # a checkpoint.pt: the run's config and start_model/ + weights
@@ -61,9 +61,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env = make_env(cfg.env)
     m = evaluate(policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples,
                  cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed, workers=cfg.reward.workers,
-                 timeout_s=cfg.reward.timeout_s)
+                 timeout_s=cfg.reward.timeout_s, tools=tool_eval_from_config(cfg, enabled=not args.no_tools))
     result = {"target": str(target), "env": cfg.env.name, "n_problems": len(env.examples("test")),
-              "n_samples": cfg.eval.n_samples, "temperature": cfg.eval.temperature, **m}
+              "n_samples": cfg.eval.n_samples, "temperature": cfg.eval.temperature,
+              "multiturn": cfg.rl.multiturn, "tools": "off" if args.no_tools else "on", **m}
     print(f"{'metric':24s} value")
     for k, v in m.items():
         print(f"{k:24s} {v:.4f}")
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("overrides", nargs="*")
     e.add_argument("--config", help="TOML preset for the environment when evaluating a model directory")
     e.add_argument("--out", help="write the results as JSON here (default: eval.json beside a checkpoint)")
+    e.add_argument("--no-tools", action="store_true", help="with rl.multiturn: tools forbidden (a call is not "
+                   "executed; the observation says 'tools are disabled' and the model continues)")
     a = sub.add_parser("ablate", help="several RL methods x seeds from the same warm start, one report")
     a.add_argument("config", nargs="?")
     a.add_argument("overrides", nargs="*")

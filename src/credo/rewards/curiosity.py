@@ -50,6 +50,16 @@ def curiosity_bonus(
     raise ValueError(f"curiosity: unknown variant {variant!r} (expected one of {VARIANTS})")
 
 
+def count_ops(n_valid: list[int], n_errors: list[int], variant: str = "paper") -> torch.Tensor:
+    """The n_ops each variant counts, per rollout [B]: the paper form (verl-tool's `num_valid_action`) counts
+    valid operations only; the released code's `ncall` counts every turn that ended in a tool call, failed ones
+    included (`Sample.n_tool_calls` + `Sample.n_tool_errors`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"curiosity: unknown variant {variant!r} (expected one of {VARIANTS})")
+    extra = n_errors if variant == "code" else [0] * len(n_valid)
+    return torch.tensor([v + e for v, e in zip(n_valid, extra, strict=True)], dtype=torch.float)
+
+
 def curiosity_rewards(
     rewards: torch.Tensor, used_tool: torch.Tensor, n_ops: torch.Tensor, group_ids: torch.Tensor, **kw: float | str
 ) -> torch.Tensor:

@@ -1,7 +1,10 @@
-"""Held-out evaluation: greedy accuracy, unbiased pass@k and mean response length."""
+"""Held-out evaluation: greedy accuracy, unbiased pass@k and mean response length; with tools (multi-turn
+rollouts) or with tools forbidden, and tool-use metrics."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -9,12 +12,58 @@ import torch
 from credo.core.stats import maj_at_k, pass_at_k_batch
 from credo.data import Example
 from credo.envs.base import Environment, sample_metrics
+from credo.envs.tools import TOOLS, Tool
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.models.policy import Policy
 from credo.rewards.runner import VerifyRunner
 from credo.rollout.engine import rollout
+from credo.rollout.multiturn import CALL_END, multiturn_rollout
 from credo.rollout.sampler import SamplingParams
 from credo.trainer.config import RewardConfig
+
+
+@dataclass
+class ToolEval:
+    """Evaluate with multi-turn rollouts (`rollout.multiturn`): the tools the policy may call, the turn and image
+    limits, and whether tools are allowed at all.
+
+    `enabled = False` is evaluation with tools FORBIDDEN, done the way an agent framework (verl-tool, a TRL
+    environment) answers a call it will not run: generation still stops at `</tool_call>`, the call is not
+    executed, the policy gets the observation `Execution error:\ntools are disabled\n` (loss-free, as every
+    observation) and continues, up to `max_turns` turns, so it can still answer from what it sees. Accuracy is
+    then the model's accuracy without tool results; `eval/tool_attempt_rate` says how often it tried."""
+
+    tools: dict[str, Tool]
+    max_turns: int = 4
+    max_images: int = 16
+    enabled: bool = True
+
+
+def tool_eval_from_config(cfg: Any, enabled: bool = True) -> ToolEval | None:
+    """The `ToolEval` of a run's config (`rl.multiturn`, `rl.tools`, `rl.max_turns`, `rl.max_images`), or None
+    (single-turn evaluation) when `rl.multiturn` is off."""
+    if not cfg.rl.multiturn:
+        return None
+    return ToolEval({name: TOOLS[name] for name in cfg.rl.tools}, cfg.rl.max_turns, cfg.rl.max_images, enabled)
+
+
+def tool_eval_metrics(samples: list, correct: list[bool]) -> dict[str, float]:
+    """Tool use of evaluation trajectories: `eval/tool_call_rate` (share with ≥ 1 valid call),
+    `eval/tool_attempt_rate` (share that wrote a `</tool_call>`, valid, malformed or refused),
+    `eval/calls_per_rollout`, `eval/tool_errors_per_rollout` (malformed / failed calls), and
+    `eval/acc_with_tool` / `eval/acc_without_tool`: accuracy of the trajectories with ≥ 1 valid call and of the
+    others (NaN when that group is empty)."""
+    n = max(1, len(samples))
+    used = [ok for s, ok in zip(samples, correct, strict=True) if s.n_tool_calls > 0]
+    unused = [ok for s, ok in zip(samples, correct, strict=True) if s.n_tool_calls == 0]
+    return {
+        "eval/tool_call_rate": len(used) / n,
+        "eval/tool_attempt_rate": sum(CALL_END in s.text for s in samples) / n,
+        "eval/calls_per_rollout": sum(s.n_tool_calls for s in samples) / n,
+        "eval/tool_errors_per_rollout": sum(s.n_tool_errors for s in samples) / n,
+        "eval/acc_with_tool": sum(used) / len(used) if used else math.nan,
+        "eval/acc_without_tool": sum(unused) / len(unused) if unused else math.nan,
+    }
 
 
 def evaluate(
@@ -30,6 +79,7 @@ def evaluate(
     runner: VerifyRunner | None = None,
     workers: int = RewardConfig.workers,
     timeout_s: float = RewardConfig.timeout_s,
+    tools: ToolEval | None = None,
 ) -> dict[str, float]:
     """Greedy accuracy over `examples`, and pass@k (Chen et al. estimator) and maj@k (`core.stats.maj_at_k`)
     from `n_samples` samples each. Votes group samples by their extracted answer (`env.answer_key(text)` when
@@ -39,6 +89,12 @@ def evaluate(
     through `runner`, or through a runner with `workers` processes and `timeout_s` per item made for this
     evaluation and closed at its end (the env must be picklable when `workers > 0`). A verification that raises
     or times out counts as wrong and is reported in `eval/verify_errors` / `eval/verify_timeouts`.
+
+    With `tools` (a `ToolEval`, e.g. `tool_eval_from_config(cfg)` when `rl.multiturn` is on) every rollout,
+    greedy and sampled, is multi-turn with those tools (or with tools forbidden, `tools.enabled = False`), each
+    turn capped at `max_new_tokens`, and the greedy trajectories' tool use is reported (`tool_eval_metrics`:
+    `eval/tool_call_rate`, `eval/acc_with_tool`, `eval/acc_without_tool`, …; `eval/tools_enabled` says which
+    mode). Without `tools`, single-turn rollouts: a call the policy writes is plain text and never executed.
     """
     own = runner is None
     if runner is None:  # started before the rollouts, so the workers' start-up overlaps with generation
@@ -46,7 +102,13 @@ def evaluate(
     was_training = policy.training
     policy.eval()
     try:
-        greedy = rollout(policy, tokenizer, env, examples, 1, SamplingParams(max_new_tokens, temperature=0.0))
+        def roll(group: int, params: SamplingParams, g: torch.Generator | None = None) -> list:
+            if tools is None:
+                return rollout(policy, tokenizer, env, examples, group, params, g)
+            return multiturn_rollout(policy, tokenizer, env, examples, group, params, g, tools.max_turns,
+                                     tools.max_images, tools.tools, tools_enabled=tools.enabled)[0]
+
+        greedy = roll(1, SamplingParams(max_new_tokens, temperature=0.0))
         verdicts = runner.run([(s.text, ex) for s, ex in zip(greedy, examples, strict=True)])
         errors, timeouts = verdicts.errors, verdicts.timeouts
         out = {
@@ -54,10 +116,13 @@ def evaluate(
             "eval/response_len": sum(len(s.completion_ids) for s in greedy) / len(greedy),
         }
         out.update({f"eval/{k}": v for k, v in sample_metrics(env, [s.text for s in greedy], examples).items()})
+        if tools is not None:
+            out["eval/tools_enabled"] = float(tools.enabled)
+            out.update(tool_eval_metrics(greedy, [v.value >= 1.0 for v in verdicts.scores]))
         if n_samples > 0 and pass_k:
             g = torch.Generator().manual_seed(seed)
             params = SamplingParams(max_new_tokens, temperature=temperature)
-            sampled = rollout(policy, tokenizer, env, examples, n_samples, params, g)
+            sampled = roll(n_samples, params, g)
             verdicts = runner.run([(s.text, examples[i // n_samples]) for i, s in enumerate(sampled)])
             errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
             hits = torch.tensor([v.value >= 1.0 for v in verdicts.scores]).view(len(examples), n_samples)

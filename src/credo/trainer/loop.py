@@ -27,7 +27,7 @@ from credo.envs.base import sample_metrics
 from credo.envs.tools import TOOLS
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards import score_samples
-from credo.rewards.curiosity import curiosity_rewards
+from credo.rewards.curiosity import count_ops, curiosity_rewards
 from credo.rewards.perception import add_perception_reward, make_reasoner, moca_params
 from credo.rewards.runner import VerifyRunner, make_runner
 from credo.rollout.engine import rollout
@@ -38,7 +38,7 @@ from credo.rollout.segments import label_samples
 from credo.trainer import checkpoint as ckpt
 from credo.trainer.config import Config, to_dict
 from credo.trainer.dapo import apply_overlong_penalty, dynamic_sampling_fill
-from credo.trainer.evaluate import evaluate
+from credo.trainer.evaluate import evaluate, tool_eval_from_config
 from credo.trainer.metrics import JsonlSink, Timers, format_line, peak_rss_mb
 from credo.trainer.replay import make_replay_buffer, ssr_select
 from credo.trainer.sft import sft
@@ -87,7 +87,7 @@ class _Interrupt:
 def _eval(policy: Any, tok: Any, env: Any, cfg: Config, step: int, runner: VerifyRunner) -> dict[str, Any]:
     m = evaluate(
         policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples, cfg.eval.pass_k,
-        cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=runner,
+        cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=runner, tools=tool_eval_from_config(cfg),
     )
     return {"phase": "eval", "step": step, **m}
 
@@ -167,7 +167,8 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
     replay = make_replay_buffer(cfg.rl) if cfg.rl.ssr else None
     reasoner = None  # MoCA's blindfolded reasoner for Perception Verification
     if cfg.reward.perception > 0:
-        reasoner = make_reasoner(cfg.reward.perception_reasoner, env, policy, tok, cfg.model)
+        reasoner = make_reasoner(cfg.reward.perception_reasoner, env, policy, tok, cfg.model,
+                                 cfg.reward.perception_reasoner_tokens)
         if cfg.reward.perception_reasoner == "policy":
             print("perception verification: the blindfolded reasoner is the live policy itself (the paper uses a "
                   "separate 14B text model): R_P is not faithful to MoCA")
@@ -314,7 +315,7 @@ def _add_curiosity(samples: list[Sample], cfg: Config) -> dict[str, float]:
     """Add the curiosity bonus to every sample's reward (part `curiosity`); returns its batch mean."""
     c = cfg.curiosity
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float)
-    n_ops = torch.tensor([s.n_tool_calls for s in samples], dtype=torch.float)
+    n_ops = count_ops([s.n_tool_calls for s in samples], [s.n_tool_errors for s in samples], c.variant)
     gids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
     new = curiosity_rewards(rewards, n_ops > 0, n_ops, gids, variant=c.variant, alpha=c.alpha, beta=c.beta,
                             H=c.H, N=c.N)
