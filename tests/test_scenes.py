@@ -13,7 +13,7 @@ from credo.envs.scenes.attribution import attribute, attribution_metrics, percep
 from credo.envs.scenes.claims import claim_scores, format_claims, parse_claims, perception_text
 from credo.envs.scenes.questions import FAMILIES, Filter, Question, make_question
 from credo.envs.scenes.render import RGB, render, to_array, to_pil
-from credo.envs.scenes.scene import SceneObject, make_scene
+from credo.envs.scenes.scene import SceneObject, make_scene, perturb
 from credo.envs.scenes.solver import explain, format_answer, solve
 from credo.models.vlm import image_tensor
 from credo.trainer.config import EnvConfig
@@ -260,3 +260,41 @@ def test_moca_protocol_methods():
     answer = env.blind_answer(fewer, ex)
     assert (answer is not None and env.verify(f"<answer>{answer}</answer>", ex).value == 1.0) == (
         env.perception_sufficient(fewer, ex))
+
+
+def test_perturb_makes_exactly_one_error():
+    rng = random.Random(0)
+    for _ in range(200):
+        s = make_scene(rng, min_objects=2)
+        t = perturb(rng, s)
+        diff = set(s) ^ set(t)
+        # dropped / added: one object differs; changed: the old and the new version of one object
+        assert t != s and (len(diff) == 1 or (len(diff) == 2 and len(s) == len(t)
+                                              and len({o.cell for o in diff}) == 1))
+
+
+def test_blind_examples_are_what_the_pv_reasoner_is_asked():
+    from credo.rewards.perception import TEMPLATE, PolicyReasoner
+    from credo.trainer.config import ModelConfig
+
+    env = ScenesEnv(ScenesConfig(n_sft=200, n_train=5, n_test=20, blind=True, perturb=0.5))
+    sft = env.examples("sft")
+    perturbed = 0
+    for ex in sft:
+        assert ex.images == [] and env.verify(env.reference_completion(ex), ex).value == 1.0
+        claims, truth = ex.meta["claims"], ex.meta["objects"]
+        perturbed += claims != truth
+        answer = solve(ex.meta["question"], claims)
+        assert format_answer(ex.reference) == format_answer(answer)  # what the claims imply, right or wrong
+        if claims == truth:
+            assert ex.reference == solve(ex.meta["question"], truth)
+        assert env.render_prompt(ex) == TEMPLATE.format(question=ex.prompt, perception=format_claims(claims))
+    assert 70 <= perturbed <= 130
+    # the prompt a `model:` reasoner is trained on = the one PolicyReasoner sends it at PV time
+    from credo.models import build_policy
+    from credo.rollout.engine import encode_prompt
+
+    policy, tok = build_policy(ModelConfig(max_len=512))
+    ex = sft[0]
+    sent = PolicyReasoner(policy, tok)._encode(ex.prompt, format_claims(ex.meta["claims"]))
+    assert sent == encode_prompt(tok, env, ex)

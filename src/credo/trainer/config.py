@@ -126,6 +126,7 @@ class RewardConfig:
     workers: int = 1  # verification worker processes (0: inline in the trainer, errors caught but no timeout)
     perception: float = 0.0  # λ, weight of the MoCA perception reward R_P (0 = Perception Verification off)
     perception_reasoner: str = "program"  # blindfolded reasoner for R_P: program | policy | model:<path>
+    perception_reasoner_tokens: int = 128  # policy / model: reasoners: greedy tokens for their answer
     perception_max_len: int = 800  # perception longer than this (tokens; chars without a tokenizer) is penalised
     perception_len_penalty: float = 0.1  # reward subtracted when the perception exceeds perception_max_len
 
@@ -354,6 +355,9 @@ def validate(cfg: Config) -> Config:
     if reasoner not in ("program", "policy") and not reasoner.startswith("model:"):
         raise ConfigError(f"config key 'reward.perception_reasoner': unknown value {reasoner!r}; choose program, "
                           "policy or model:<path>")
+    if cfg.reward.perception_reasoner_tokens < 1:
+        raise ConfigError("config key 'reward.perception_reasoner_tokens': must be >= 1, got "
+                          f"{cfg.reward.perception_reasoner_tokens}")
     if cfg.rl.credit == "hicra" and not cfg.rl.hicra_ngram:
         raise ConfigError("config key 'rl.hicra_ngram': HICRA needs at least one gram length")
     if cfg.model.kind not in ("tinylm", "tinyvlm"):

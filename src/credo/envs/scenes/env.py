@@ -21,6 +21,12 @@ For MoCA (`rewards/perception.py`) the env offers `blind_answer(perception, exam
 and `perception_correct(perception, example)` (exact claims: the ground truth `pv/agreement` is measured
 against); `perception_sufficient` is the looser truth (the claims determine the right answer).
 
+`blind=True` makes the data of a separate text-only blindfolded reasoner (`reward.perception_reasoner =
+"model:<dir>"`, trained with `credo sft env.name=scenes env.options.blind=true model.kind=tinylm`): no image;
+the prompt is Perception Verification's own `TEMPLATE` (question + claims), the claims those of the scene or,
+for a `perturb` share, of the scene with one error; the reference is what the claims imply (`solver.solve`,
+"unknown" when they determine nothing), so the reasoner learns to answer from what it is told, right or wrong.
+
 Splits are seeded (`seed` and the split name) and disjoint: a (scene, question) pair of the test split never
 occurs in the train or sft split; test pairs are distinct. Families cycle in order; yes/no families are balanced
 (half "yes") unless `balance=False`.
@@ -38,10 +44,11 @@ from credo.envs.scenes.attribution import attribute, attribution_metrics, judge_
 from credo.envs.scenes.claims import claim_scores, format_claims, parse_claims, perception_text
 from credo.envs.scenes.questions import FAMILIES, make_question
 from credo.envs.scenes.render import render
-from credo.envs.scenes.scene import make_scene
+from credo.envs.scenes.scene import make_scene, perturb
 from credo.envs.scenes.solver import explain, format_answer, solve
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.envs.verifiers.typed import typed_key, verify_typed
+from credo.rewards.perception import TEMPLATE
 
 YESNO_FAMILIES = ("compare", "spatial", "exists")
 DEFAULT_INSTRUCTION = ("List the objects in <perception></perception>, reason in <think></think>, "
@@ -64,6 +71,8 @@ class ScenesConfig:
     noise: int = 0  # uniform pixel noise amplitude (0 = clean images)
     balance: bool = True  # yes/no families: half the references "yes"
     instruction: str = DEFAULT_INSTRUCTION  # format instruction after the question ("" = none)
+    blind: bool = False  # text-only examples for a blindfolded reasoner (`model:` PV reasoner), see below
+    perturb: float = 0.5  # blind: share of examples whose claims carry one error (`scene.perturb`)
 
 
 class ScenesEnv:
@@ -111,6 +120,9 @@ class ScenesEnv:
                 continue
             if distinct:
                 exclude.add(key)
+            if c.blind:
+                out.append(self._blind(rng, tag, len(out), scene, q, family))
+                continue
             image = render(scene, c.image_size, c.grid, c.jitter, c.noise, rng)
             out.append(Example(
                 id=f"scenes-{tag}-{len(out)}",
@@ -121,6 +133,15 @@ class ScenesEnv:
                 env=self.name,
             ))
         return out
+
+    def _blind(self, rng: random.Random, tag: str, i: int, scene, q, family: str) -> Example:
+        claims = perturb(rng, scene, self.cfg.grid) if rng.random() < self.cfg.perturb else scene
+        answer = solve(q, claims)
+        return Example(id=f"scenes-blind-{tag}-{i}", prompt=q.text,
+                       reference=format_answer(answer) if answer is None else answer, images=[],
+                       meta={"objects": scene, "claims": claims, "question": q, "family": family,
+                             "grid": self.cfg.grid},
+                       env=self.name)
 
     def examples(self, split: str) -> list[Example]:
         if split not in ("sft", "train", "test"):
@@ -138,11 +159,16 @@ class ScenesEnv:
         return self._splits[split]
 
     def render_prompt(self, example: Example) -> str:
+        if "claims" in example.meta:  # blind: exactly what PolicyReasoner sends a `model:` reasoner
+            return TEMPLATE.format(question=example.prompt, perception=format_claims(example.meta["claims"]))
         instruction = f"\n{self.cfg.instruction}" if self.cfg.instruction else ""
         return f"{example.prompt}{instruction}\n"
 
     def reference_completion(self, example: Example) -> str:
         objects, q = example.meta["objects"], example.meta["question"]
+        if "claims" in example.meta:  # blind: reason from the claims given, then answer
+            think = explain(q, example.meta["claims"])
+            return f"<think>{think}</think><answer>{format_answer(example.reference)}</answer>"
         return (f"<perception>{format_claims(objects)}</perception>"
                 f"<think>{explain(q, objects)}</think>"
                 f"<answer>{format_answer(example.reference)}</answer>")

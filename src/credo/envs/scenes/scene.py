@@ -8,6 +8,7 @@ a cell. Generation is seeded by the caller's `random.Random`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -50,4 +51,31 @@ def make_scene(rng: random.Random, grid: int = 3, min_objects: int = 1, max_obje
     return tuple(sorted(objs))
 
 
-__all__ = ["COLOURS", "SHAPES", "SIZES", "Scene", "SceneObject", "make_scene"]
+def perturb(rng: random.Random, scene: Scene, grid: int = 3) -> Scene:
+    """`scene` with one perception error: an object dropped, an object added in a free cell, or one attribute
+    of an object changed (each as possible), e.g. a wrong reading for the blindfolded reasoner to reason from.
+
+    >>> s = make_scene(random.Random(1), min_objects=2)
+    >>> t = perturb(random.Random(2), s)
+    >>> t != s and list(t) == sorted(t) and abs(len(t) - len(s)) <= 1
+    True
+    """
+    free = [(r, c) for r in range(1, grid + 1) for c in range(1, grid + 1) if all(o.cell != f"r{r}c{c}"
+                                                                                 for o in scene)]
+    kinds = [k for k, ok in (("drop", len(scene) > 1), ("add", bool(free)), ("change", bool(scene))) if ok]
+    kind = rng.choice(kinds)
+    objs = list(scene)
+    if kind == "drop":
+        objs.pop(rng.randrange(len(objs)))
+    elif kind == "add":
+        r, c = rng.choice(free)
+        objs.append(SceneObject(r, c, rng.choice(SHAPES), rng.choice(COLOURS), rng.choice(SIZES)))
+    else:
+        i = rng.randrange(len(objs))
+        attr, values = rng.choice((("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)))
+        new = rng.choice([v for v in values if v != getattr(objs[i], attr)])
+        objs[i] = dataclasses.replace(objs[i], **{attr: new})
+    return tuple(sorted(objs))
+
+
+__all__ = ["COLOURS", "SHAPES", "SIZES", "Scene", "SceneObject", "make_scene", "perturb"]
