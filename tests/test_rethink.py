@@ -286,3 +286,19 @@ def test_forced_rethink_random_policy_rejects_wrong_rethinks():
     for s in new:  # an untrained policy is (almost) never right: whatever is accepted must be
         assert not s.rethought or env.verify(s.text, by_id[s.example_id]).value == 1.0
     assert "rethink/acc_after" in m or m["rethink/rate"] == 0.0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_forced_rethink_checks_go_through_the_runner_and_failures_are_counted(workers):
+    import verify_helpers as vh
+
+    from credo.rewards.runner import VerifyRunner
+
+    policy, tok, env, by_id, params, g, samples = _setup()
+    cfg = RethinkConfig(enabled=True, **LOOSE)
+    with VerifyRunner(vh.raise_after_wait, workers=workers, timeout_s=10.0) as runner:
+        new, m = forced_rethink(policy, tok, env, samples, by_id, cfg, params, g, runner=runner)
+    n_rows = round(m["rethink/rate"] * len(samples) * (1 - m.get("rethink/drop_no_room", 0)))  # continued
+    round0_errors = sum("Wait" in s.text for s in samples)
+    assert n_rows > 0 and m["verify/errors"] == round0_errors + n_rows and m["verify/timeouts"] == 0
+    assert m["rethink/acc_after"] == 0.0  # a check that raised counts as wrong

@@ -32,3 +32,10 @@ def length_reward(completion: str, example: object) -> float:
 
 def nan_reward(completion: str, example: object) -> float:
     return float("nan")
+
+
+def raise_after_wait(completion: str, example: object) -> Score:
+    """Raises on a rethought completion (it contains a "Wait" trigger), else 1.0: rethink's checks are counted."""
+    if "Wait" in completion:
+        raise RuntimeError("verifier bug on rethinks")
+    return Score(1.0, {"correct": 1.0, "format": 1.0})

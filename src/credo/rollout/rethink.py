@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from credo.data import SEGMENTS, Example, Sample, collate
-from credo.envs.base import Environment, Score
+from credo.envs.base import Environment
 from credo.models.policy import Policy
 from credo.rollout.sampler import SamplingParams, cut_at_stop_text, generate
 
@@ -199,11 +199,16 @@ def accept(n_continuation: int, continuation_text: str, correct: bool, finished:
     return ""
 
 
-def _verify(env: Environment, text: str, example: Example) -> Score:
-    try:
-        return env.verify(text, example)
-    except Exception:  # verifiers are total by contract; a broken one scores 0 here too
-        return Score(0.0, {})
+def _correct(env: Environment, jobs: list[tuple[str, Example]], runner: Any, counts: dict[str, int]) -> list[bool]:
+    """Verifier value >= 0.5 per (text, example), through `runner` (a `rewards.runner.VerifyRunner`: worker
+    processes with a per-item timeout) or inline; a verifier that raises or times out counts as wrong, and is
+    counted in `counts` ("errors", "timeouts")."""
+    from credo.rewards.runner import run_inline
+
+    verdicts = runner.run(jobs) if runner is not None else run_inline(env.verify, jobs)
+    counts["errors"] = counts.get("errors", 0) + verdicts.errors
+    counts["timeouts"] = counts.get("timeouts", 0) + verdicts.timeouts
+    return [v.value >= 0.5 for v in verdicts.scores]
 
 
 @torch.no_grad()
@@ -240,6 +245,7 @@ def forced_rethink(
     max_batch: int = 512,
     forward_batch: int = 8,
     round0_correct: list[bool] | None = None,
+    runner: Any = None,
 ) -> tuple[list[Sample], dict[str, float]]:
     """One Forced Rethinking pass over a round-0 rollout batch (`cfg`: a `RethinkConfig`; `params`: the round-0
     sampling params, whose `temperature` is also the trainer's). Returns the new sample list (accepted rethinks
@@ -254,13 +260,16 @@ def forced_rethink(
 
     A continuation may use at most max_continuation - 1 tokens and must keep the whole completion within
     `params.max_new_tokens` (the release rethinks only responses of <= 2048 - 1024 tokens, `max_out_tokens` 2048).
-    Round-0 correctness (verifier value >= 0.5) is computed here unless given as `round0_correct`.
+    Round-0 correctness (verifier value >= 0.5) is computed here unless given as `round0_correct`. Answers are
+    checked through `runner` (the env's verifier in worker processes, with a timeout) or inline by `env.verify`;
+    checks that raise or time out count as wrong and are reported in `verify/errors` / `verify/timeouts`.
     """
     n = len(samples)
     if n == 0:
         return samples, {}
-    correct0 = round0_correct if round0_correct is not None else [
-        _verify(env, s.text, examples_by_id[s.example_id]).value >= 0.5 for s in samples]
+    counts: dict[str, int] = {}
+    correct0 = round0_correct if round0_correct is not None else _correct(
+        env, [(s.text, examples_by_id[s.example_id]) for s in samples], runner, counts)
     chosen = select_candidates(samples, correct0, cfg, params.max_new_tokens, generator)
 
     eos = getattr(tokenizer, "eos_ids", tokenizer.eos_id)
@@ -297,15 +306,17 @@ def forced_rethink(
     accepted: list[tuple[int, Sample, int]] = []  # (sample index, new sample, first new token)
     n_accepted: dict[int, int] = {}
     correct1 = []
+    joined = []  # (ids, text, continuation, finish) per continued row
     for (i, keep, trig, budget), c in zip(rows, continuations, strict=True):
-        s = samples[i]
         cont, finish = c.completion_ids, c.finish_reason
         if len(cont) > budget:
             cont, finish = cont[:budget], "length"
-        ids = torch.cat([s.completion_ids[:keep], torch.tensor(trig, dtype=torch.long), cont])
-        text = tokenizer.decode(ids.tolist())
-        ok = _verify(env, text, examples_by_id[s.example_id]).value >= 0.5
-        correct1.append(ok)
+        ids = torch.cat([samples[i].completion_ids[:keep], torch.tensor(trig, dtype=torch.long), cont])
+        joined.append((ids, tokenizer.decode(ids.tolist()), cont, finish))
+    correct1 = _correct(env, [(text, examples_by_id[samples[i].example_id])
+                              for (i, *_), (_, text, _, _) in zip(rows, joined, strict=True)], runner, counts)
+    for (i, keep, trig, _), (ids, text, cont, finish), ok in zip(rows, joined, correct1, strict=True):
+        s = samples[i]
         reason = accept(len(cont), tokenizer.decode(cont.tolist()), ok, finish == "stop",
                         n_accepted.get(s.group_id, 0), cfg)
         if reason:
@@ -354,6 +365,8 @@ def forced_rethink(
             metrics["rethink/corrected"] = sum(wrong) / len(wrong)
     for reason, k in drops.items():
         metrics[f"rethink/drop_{reason}"] = k / max(1, n_rows)
+    metrics["verify/errors"] = float(counts.get("errors", 0))
+    metrics["verify/timeouts"] = float(counts.get("timeouts", 0))
     return out, metrics
 
 

@@ -216,7 +216,8 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                     else:
                         samples = rollout(policy, tok, env, examples, cfg.rl.group_size, params, g, first_group)
                     if cfg.rethink.enabled:
-                        samples, m = forced_rethink(policy, tok, env, samples, by_id, cfg.rethink, params, g)
+                        samples, m = forced_rethink(policy, tok, env, samples, by_id, cfg.rethink, params, g,
+                                                    runner=eval_runner)
                         _merge(record, m)
                     if cfg.rl.segments:  # perception / reasoning / answer labels from the completion's tags
                         _merge(record, label_samples(samples, tok))
