@@ -302,3 +302,41 @@ def test_forced_rethink_checks_go_through_the_runner_and_failures_are_counted(wo
     round0_errors = sum("Wait" in s.text for s in samples)
     assert n_rows > 0 and m["verify/errors"] == round0_errors + n_rows and m["verify/timeouts"] == 0
     assert m["rethink/acc_after"] == 0.0  # a check that raised counts as wrong
+
+
+def test_forced_rethink_on_a_vision_policy_keeps_the_images(monkeypatch):
+    import numpy as np
+
+    import credo.rollout.rethink as rethink_mod
+
+    torch.manual_seed(0)
+    policy, tok = build_policy(ModelConfig(kind="tinyvlm", d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=160,
+                                           image_size=16, patch_size=4))
+    policy.eval()
+    tok.eos_ids = [tok.eos_id, *tok.encode("0123456789")]  # finished rollouts, as ManyEosTokenizer does
+    env = ArithEnv(ArithConfig(n_train=16, n_test=4, n_sft=4))
+    rng = np.random.default_rng(0)
+    examples = [dataclasses.replace(e, images=[rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)])
+                for e in env.examples("train")[:4]]
+    by_id = {e.id: e for e in examples}
+    params = SamplingParams(max_new_tokens=64, temperature=1.0)
+    g = torch.Generator().manual_seed(0)
+    samples = rollout(policy, tok, env, examples, 4, params, g)
+    seen = []
+    real_generate = rethink_mod.generate
+
+    def spy(*args, **kwargs):
+        seen.append(args[7] if len(args) > 7 else kwargs.get("images"))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(rethink_mod, "generate", spy)
+    new, m = forced_rethink(policy, tok, env, samples, by_id, RethinkConfig(enabled=True, **LOOSE), params, g)
+    changed = [s for s in new if s.rethought]
+    assert changed, m
+    assert seen and all(imgs is not None and all(len(x) == 1 for x in imgs) for imgs in seen)
+    batch = collate(changed, tok.pad_id)
+    with torch.no_grad():
+        lp, _ = sequence_logprobs(policy, batch.input_ids, 1.0, images=batch.images)
+    for i, s in enumerate(changed):  # the stored log-probs are the image-conditioned ones
+        P, C = len(s.prompt_ids), len(s.completion_ids)
+        assert (lp[i, P : P + C] - s.sampler_logprobs).abs().max() < 1e-5

@@ -222,7 +222,8 @@ def _policy_logprobs(policy: Policy, samples: list[Sample], pad_id: int, tempera
     for k in range(0, len(samples), batch_size):
         chunk = samples[k : k + batch_size]
         batch = collate(chunk, pad_id)
-        lp, _ = sequence_logprobs(policy, batch.input_ids.to(dev), temperature)  # [b, T]
+        images = [s.images or [] for s in chunk] if any(s.images for s in chunk) else None
+        lp, _ = sequence_logprobs(policy, batch.input_ids.to(dev), temperature, images=images)  # [b, T]
         lp = lp.float().cpu()
         for j, s in enumerate(chunk):
             P, C = len(s.prompt_ids), len(s.completion_ids)
@@ -297,9 +298,11 @@ def forced_rethink(
         cont_params = SamplingParams(max(b for *_, b in rows), cfg.temperature, params.top_p, params.stop)
         prompts = [samples[i].prompt_ids.tolist() + samples[i].completion_ids[:k].tolist() + t for i, k, t, _ in rows]
         stop_ids = [tokenizer.encode(s) for s in params.stop]
+        images = [samples[i].images or [] for i, *_ in rows]  # a vision policy re-reads the prompt's images
+        has_images = any(images)
         for k in range(0, len(prompts), max_batch):
             continuations += generate(policy, prompts[k : k + max_batch], cont_params, eos, tokenizer.pad_id,
-                                      stop_ids, generator)
+                                      stop_ids, generator, images[k : k + max_batch] if has_images else None)
         if params.stop:
             continuations = [cut_at_stop_text(c, tokenizer.decode, params.stop) for c in continuations]
 
