@@ -97,3 +97,15 @@ def test_cli_eval_no_tools(tmp_path):
 def test_count_ops_per_variant():
     assert count_ops([1, 0, 2], [1, 2, 0], "paper").tolist() == [1.0, 0.0, 2.0]
     assert count_ops([1, 0, 2], [1, 2, 0], "code").tolist() == [2.0, 2.0, 2.0]
+
+
+def test_ablate_tool_call_rate_columns():
+    from credo.trainer.ablate import COLUMNS, run_columns
+
+    recs = [{"phase": "eval", "step": 0, "eval/greedy_acc": 0.1, "eval/tool_call_rate": 0.2},
+            {"phase": "rl", "step": 1, "tools/call_rate": 0.5}, {"phase": "rl", "step": 2, "tools/call_rate": 0.25},
+            {"phase": "eval", "step": 2, "eval/greedy_acc": 0.3, "eval/tool_call_rate": 0.75}]
+    cols = run_columns(recs, target=None, wall_s=1.0)
+    assert {"tool_call_rate", "final_tool_call_rate"} <= set(COLUMNS)
+    assert cols["tool_call_rate"] == 0.375 and cols["final_tool_call_rate"] == 0.75
+    assert math.isnan(run_columns(recs[:1], None, 1.0)["tool_call_rate"])

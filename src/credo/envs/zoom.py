@@ -95,8 +95,8 @@ class ZoomEnv:
                       r * cell + rng.uniform(0, c.digit_px / 2)) for r, k in cells]
         x, y = positions[0]
         m = c.digit_px / 4
-        box = [round((x - m) / c.canvas, 3), round((y - m) / c.canvas, 3),
-               round((x + c.digit_px / 2 + m) / c.canvas, 3), round((y + c.digit_px + m) / c.canvas, 3)]
+        box = [round((x - m) / c.canvas, 2), round((y - m) / c.canvas, 2),  # 2 decimals: a shorter call to write
+               round((x + c.digit_px / 2 + m) / c.canvas, 2), round((y + c.digit_px + m) / c.canvas, 2)]
         meta = {"digits": digits, "positions": positions, "box": box, "noise_seed": rng.randrange(2**31),
                 "tool_trace": rng.random() < c.sft_tool_frac}
         ex = Example(id=f"zoom-{tag}-{i}", prompt="which digit is in the red box?", reference=digits[0], meta=meta,

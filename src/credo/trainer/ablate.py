@@ -39,7 +39,7 @@ VARIANTS: dict[str, list[str]] = {
 
 COLUMNS = ("final_acc", "best_acc", "steps_to_target", "informative_groups", "effective_share", "rethink_rate",
            "semantic_entropy", "perception_acc", "reasoning_given_perception", "bad_seeing_share",
-           "bad_thinking_share", "pv_agreement", "wall_s")
+           "bad_thinking_share", "pv_agreement", "tool_call_rate", "final_tool_call_rate", "wall_s")
 # final-evaluation columns read from `eval/attribution/*` (environments with `sample_metrics`, e.g. scenes)
 ATTRIBUTION_COLUMNS = ("perception_acc", "reasoning_given_perception", "bad_seeing_share", "bad_thinking_share")
 
@@ -71,7 +71,9 @@ def run_columns(records: list[dict[str, Any]], target: float | None, wall_s: flo
     same as `informative_groups` (every sample of an informative group is trained);
     `perception_acc`, `reasoning_given_perception`, `bad_seeing_share`, `bad_thinking_share` are the final
     evaluation's ground-truth attribution (greedy, held-out; scenes); `pv_agreement` the mean over RL steps of
-    Perception Verification's agreement with the truth (`pv/agreement`). Columns a run does not log are NaN, and
+    Perception Verification's agreement with the truth (`pv/agreement`); `tool_call_rate` the mean over RL steps
+    of the rollouts' share with ≥ 1 valid tool call (`tools/call_rate`, multi-turn) and `final_tool_call_rate`
+    the final evaluation's (`eval/tool_call_rate`, greedy). Columns a run does not log are NaN, and
     the tables leave out a column no variant has."""
     evals = [r for r in records if r.get("phase") == "eval"]
     rl = [r for r in records if r.get("phase") == "rl"]
@@ -96,6 +98,8 @@ def run_columns(records: list[dict[str, Any]], target: float | None, wall_s: flo
         "semantic_entropy": mean_of("hicra/semantic_entropy"),
         **{c: evals[-1].get(f"eval/attribution/{c}", math.nan) if evals else math.nan for c in ATTRIBUTION_COLUMNS},
         "pv_agreement": mean_of("pv/agreement"),
+        "tool_call_rate": mean_of("tools/call_rate"),
+        "final_tool_call_rate": evals[-1].get("eval/tool_call_rate", math.nan) if evals else math.nan,
         "wall_s": wall_s,
     }
 
