@@ -28,9 +28,10 @@ def build_policy(cfg: Any) -> tuple[TinyLM, CharTokenizer]:
 
 
 def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
-    """Load a saved model directory: a credo TinyLM (config.json + model.safetensors + tokenizer.json) or any
-    Hugging Face causal LM (`model_type` other than "tinylm"), with the dtype / device / gradient-checkpointing
-    / chat-template options of a `ModelConfig` when one is given."""
+    """Load a saved model directory: a credo TinyLM / TinyVLM (config.json + model.safetensors + tokenizer.json),
+    a Hugging Face Qwen2-VL / Qwen2.5-VL (`credo.models.hf_vlm`) or any other Hugging Face causal LM, with the
+    dtype / device / gradient-checkpointing / chat-template (/ image-size) options of a `ModelConfig` when one is
+    given."""
     d = Path(path)
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d}: not a model directory (no config.json)")
@@ -41,6 +42,13 @@ def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
         from credo.models.vlm import TinyVLM, VLMTokenizer
 
         return TinyVLM.from_pretrained(d), VLMTokenizer.load(d)
+    if kind in ("qwen2_vl", "qwen2_5_vl"):  # Hugging Face vision-language models (credo.models.hf_vlm)
+        from credo.models.hf_vlm import load_hf_vlm
+
+        if cfg is None:
+            return load_hf_vlm(d)
+        return load_hf_vlm(d, dtype=cfg.dtype, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
+                           chat=cfg.chat_template, image_size=cfg.image_size)
     from credo.models.hf import load_hf
 
     if cfg is None:
