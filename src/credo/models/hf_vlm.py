@@ -32,7 +32,7 @@ import torch
 
 from credo.models.hf import DTYPES, HFPolicy, HFTokenizer
 
-VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")  # the config.json model_types this module loads
+VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")  # the config.json model_types this module loads (`load_policy`)
 
 
 @dataclass
@@ -197,9 +197,6 @@ class HFVLMPolicy(HFPolicy):
         cache.past = out.past_key_values
         return self._mask_input_only(out.logits)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.model.save_pretrained(path, safe_serialization=True)
-
 
 class HFVLMTokenizer(HFTokenizer):
     """`HFTokenizer` plus image placeholders: `with_images` inserts `<|vision_start|><|image_pad|>×n_patches
@@ -247,14 +244,6 @@ class HFVLMTokenizer(HFTokenizer):
     def save(self, path: str | Path) -> None:
         self.tk.save_pretrained(path)
         self.image_processor.save_pretrained(path)
-
-
-def is_hf_vlm_dir(path: str | Path) -> bool:
-    """True for a directory holding a Qwen2-VL-family transformers config."""
-    import json
-
-    cfg = Path(path) / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in VLM_TYPES
 
 
 def load_image_processor(path: str | Path) -> Any:
