@@ -35,6 +35,9 @@ VARIANTS: dict[str, list[str]] = {
         "rethink.enabled=true", "rethink.reward_shaping=true", "rethink.nll_coef=0.05",
     ],
     "hicra": ["rl.credit=hicra"],  # HICRA: A + alpha|A| on planning tokens
+    # MoCA (scenes): R = R_O + 0.5·R_P summed naively, or with R_P also routing failed rollouts' perception credit
+    "grpo+pv": ["reward.perception=0.5", "rl.credit=none"],
+    "moca": ["reward.perception=0.5", "rl.credit=moca"],
 }
 
 COLUMNS = ("final_acc", "best_acc", "steps_to_target", "informative_groups", "effective_share", "rethink_rate",
