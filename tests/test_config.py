@@ -69,3 +69,17 @@ def test_shipped_preset_equals_the_defaults():
 
     preset = Path(__file__).parents[1] / "configs" / "arith.toml"
     assert to_dict(load_config(preset)) == to_dict(load_config(None))
+
+
+def test_quoted_string_override_is_unquoted():
+    # quotes that reach the program (e.g. inside `credo ablate --variants 'off:curiosity.variant=""'`) are TOML
+    # string syntax: the empty string switches curiosity off; an unknown quoted value is still rejected
+    base = ["rl.multiturn=true", "curiosity.variant=paper"]
+    assert load_config(None, [*base, 'curiosity.variant=""']).curiosity.variant == ""
+    assert load_config(None, [*base, "curiosity.variant=''"]).curiosity.variant == ""
+    assert load_config(None, [*base, "curiosity.variant="]).curiosity.variant == ""
+    assert load_config(None, [*base, 'curiosity.variant="code"']).curiosity.variant == "code"
+    assert load_config(None, ['run.name="a b"', 'model.path="x']).run.name == "a b"
+    assert load_config(None, ['model.path="x']).model.path == '"x'  # not one quoted string: kept as given
+    with pytest.raises(ConfigError, match="curiosity.variant"):
+        load_config(None, [*base, 'curiosity.variant="nope"'])

@@ -237,6 +237,21 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _string_value(raw: str) -> str:
+    """The text of a string-typed override: `raw` as given, unless it is one quoted TOML string (`""`, `"a b"`,
+    `'x'`), which is unquoted, so that `curiosity.variant=""` (quotes that reach the program, e.g. inside
+    `credo ablate --variants`) sets the empty string."""
+    s = raw.strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
+        try:
+            value = tomllib.loads(f"v = {s}")["v"]
+        except tomllib.TOMLDecodeError:
+            return raw
+        if isinstance(value, str):
+            return value
+    return raw
+
+
 def _set(cfg: Any, dotted: str, value: Any, raw: str | None = None) -> None:
     *parents, leaf = dotted.split(".")
     obj = cfg
@@ -248,7 +263,7 @@ def _set(cfg: Any, dotted: str, value: Any, raw: str | None = None) -> None:
             key = ".".join(parents[i + 1 :] + [leaf])
             _, inner = typing.get_args(hint)
             if inner is str and raw is not None:
-                value = raw
+                value = _string_value(raw)
             getattr(obj, p)[key] = _check_type(dotted, value, inner)
             return
         obj = getattr(obj, p)
@@ -258,7 +273,7 @@ def _set(cfg: Any, dotted: str, value: Any, raw: str | None = None) -> None:
         raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {valid}")
     hints = typing.get_type_hints(type(obj))
     if hints[leaf] is str and raw is not None:  # `run.name=nan` or `=1e3` on a string field stays text
-        value = raw
+        value = _string_value(raw)
     setattr(obj, leaf, _check_type(dotted, value, hints[leaf]))
 
 
