@@ -10,6 +10,8 @@ context, and its observation is appended as tokens,
 
     \\n<observation>Here is the cropped image (Image Size: 48x48):[IMG]×n_patches</observation>\\n
 
+(the image's ids are `image_placeholders`: a Qwen2-VL tokenizer's `<|vision_start|>…<|vision_end|>` block)
+
 with `loss_mask = 0`, `segment_ids = observation` and log-prob 0; the policy's tokens keep `loss_mask = 1` and
 their sampler log-probs (a call's tokens, from `<tool_call>` on, are labelled `tool_call`). Generation then
 continues from the FULL token list, prompt + every turn so far: token-in/token-out, earlier turns are never
@@ -93,10 +95,19 @@ def run_tool(text: str, ctx: ToolContext, tools: dict[str, Tool]) -> tuple[Obser
 def image_placeholders(tokenizer: Any, n_images: int) -> list[int]:
     """The placeholder ids of `n_images` images, to append anywhere in a sequence (`VLMTokenizer.with_images`
     puts the prompt's after BOS; an observation's go inside its `<observation>` block). The model fills the
-    placeholders in order with the row's images, so `Sample.images` lists them in placeholder order."""
-    if n_images and not hasattr(tokenizer, "image_token_id"):
+    placeholders in order with the row's images, so `Sample.images` lists them in placeholder order.
+
+    A tokenizer with `image_block(n)` (the Qwen2-VL one, `models/hf_vlm.py::HFVLMTokenizer`) gives the ids its
+    model expects per image, `<|vision_start|><|image_pad|>×n<|vision_end|>`, as in its prompts; otherwise (the
+    TinyVLM's char tokenizer) `image_token_id × n_patches` per image."""
+    if not n_images:
+        return []
+    if not hasattr(tokenizer, "image_token_id"):
         raise ToolError("the tool returned images but this model reads no images")
-    return [tokenizer.image_token_id] * (tokenizer.n_patches * n_images) if n_images else []
+    block = getattr(tokenizer, "image_block", None)
+    if callable(block):
+        return list(block(n_images))
+    return [tokenizer.image_token_id] * (tokenizer.n_patches * n_images)
 
 
 def observation_tokens(tokenizer: Any, obs: Observation) -> list[int]:
