@@ -80,3 +80,23 @@ def test_attribution_columns_from_the_final_eval_and_tables_skip_absent_columns(
                                               for k, x in arith.items()}}}
     head = markdown_table(summary).splitlines()[0]
     assert "final_acc" in head and "perception_acc" not in head and "pv_agreement" not in head
+
+
+def test_report_plots_the_tool_call_rate_when_runs_log_it(tmp_path):
+    from credo.trainer.ablate import write_ablation_report
+
+    def recs(rate: float) -> list[dict]:
+        return [{"phase": "eval", "step": 0, "eval/greedy_acc": 0.1, "eval/tool_call_rate": 0.0},
+                *({"phase": "rl", "step": s, "tools/call_rate": rate * s} for s in (1, 2, 3)),
+                {"phase": "eval", "step": 3, "eval/greedy_acc": 0.2, "eval/tool_call_rate": rate}]
+
+    runs = {"curiosity": [(recs(0.3), 1.0), (recs(0.2), 1.0)], "plain": [(recs(0.1), 1.0)]}
+    summary = {"seeds": 2, "target_acc": None, "target_gain": 0.05,
+               "variants": {n: {"final_acc": {"mean": 0.2, "std": 0.0, "n": len(r)}} for n, r in runs.items()}}
+    page = write_ablation_report(tmp_path, runs, summary)
+    assert (tmp_path / "plots" / "ablate_tool_call_rate.png").is_file()
+    assert (tmp_path / "plots" / "ablate_eval_tool_call_rate.png").is_file()
+    assert "ablate_tool_call_rate.png" in page.read_text()
+    (tmp_path / "x").mkdir()
+    write_ablation_report(tmp_path / "x", {"grpo": [(recs(0.1)[:1], 1.0)]}, summary)
+    assert not (tmp_path / "x" / "plots" / "ablate_tool_call_rate.png").exists()  # not logged: no empty plot

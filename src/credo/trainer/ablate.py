@@ -205,6 +205,10 @@ def write_ablation_report(out: Path, runs: dict[str, list[tuple[list[dict[str, A
          "held-out perception accuracy (claims exactly right)"),
         ("ablate_bad_seeing.png", "rl", "attribution/bad_seeing_share",
          "rollouts: share of failures that are bad seeing"),
+        ("ablate_tool_call_rate.png", "rl", "tools/call_rate",
+         "rollouts: share with >= 1 valid tool call (multi-turn)"),
+        ("ablate_eval_tool_call_rate.png", "eval", "eval/tool_call_rate",
+         "held-out greedy: share with >= 1 valid tool call"),
     ]:
         fig, ax = plt.subplots(figsize=(7, 4))
         drawn = False
