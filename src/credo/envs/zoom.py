@@ -10,12 +10,23 @@ and resamples to `image_size`) shows the digit several times larger. The answer 
     trace:   <tool_call>{"name": "crop_image", "arguments": {"bbox_2d": [0.41, 0.2, 0.55, 0.34], "target_image": 1}}
              </tool_call> … (observation) … <answer>7</answer>
 
-`meta` keeps the frame (`box`, relative [x1, y1, x2, y2]) and the digits. `tool_trace(example)` gives the
+`meta` keeps the frame (`frame`, relative [x1, y1, x2, y2]), the box the warm start's call writes (`box`: the
+frame rounded outwards to `box_decimals`, `reference_box`) and the digits. `tool_trace(example)` gives the
 warm-start demonstration as (call text, answer text). `reference_turns` is what SFT trains on: for
 `sft_tool_frac` of the warm-start examples the two policy turns [call, answer], between which multi-turn SFT
 (`trainer/sft.py::sft_rows`) inserts the REAL crop as the rollout would; the rest answer directly, [answer].
 `reference_completion` (single text, for code that wants one string) joins the turns around an observation
 stub and is not what SFT uses.
+
+Warm-start options (ZoomConfig, `env.options` in a preset): `read_frac` of the "sft" examples are *read*
+traces, whose prompt image is already the crop `crop_image` returns on the reference box (resampled to
+`read_size`, the model's input size) and whose trace answers directly: cheap rows that teach reading the digit
+(the evaluation and RL splits never have them, and their canvases do not depend on these options).
+`background` / `ink` set the canvas and digit grey levels: TinyVLM's linear patch embedding takes raw pixels
+in [0, 1], so on the default light canvas the constant background dominates every patch and a small model
+learns to read the digit very slowly; light digits on a black canvas (`background = 0, ink = 255`) learn
+fast (docs/tools-log.md). Without the crop the digit is 3 px tall at 48 px: a small model does not read it,
+although its pixels still determine it (a linear probe on an 8 × 8 window placed exactly on the frame reads it).
 
     credo train env.name=credo.envs.zoom:from_config model.kind=tinyvlm model.image_size=48
 """
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +45,7 @@ from PIL import Image, ImageDraw
 
 from credo.data import Example
 from credo.envs.base import Score
+from credo.envs.tools import crop
 from credo.envs.verifiers.answer_tag import verify_integer
 
 # seven segments a..g as (x1, y1, x2, y2) in a unit 1 × 2 cell; digits as their lit segments
@@ -55,7 +68,12 @@ class ZoomConfig:
     digit_px: int = 12  # digit height in canvas pixels
     n_digits: int = 4  # digits on the canvas (one framed, the others distractors)
     noise: int = 40  # background noise amplitude (0-255)
+    background: int = 200  # background grey level (0-255); the digits are drawn in `ink`
+    ink: int = 20  # digit grey level (0-255); e.g. background 30, ink 230: light digits on a dark canvas
+    box_decimals: int = 2  # decimals of the reference box (the call the warm start writes); 1: a shorter call
     sft_tool_frac: float = 0.5  # share of warm-start traces that demonstrate a crop
+    read_frac: float = 0.0  # share of warm-start examples that are "read" traces: the prompt image IS the crop
+    read_size: int = 48  # side of a read trace's crop (set it to the model's image_size, as the tool resamples)
     n_sft: int = 2000
     n_train: int = 2000
     n_test: int = 200
@@ -75,13 +93,13 @@ class ZoomEnv:
         """The canvas of `meta` (deterministic: its own noise seed)."""
         c = self.cfg
         rng = np.random.default_rng(meta["noise_seed"])
-        base = 200 + rng.integers(-c.noise // 2, c.noise // 2 + 1, (c.canvas, c.canvas, 3))
+        base = c.background + rng.integers(-c.noise // 2, c.noise // 2 + 1, (c.canvas, c.canvas, 3))
         img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(img)
         w = max(1, c.digit_px // 6)
         for d, (x, y) in zip(meta["digits"], meta["positions"], strict=True):
-            draw_digit(draw, d, x, y, c.digit_px, (20, 20, 20), w)
-        x1, y1, x2, y2 = (v * c.canvas for v in meta["box"])
+            draw_digit(draw, d, x, y, c.digit_px, (c.ink,) * 3, w)
+        x1, y1, x2, y2 = (v * c.canvas for v in meta.get("frame", meta["box"]))  # the exact frame, not the call
         draw.rectangle([x1, y1, x2, y2], outline=(220, 0, 0), width=max(1, c.canvas // 96))
         return img
 
@@ -95,13 +113,19 @@ class ZoomEnv:
                       r * cell + rng.uniform(0, c.digit_px / 2)) for r, k in cells]
         x, y = positions[0]
         m = c.digit_px / 4
-        box = [round((x - m) / c.canvas, 2), round((y - m) / c.canvas, 2),  # 2 decimals: a shorter call to write
-               round((x + c.digit_px / 2 + m) / c.canvas, 2), round((y + c.digit_px + m) / c.canvas, 2)]
-        meta = {"digits": digits, "positions": positions, "box": box, "noise_seed": rng.randrange(2**31),
-                "tool_trace": rng.random() < c.sft_tool_frac}
+        frame = [(x - m) / c.canvas, (y - m) / c.canvas, (x + c.digit_px / 2 + m) / c.canvas,
+                 (y + c.digit_px + m) / c.canvas]
+        meta = {"digits": digits, "positions": positions, "frame": frame, "box": reference_box(frame, c.box_decimals),
+                "noise_seed": rng.randrange(2**31), "tool_trace": rng.random() < c.sft_tool_frac}
         ex = Example(id=f"zoom-{tag}-{i}", prompt="which digit is in the red box?", reference=digits[0], meta=meta,
                      env=self.name)
-        ex.images = [self.render(meta)]
+        canvas = self.render(meta)
+        # a read trace (warm-start split only; its own coin, so the canvases of every split stay as they were)
+        if tag == "sft" and random.Random(f"zoom/{c.seed}/read/{i}").random() < c.read_frac:
+            meta["read"] = True
+            ex.images = [crop(canvas, meta["box"], c.read_size)]
+        else:
+            ex.images = [canvas]
         return ex
 
     def examples(self, split: str) -> list[Example]:
@@ -122,19 +146,35 @@ class ZoomEnv:
         return f"<tool_call>{json.dumps(call)}</tool_call>", f"<answer>{example.reference}</answer>"
 
     def reference_turns(self, example: Example) -> list[str]:
-        """Policy turns of the warm-start trace: [crop call, answer] on a tool-trace example, else [answer]."""
-        if not example.meta.get("tool_trace"):
+        """Policy turns of the warm-start trace: [crop call, answer] on a tool-trace example, else [answer] (a read
+        trace, whose prompt image is already the crop, answers directly)."""
+        if example.meta.get("read") or not example.meta.get("tool_trace"):
             return [f"<answer>{example.reference}</answer>"]
         return list(self.tool_trace(example))
 
     def reference_completion(self, example: Example) -> str:
-        if not example.meta.get("tool_trace"):
+        if example.meta.get("read") or not example.meta.get("tool_trace"):
             return f"<answer>{example.reference}</answer>"
         call, answer = self.tool_trace(example)
         return f"{call}\n<observation>Here is the cropped image:</observation>\n{answer}"
 
     def verify(self, completion: str, example: Example) -> Score:
         return verify_integer(completion, example.reference)
+
+
+def reference_box(frame: list[float], decimals: int = 2) -> list[float]:
+    """The frame [x1, y1, x2, y2] (relative) as the warm start's call writes it: rounded to `decimals`, outwards
+    (x1, y1 down, x2, y2 up) so that the box always holds the whole frame. 1 decimal: a shorter call, and the crop
+    (padded by 0.1 on every side) still shows the whole digit.
+
+    >>> reference_box([0.513, 0.634, 0.578, 0.721], 1)
+    [0.5, 0.6, 0.6, 0.8]
+    """
+    q = 10**decimals
+    eps = 1e-9  # 0.5 * 10 = 5.000000000000001 must not round up to the next step
+    lo = [round(math.floor(v * q + eps) / q, decimals) for v in frame[:2]]
+    hi = [round(math.ceil(v * q - eps) / q, decimals) for v in frame[2:]]
+    return [lo[0], lo[1], hi[0], hi[1]]
 
 
 OPTIONS = {f.name for f in dataclasses.fields(ZoomConfig)} - {"n_sft", "n_train", "n_test", "seed"}
