@@ -54,3 +54,26 @@ def test_canvas_colours_and_options_from_config():
     assert all(round(v, 1) == v for v in ex.meta["box"])
     with pytest.raises(ValueError, match="unknown env.options"):
         make_env(EnvConfig(name="zoom", n_sft=4, n_train=4, n_test=4, options={"nope": 1}))
+
+
+def test_warm_start_diagnostics_on_a_tiny_vlm():
+    import math
+
+    import torch
+
+    from credo.envs.zoom import box_iou, warm_start_diagnostics
+    from credo.models import build_policy
+    from credo.trainer.config import ModelConfig
+
+    assert box_iou([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0 and box_iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+    assert abs(box_iou([0, 0, 2, 1], [1, 0, 3, 1]) - 1 / 3) < 1e-12
+    torch.manual_seed(0)
+    model, tok = build_policy(ModelConfig(kind="tinyvlm", d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=512,
+                                          image_size=16, patch_size=4))
+    env = ZoomEnv(ZoomConfig(canvas=64, digit_px=8, n_digits=2, n_sft=2, n_train=2, n_test=3))
+    res = warm_start_diagnostics(model, tok, env, env.examples("test"), n_samples=2)
+    for key in ("read_after_crop", "read_crop_prompt", "read_direct", "call_rate", "call_iou", "call_holds_frame",
+                "acc_after_call"):
+        assert 0.0 <= res[key] <= 1.0, key
+    assert 1.0 < res["answer_nll_after_crop"] < 5.0 and math.isfinite(res["call_token_nll"])  # untrained: ~ln V
+    assert model.training  # restored
