@@ -3,6 +3,7 @@ tokens across turns, malformed calls, turn and image limits, a text-only tool on
 
 import numpy as np
 import torch
+from biased_policy import Biased
 from toy_env import ImageDigitsEnv
 
 import credo.rollout.multiturn as mt
@@ -21,15 +22,14 @@ CALC = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</t
 CROP = '<tool_call>{"name": "crop_image", "arguments": {"bbox_2d": [0, 0, 0.5, 0.5], "target_image": 1}}</tool_call>'
 
 
-class Scripted(torch.nn.Module):
+class Scripted(Biased):
     """A real TinyLM(/VLM) whose logits get +`bias` on the next character of `script` while the text after the
     last newline is a proper prefix of it and fewer than `n_calls` calls were written; otherwise the model's own
     distribution. Forward and cached step apply the same rule, so the log-probs stay comparable."""
 
     def __init__(self, inner, tok, script: str, n_calls: int = 1, bias: float = 30.0) -> None:
-        super().__init__()
-        self.inner, self.tok, self.script, self.n_calls, self.bias = inner, tok, script, n_calls, bias
-        self.cfg = inner.cfg
+        super().__init__(inner, bias)
+        self.tok, self.script, self.n_calls = tok, script, n_calls
 
     def _forced(self, ids: list[int]) -> int | None:
         text = self.tok.decode(ids)
@@ -39,32 +39,6 @@ class Scripted(torch.nn.Module):
         if len(tail) < len(self.script) and self.script.startswith(tail):
             return self.tok.stoi[self.script[len(tail)]]
         return None
-
-    def forward(self, input_ids, attention_mask=None, images=None):
-        logits = self.inner.forward(input_ids, images=images) if images is not None else self.inner.forward(input_ids)
-        logits = logits.clone()
-        for b in range(input_ids.shape[0]):
-            row = input_ids[b].tolist()
-            for t in range(len(row)):
-                f = self._forced(row[: t + 1])
-                if f is not None:
-                    logits[b, t, f] += self.bias
-        return logits
-
-    def new_cache(self, batch_size, max_len):
-        return self.inner.new_cache(batch_size, max_len), [[] for _ in range(batch_size)]
-
-    def step(self, input_ids, cache, attention_mask=None, images=None):
-        inner_cache, hist = cache
-        kw = {} if images is None else {"images": images}
-        logits = self.inner.step(input_ids, inner_cache, attention_mask, **kw).clone()
-        for b in range(input_ids.shape[0]):
-            keep = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].cpu()]
-            hist[b] += keep.tolist()
-            f = self._forced(hist[b])
-            if f is not None:
-                logits[b, -1, f] += self.bias
-        return logits
 
 
 def _arith():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from biased_policy import Biased
 
 pytest.importorskip("transformers")
 
@@ -21,15 +22,14 @@ from credo.trainer.logprobs import sequence_logprobs  # noqa: E402
 CROP = '<tool_call>{"name": "crop_image", "arguments": {"bbox_2d": [0, 0, 0.5, 0.5], "target_image": 1}}</tool_call>'
 
 
-class ForcedIds(torch.nn.Module):
+class ForcedIds(Biased):
     """A real policy whose logits get +`bias` on the next id of `script` (token ids) while the ids so far end
     in a proper prefix of it (the longest one; the empty prefix forces its first id) and the script has not
     been written `n_calls` times yet; a rule on the ids alone, so forward and the cached steps agree."""
 
     def __init__(self, inner, script: list[int], n_calls: int = 1, bias: float = 40.0) -> None:
-        super().__init__()
-        self.inner, self.script, self.n_calls, self.bias = inner, script, n_calls, bias
-        self.cfg = inner.cfg
+        super().__init__(inner, bias)
+        self.script, self.n_calls = script, n_calls
 
     def _forced(self, ids: list[int]) -> int | None:
         s, L = self.script, len(self.script)
@@ -39,30 +39,6 @@ class ForcedIds(torch.nn.Module):
             if k == 0 or ids[-k:] == s[:k]:
                 return s[k]
         return None
-
-    def forward(self, input_ids, attention_mask=None, images=None):
-        logits = self.inner.forward(input_ids, attention_mask, images=images).clone()
-        for b in range(input_ids.shape[0]):
-            row = input_ids[b].tolist()
-            for t in range(len(row)):
-                f = self._forced(row[: t + 1])
-                if f is not None:
-                    logits[b, t, f] += self.bias
-        return logits
-
-    def new_cache(self, batch_size, max_len):
-        return self.inner.new_cache(batch_size, max_len), [[] for _ in range(batch_size)]
-
-    def step(self, input_ids, cache, attention_mask=None, images=None):
-        inner_cache, hist = cache
-        logits = self.inner.step(input_ids, inner_cache, attention_mask, images=images).clone()
-        for b in range(input_ids.shape[0]):
-            keep = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool().cpu()]
-            hist[b] += keep.tolist()
-            f = self._forced(hist[b])
-            if f is not None:
-                logits[b, -1, f] += self.bias
-        return logits
 
 
 class _Canvas:

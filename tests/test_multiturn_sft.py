@@ -4,6 +4,7 @@ policy writes the same turns, with the real tool observation (crop) inside and o
 import numpy as np
 import pytest
 import torch
+from biased_policy import Biased
 
 from credo.data import SEGMENTS
 from credo.envs.frames import FramesConfig, FramesEnv
@@ -19,43 +20,18 @@ VLM = ModelConfig(kind="tinyvlm", d_model=32, n_layers=1, n_heads=2, d_ff=64, ma
                   patch_size=4)
 
 
-class Forced(torch.nn.Module):
+class Forced(Biased):
     """A real TinyVLM whose logits get +`bias` on the next token of `target` (prompt + completion ids) while the
     sequence so far is a prefix of it: a policy that writes `target` as long as the tools' observations match
     it, and samples freely (diverges) as soon as they do not. Forward and cached step apply the same rule."""
 
     def __init__(self, inner, target: list[int], bias: float = 60.0) -> None:
-        super().__init__()
-        self.inner, self.target, self.bias, self.cfg = inner, target, bias, inner.cfg
+        super().__init__(inner, bias)
+        self.target = target
 
     def _forced(self, ids: list[int]) -> int | None:
         n = len(ids)
         return self.target[n] if n < len(self.target) and ids == self.target[:n] else None
-
-    def forward(self, input_ids, attention_mask=None, images=None):
-        logits = self.inner.forward(input_ids, images=images).clone()
-        for b in range(input_ids.shape[0]):
-            row = input_ids[b].tolist()
-            for t in range(len(row)):
-                f = self._forced(row[: t + 1])
-                if f is not None:
-                    logits[b, t, f] += self.bias
-        return logits
-
-    def new_cache(self, batch_size, max_len):
-        return self.inner.new_cache(batch_size, max_len), [[] for _ in range(batch_size)]
-
-    def step(self, input_ids, cache, attention_mask=None, images=None):
-        inner_cache, hist = cache
-        kw = {} if images is None else {"images": images}
-        logits = self.inner.step(input_ids, inner_cache, attention_mask, **kw).clone()
-        for b in range(input_ids.shape[0]):
-            keep = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].cpu()]
-            hist[b] += keep.tolist()
-            f = self._forced(hist[b])
-            if f is not None:
-                logits[b, -1, f] += self.bias
-        return logits
 
 
 def _zoom(frac: float = 1.0) -> ZoomEnv:
