@@ -123,7 +123,18 @@ def warm_start_model(cfg: Any, env: Environment | None = None) -> tuple[Any, Any
     torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     policy, tok = load_policy(cfg.model.path, cfg.model) if cfg.model.path else build_policy(cfg.model)
+    from tqdm import tqdm
+
     tools = {name: TOOLS[name] for name in cfg.rl.tools}
-    history = sft(policy, tok, env or make_env(cfg.env), cfg.sft, cfg.run.seed, tools=tools,
-                  max_images=cfg.rl.max_images)
+    bar = tqdm(total=cfg.sft.steps, desc="sft", disable=not cfg.run.progress, dynamic_ncols=True)
+
+    def on_step(step: int, m: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
+
+    try:
+        history = sft(policy, tok, env or make_env(cfg.env), cfg.sft, cfg.run.seed, on_step, tools=tools,
+                      max_images=cfg.rl.max_images)
+    finally:
+        bar.close()
     return policy, tok, history
