@@ -290,6 +290,7 @@ def test_blind_examples_are_what_the_pv_reasoner_is_asked():
             assert ex.reference == solve(ex.meta["question"], truth)
         assert env.render_prompt(ex) == TEMPLATE.format(question=ex.prompt, perception=format_claims(claims))
     assert 70 <= perturbed <= 130
+    assert env.sample_metrics([env.reference_completion(sft[0])], sft[:1]) == {}  # nothing to attribute
     # the prompt a `model:` reasoner is trained on = the one PolicyReasoner sends it at PV time
     from credo.models import build_policy
     from credo.rollout.engine import encode_prompt

@@ -220,7 +220,10 @@ class ScenesEnv:
     def sample_metrics(self, texts: list[str], examples: list[Example]) -> dict[str, float]:
         """Ground-truth attribution of a batch of completions (`attribution.attribution_metrics`): bad-seeing and
         bad-thinking shares of the failures, perception accuracy, reasoning accuracy given sufficient perception.
-        The loop logs these per RL step (rollouts) and per evaluation (greedy, under `eval/`)."""
+        The loop logs these per RL step (rollouts) and per evaluation (greedy, under `eval/`). None for `blind`
+        data (there is no perception to attribute)."""
+        if self.cfg.blind:
+            return {}
         return attribution_metrics([attribute(t, ex) for t, ex in zip(texts, examples, strict=True)])
 
     def answer_key(self, completion: str) -> str | None:
