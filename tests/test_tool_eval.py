@@ -87,7 +87,9 @@ def test_cli_eval_no_tools(tmp_path):
     common = ["env.width=1", "env.n_test=3", "env.sft_depths=[1]", "env.rl_depths=[1]", "rl.max_new_tokens=100",
               "eval.n_samples=0", "reward.workers=0", "run.threads=1", "rl.multiturn=true",
               'rl.tools=["calculator"]', "rl.max_turns=2"]
-    assert main(["eval", str(tmp_path / "m"), *common, "--no-tools", "--out", str(tmp_path / "off.json")]) == 0
+    # overrides may come before or after the options
+    assert main(["eval", str(tmp_path / "m"), *common[:4], "--no-tools", *common[4:], "--out",
+                 str(tmp_path / "off.json")]) == 0
     assert main(["eval", str(tmp_path / "m"), *common, "--out", str(tmp_path / "on.json")]) == 0
     off, on = (json.loads((tmp_path / f).read_text()) for f in ("off.json", "on.json"))
     assert off["tools"] == "off" and off["eval/tools_enabled"] == 0.0 and off["eval/tool_call_rate"] == 0.0

@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                    "each run's start accuracy + --target-gain)")
     a.add_argument("--target-gain", type=float, default=0.05, help="gain over the start for steps-to-target")
     a.add_argument("--out", help="ablation folder (default runs/<run.name>-ablate)")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray:
+        p.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides += extra  # `credo eval M --config F rl.steps=1`: overrides may also follow the options
     if args.command in ("train", "sft", "ablate") and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)  # `credo train rl.steps=5`: no preset, only overrides
         args.config = None
