@@ -21,6 +21,11 @@ The reference trace applies one operation per line, with a small vocabulary of p
     check: done
     <answer>65</answer>
 
+Option `direct_frac` (`env.options.direct_frac`): that fraction of the warm-start traces give the answer at once,
+`<answer>65</answer>`, without working. The warm start then knows two ways to reply and no rule for choosing
+between them; answering at once is reliable for short chains only, so at the RL depth the first token is a
+planning decision whose credit RL must find (the default preset uses 0.5; 0 gives pure step-by-step traces).
+
 The warm start sees depths `sft_depths`; RL trains and is evaluated on `rl_depths` (by default one step
 deeper: the edge of competence). Splits are seeded and disjoint: no test prompt appears in a training split.
 """
@@ -48,6 +53,10 @@ class ArithConfig:
     n_test: int = 200  # held-out prompts (RL depths)
     width: int = 5  # every chain is padded with `+0` operations to this many (0: no padding)
     seed: int = 0  # seeds the problem generator (independent of the run seed)
+    direct_frac: float = 0.0  # share of warm-start traces that answer at once, without working
+
+
+OPTIONS = {"direct_frac"}  # arith settings passed as env.options (the rest are EnvConfig fields)
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -114,6 +123,7 @@ class ArithEnv:
     def _generate(self, tag: str, depths: tuple[int, ...], n: int, exclude: set[str]) -> list[Example]:
         c = self.cfg
         rng = random.Random(f"arith/{c.seed}/{tag}")
+        coin = random.Random(f"arith/{c.seed}/{tag}/direct")  # own stream: problems do not depend on direct_frac
         out: list[Example] = []
         attempts = 0
         while len(out) < n:
@@ -130,7 +140,7 @@ class ArithEnv:
                     id=f"arith-{tag}-{len(out)}",
                     prompt=expr,
                     reference=evaluate(steps)[-1],
-                    meta={"depth": depth, "steps": steps},
+                    meta={"depth": depth, "steps": steps, "direct": tag == "sft" and coin.random() < c.direct_frac},
                     env=self.name,
                 )
             )
@@ -164,13 +174,20 @@ class ArithEnv:
         return f"{example.prompt}\n"
 
     def reference_completion(self, example: Example) -> str:
-        return trace(example.meta["steps"])
+        steps = example.meta["steps"]
+        return f"<answer>{evaluate(steps)[-1]}</answer>" if example.meta.get("direct") else trace(steps)
 
     def verify(self, completion: str, example: Example) -> Score:
         return verify_integer(completion, example.reference)
 
 
 def from_config(cfg) -> ArithEnv:  # cfg: trainer.config.EnvConfig
+    options = dict(getattr(cfg, "options", None) or {})
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise ValueError(f"arith: unknown env.options {sorted(unknown)}; available: {', '.join(sorted(OPTIONS))}")
+    if not 0.0 <= float(options.get("direct_frac", 0.0)) <= 1.0:
+        raise ValueError(f"arith: env.options.direct_frac must be in [0, 1], got {options['direct_frac']!r}")
     return ArithEnv(
         ArithConfig(
             sft_depths=tuple(cfg.sft_depths),
@@ -182,5 +199,6 @@ def from_config(cfg) -> ArithEnv:  # cfg: trainer.config.EnvConfig
             n_train=cfg.n_train,
             n_test=cfg.n_test,
             seed=cfg.seed,
+            direct_frac=float(options.get("direct_frac", 0.0)),
         )
     )
