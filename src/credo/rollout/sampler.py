@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from credo.core.stats import logprobs_from_logits
 from credo.models.policy import Policy
 
 
@@ -82,34 +81,34 @@ def generate(
 
     out = torch.full((B, N), pad_id, dtype=torch.long, device=dev)
     out_lp = torch.zeros(B, N, device=dev)
+    hits = torch.zeros(B, N, dtype=torch.bool, device=dev)  # token t is an EOS or ends a stop string
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    length = torch.full((B,), N, dtype=torch.long, device=dev)  # tokens kept per row
-    stopped = torch.zeros(B, dtype=torch.bool, device=dev)
     stops = [torch.tensor(s, dtype=torch.long, device=dev) for s in (stop_ids or []) if s]
     greedy = params.temperature <= 0
     for t in range(N):
-        scaled = logits if greedy else logits / params.temperature
+        scaled = logits if greedy or params.temperature == 1.0 else logits / params.temperature
+        logp = scaled.log_softmax(-1)  # [B, V]: the returned log-probs, and the probs when nothing is cut
         if greedy:
             tok = scaled.argmax(-1)
         else:
-            probs = (_top_p_filter(scaled, params.top_p) if params.top_p < 1.0 else scaled).softmax(-1)
+            probs = _top_p_filter(scaled, params.top_p).softmax(-1) if params.top_p < 1.0 else logp.exp()
             tok = _sample(probs, generator)
-        tok = tok.masked_fill(done, pad_id)
+        tok = tok.masked_fill_(done, pad_id)
         out[:, t] = tok
-        out_lp[:, t] = logprobs_from_logits(scaled[:, None], tok[:, None])[:, 0]
-        hit = torch.isin(tok, eos)
+        out_lp[:, t] = logp.gather(-1, tok[:, None])[:, 0]
+        hit = (tok == eos) if len(eos) == 1 else torch.isin(tok, eos)
         for s in stops:
             L = len(s)
             if t + 1 >= L:
                 hit |= (out[:, t + 1 - L : t + 1] == s).all(1)
-        new = hit & ~done
-        length = torch.where(new, t + 1, length)
-        stopped |= new
+        hits[:, t] = hit
         done |= hit
-        if bool(done.all()) or t == N - 1:
+        if t == N - 1 or bool(done.all()):
             break
         logits = policy.step(tok[:, None], cache)[:, -1].float()
 
+    stopped = hits.any(1)  # a row ends at its first hit ("stop") or runs to the cap ("length")
+    length = torch.where(stopped, hits.int().argmax(1) + 1, N)
     out, out_lp, length, stopped = out.cpu(), out_lp.cpu(), length.cpu(), stopped.cpu()
     results = []
     for i in range(B):
