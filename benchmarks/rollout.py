@@ -1,7 +1,8 @@
 """Rollout throughput: credo's native sampler on TinyLM vs Hugging Face `generate` on a same-size Qwen2.
 
 Both decode the same batch (64 prompts × 128 new tokens, temperature 1, no early stop) on the same threads,
-side by side in one run. Also reports the sampler's share of this CPU's measured matmul peak (FLOP roofline).
+side by side in one run. Also reports the sampler's share of this CPU's measured matmul peak (FLOP roofline),
+and the speedup over HF that decoding at 100% of that peak would give (the ceiling of `rollout_speedup`).
 
     python benchmarks/rollout.py [--batch 64] [--new-tokens 128] [--threads 2] [--repeats 3]
 
@@ -98,12 +99,15 @@ def main() -> None:
     t_hf = best_of(run_hf, args.repeats)
     n_tokens = args.batch * args.new_tokens
     peak = peak_gflops(args.threads)
-    achieved = decode_flops(tcfg, args.batch, args.prompt_len + 1, args.new_tokens) / t_credo / 1e9
+    flops = decode_flops(tcfg, args.batch, args.prompt_len + 1, args.new_tokens)
+    achieved = flops / t_credo / 1e9
     print(f"workload: {args.batch} prompts x {args.new_tokens} new tokens, {args.threads} threads")
     print(f"TinyLM ({n_tiny / 1e6:.2f}M params) native sampler: {n_tokens / t_credo:9.0f} tokens/s ({t_credo:.3f} s)")
     print(f"Qwen2  ({n_hf / 1e6:.2f}M params) HF generate:      {n_tokens / t_hf:9.0f} tokens/s ({t_hf:.3f} s)")
     print(f"roofline: measured fp32 matmul peak {peak:.1f} GFLOP/s; sampler achieves {achieved:.2f} GFLOP/s "
           f"= {100 * achieved / peak:.1f}% of peak")
+    t_roof = flops / (peak * 1e9)  # the decode's FLOPs at 100% of the peak: no sampler can be faster
+    print(f"roofline ceiling: {t_roof:.3f} s at 100% of peak -> rollout_speedup <= {t_hf / t_roof:.1f}")
     print(f"rollout_speedup={t_hf / t_credo:.2f}")
 
 
