@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from credo.models.tiny import CACHE_BLOCK, TinyConfig, TinyLM, apply_rope
+from credo.models.tiny import CACHE_BLOCK, TinyConfig, TinyLM, _widen, apply_rope
 from credo.models.tokenizer import CharTokenizer
 from credo.rollout.sampler import SamplingParams, generate
 from credo.trainer.logprobs import sequence_logprobs
@@ -45,6 +45,17 @@ def test_decoding_across_cache_growth_matches_full_forward_with_left_padding(kw)
         for b, k in enumerate(lens):
             ref = m(ids[b : b + 1, P - k : P + n - 1])[0, k - 1 :]
             assert torch.allclose(got[b], ref, atol=1e-5), (got[b] - ref).abs().max()
+
+
+@pytest.mark.parametrize("S,cap,filled", [(0, 32, 0), (32, 64, 20), (128, 145, 128), (5, 6, 5), (64, 96, 64)])
+def test_widen_moves_rows_in_place(S, cap, filled):
+    L, B, H, Dh = 3, 5, 2, 4
+    buf = torch.randn(L * B * H * cap * Dh)
+    x = buf[: L * B * H * S * Dh].view(L, B, H, S, Dh)
+    expected = torch.zeros(L, B, H, cap, Dh)
+    expected[..., :filled, :] = x[..., :filled, :]
+    got = _widen(x, buf, cap, filled)
+    assert got.data_ptr() == buf.data_ptr() and torch.equal(got, expected)
 
 
 def test_cache_refuses_to_grow_past_its_room():

@@ -47,15 +47,19 @@ CACHE_BLOCK = 32  # KV cache storage grows by this many slots at a time (see `KV
 class KVCache:
     """Keys/values of every layer, plus which slots hold real (non-pad) tokens.
 
-    The storage holds `capacity` slots, grown `CACHE_BLOCK` at a time up to `max_len` (the room asked for),
-    and a decode step attends over all of it, masking empty slots. Slicing the filled prefix out of one
-    max_len buffer instead hands the attention B·H short strided chunks per layer, which a CPU reads far
-    slower than one block (4 layers, 64 rows, 81 of 145 slots: 3.3 ms, against 1.9 ms for all 145 slots
-    in one block); that outweighs reading up to CACHE_BLOCK - 1 empty slots here.
+    `k` and `v` hold `capacity` slots per row, grown `CACHE_BLOCK` at a time up to `max_len` (the room asked
+    for), and a decode step attends over all of them, masking empty slots. Slicing the filled prefix out of
+    max_len slots per row instead hands the attention B·H short strided chunks per layer, which a CPU reads
+    far slower than one block (4 layers, 64 rows, 81 of 145 slots: 3.3 ms, against 1.9 ms for all 145 slots
+    in one block); that outweighs reading up to CACHE_BLOCK - 1 empty slots here. `k` and `v` are views of
+    the start of flat buffers sized for max_len, re-laid out in place as they grow: fresh memory at every
+    growth would cost more in page faults than the decode steps save.
     """
 
-    k: torch.Tensor  # [L, B, Hkv, capacity, Dh]; empty slots are zero
-    v: torch.Tensor  # [L, B, Hkv, capacity, Dh]
+    k: torch.Tensor  # [L, B, Hkv, capacity, Dh], a view of k_buf; empty slots are zero
+    v: torch.Tensor  # [L, B, Hkv, capacity, Dh], a view of v_buf
+    k_buf: torch.Tensor  # [L·B·Hkv·max_len·Dh]
+    v_buf: torch.Tensor
     key_valid: torch.Tensor  # [B, capacity] bool; False for pad and empty slots
     next_pos: torch.Tensor  # [B] long, RoPE position of the next token of each row
     max_len: int  # slots the cache may grow to
@@ -63,21 +67,38 @@ class KVCache:
     any_pad: bool = False  # whether key_valid has any False in the filled part
 
     def reserve(self, n: int) -> None:
-        """Make room for `n` filled slots: grow the storage to the next multiple of CACHE_BLOCK (at most
-        `max_len`), copying the filled part; the new slots hold zero keys/values and are invalid."""
+        """Make room for `n` filled slots: widen `k`/`v` to the next multiple of CACHE_BLOCK slots (at most
+        `max_len`); the new slots hold zero keys/values and are invalid."""
         if n > self.max_len:
             raise ValueError(f"KV cache full: {n} > {self.max_len}")
-        L, B, Hkv, cap, Dh = self.k.shape
-        if n <= cap:
+        if n <= self.k.shape[3]:
             return
-        new_cap = min(-(-n // CACHE_BLOCK) * CACHE_BLOCK, self.max_len)
-        n_old = self.length
-        k, v = self.k.new_empty(L, B, Hkv, new_cap, Dh), self.v.new_empty(L, B, Hkv, new_cap, Dh)
-        k[:, :, :, :n_old], v[:, :, :, :n_old] = self.k[:, :, :, :n_old], self.v[:, :, :, :n_old]
-        k[:, :, :, n_old:], v[:, :, :, n_old:] = 0.0, 0.0
-        valid = self.key_valid.new_zeros(B, new_cap)
-        valid[:, :n_old] = self.key_valid[:, :n_old]
-        self.k, self.v, self.key_valid = k, v, valid
+        cap = min(-(-n // CACHE_BLOCK) * CACHE_BLOCK, self.max_len)
+        self.k, self.v = _widen(self.k, self.k_buf, cap, self.length), _widen(self.v, self.v_buf, cap, self.length)
+        valid = self.key_valid.new_zeros(self.key_valid.shape[0], cap)
+        valid[:, : self.length] = self.key_valid[:, : self.length]
+        self.key_valid = valid
+
+
+def _widen(x: torch.Tensor, buf: torch.Tensor, cap: int, filled: int) -> torch.Tensor:
+    """`x` [L, B, Hkv, S, Dh], a view of the start of `buf`, as the same rows with `cap` > S slots each: the
+    first `filled` slots of every row are moved to its new place, the rest zeroed.
+
+    Rows only move up, so they are moved top first, in groups whose old and new places do not overlap; the
+    few low rows that would overlap even alone go last, through a copy."""
+    L, B, Hkv, S, Dh = x.shape
+    R = L * B * Hkv
+    old, new = buf[: R * S * Dh].view(R, S, Dh), buf[: R * cap * Dh].view(R, cap, Dh)
+    hi = R if filled else 1  # row 0 stays where it is
+    while hi > 1:
+        lo = max(1, -(-hi * S // cap))  # rows lo..hi-1 land at or after where row hi starts now
+        if lo == hi:
+            new[1:hi, :filled] = old[1:hi, :filled].clone()
+            break
+        new[lo:hi, :filled] = old[lo:hi, :filled]
+        hi = lo
+    new[:, filled:] = 0.0
+    return new.view(L, B, Hkv, cap, Dh)
 
 
 class RMSNorm(nn.Module):
@@ -247,9 +268,14 @@ class TinyLM(nn.Module):
         """An empty cache with room for `max_len` slots; storage is allocated as `step` fills it."""
         c = self.cfg
         w = self.embed.weight
+        shape = (c.n_layers, batch_size, c.kv_heads, 0, c.d_model // c.n_heads)
+        k_buf, v_buf = w.new_empty(c.n_layers * batch_size * c.kv_heads * max_len * shape[-1]), w.new_empty(
+            c.n_layers * batch_size * c.kv_heads * max_len * shape[-1])
         return KVCache(
-            k=w.new_zeros(c.n_layers, batch_size, c.kv_heads, 0, c.d_model // c.n_heads),
-            v=w.new_zeros(c.n_layers, batch_size, c.kv_heads, 0, c.d_model // c.n_heads),
+            k=k_buf[:0].view(shape),
+            v=v_buf[:0].view(shape),
+            k_buf=k_buf,
+            v_buf=v_buf,
             key_valid=torch.zeros(batch_size, 0, dtype=torch.bool, device=w.device),
             next_pos=torch.zeros(batch_size, dtype=torch.long, device=w.device),
             max_len=max_len,
