@@ -18,6 +18,7 @@ METHODS = {
     "ssr": (["rl.ssr=true"], "ssr/effective_share_before"),
     "dapo": (["rl.dynamic_sampling=true", "rl.overlong_cache=8", "rl.eps_high=0.28"], "dapo/rounds"),
     "hicra": (["rl.credit=hicra"], "hicra/semantic_entropy"),
+    "first_error": (["rl.credit=first_error"], "credit/located"),
     "rethink": (RETHINK, "rethink/rate"),
     "multiturn": (['rl.multiturn=true', 'rl.tools=["calculator"]', "rl.max_turns=2", "curiosity.variant=paper"],
                   "tools/call_rate"),

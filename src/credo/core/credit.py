@@ -98,4 +98,42 @@ def moca(advantages: Tensor, segment_ids: Tensor, params: MocaParams | None = No
     return advantages + route.to(dtype) * sign * advantages.abs()  # [B, T]
 
 
-CREDIT = {"none": identity, "hicra": hicra, "moca": moca}
+BEFORE, WRONG, AFTER = 0, 1, 2  # first_error's per-token step labels
+
+
+@dataclass
+class FirstErrorParams:
+    """Input of ``first_error`` beyond advantages: where each completion first goes wrong.
+
+    Built by ``credo.rewards.steps.first_error_params`` from the environment's step checker.
+    """
+
+    steps: Tensor  # [B, T] long: WRONG on the tokens of the first wrong step, AFTER past it, BEFORE elsewhere
+
+
+def first_error(advantages: Tensor, segment_ids: Tensor, params: FirstErrorParams | None = None) -> Tensor:
+    """Step-verified credit: a failed sequence's blame lands on its first wrong step only (credo's own method).
+
+    With W_i the tokens of the first wrong step of sequence i (from a step checker that knows the correct
+    steps, an oracle process reward) and A_i its outcome advantage:
+
+        A'_{i,t} = A_{i,t}          if A_{i,t} ≥ 0 or sequence i has no located wrong step
+        A'_{i,t} = A_{i,t}·1[t ∈ W_i]  otherwise (A < 0): no blame before the error, none after it
+
+    Why: with outcome credit every token of a failed chain is pushed down, including the correct steps before the
+    slip and the correct arithmetic after it (conditioned on a wrong value); only the slip explains the failure.
+    Successful sequences keep their credit on every token. ``segment_ids`` is unused; padding and prompt
+    positions carry A = 0 and stay 0. Departure: outcome-level GRPO advantages, masked per token; no learned
+    process reward model.
+    """
+    if params is None:
+        raise ValueError("first_error needs params=FirstErrorParams(steps=[B, T] long)")
+    steps = params.steps.to(advantages.device)
+    if steps.shape != advantages.shape:
+        raise ValueError(f"first_error: steps {tuple(steps.shape)} must match advantages {tuple(advantages.shape)}")
+    located = (steps == WRONG).any(dim=1, keepdim=True)  # [B, 1]
+    blame_only_the_step = located & (advantages < 0)  # [B, T]
+    return torch.where(blame_only_the_step & (steps != WRONG), torch.zeros_like(advantages), advantages)
+
+
+CREDIT = {"none": identity, "hicra": hicra, "moca": moca, "first_error": first_error}

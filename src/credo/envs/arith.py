@@ -180,6 +180,28 @@ class ArithEnv:
     def verify(self, completion: str, example: Example) -> Score:
         return verify_integer(completion, example.reference)
 
+    def first_error(self, completion: str, example: Example) -> tuple[int, int] | None:
+        """The step checker behind `rl.credit = "first_error"`: the character span [start, end) of the first line
+        of `completion` that differs from the reference trace's line at the same place (a wrong operand, a slip
+        in the arithmetic, a skipped or extra step, a malformed line, an early or direct answer), or None when
+        every line up to the answer matches. Lines after the reference's last line are not checked; a completion
+        that ends early, every line right, is wrong at its end: the span (len, len), the token that ended it.
+
+        >>> env = ArithEnv()
+        >>> ex = Example(id="x", prompt="7*7", reference=49, meta={"steps": [("", 7), ("*", 7)]})
+        >>> env.first_error("first 7*7=48\\ncheck: done\\n<answer>48</answer>", ex)
+        (0, 13)
+        >>> env.first_error("first 7*7=49\\ncheck: done\\n<answer>49</answer>", ex) is None
+        True
+        """
+        reference = trace(example.meta["steps"]).split("\n")  # the worked trace, whatever the warm start saw
+        pos = 0
+        for want, line in zip(reference, completion.split("\n"), strict=False):
+            if line != want:
+                return pos, min(pos + len(line) + 1, len(completion))  # the line with its newline
+            pos += len(line) + 1
+        return None if completion.count("\n") + 1 >= len(reference) else (len(completion), len(completion))
+
 
 def from_config(cfg) -> ArithEnv:  # cfg: trainer.config.EnvConfig
     options = dict(getattr(cfg, "options", None) or {})

@@ -30,6 +30,7 @@ from credo.rewards import score_samples
 from credo.rewards.curiosity import count_ops, curiosity_rewards
 from credo.rewards.perception import add_perception_reward, make_reasoner, moca_params
 from credo.rewards.runner import VerifyRunner, make_runner
+from credo.rewards.steps import first_error_params
 from credo.rollout.engine import rollout
 from credo.rollout.multiturn import multiturn_rollout, tool_use_metrics
 from credo.rollout.rethink import forced_rethink, has_rethinking, rethink_nll_mask, rethink_reward_shaping
@@ -264,6 +265,9 @@ def _train(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunne
                             credit_params = HicraParams(planning, cfg.rl.hicra_alpha)
                     if cfg.rl.credit == "moca":  # route failed trajectories' perception credit by R_P
                         credit_params = moca_params(used, cfg.rl.moca_alpha_protect, cfg.rl.moca_alpha_punish)
+                    if cfg.rl.credit == "first_error":  # blame only the first wrong step (env's step checker)
+                        credit_params, m = first_error_params(used, batch, by_id, env, tok)
+                        record.update(m)
                     token_adv = to_tokens(used_adv, batch.loss_mask)
                     batch.advantages = CREDIT[cfg.rl.credit](token_adv, batch.segment_ids, credit_params)
                     if cfg.rethink.enabled and cfg.rethink.nll_coef > 0:
