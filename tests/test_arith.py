@@ -87,3 +87,30 @@ def test_reference_completion_verifies():
         assert env.verify(env.reference_completion(ex), ex).value == 1.0
     with pytest.raises(ValueError, match="unknown split"):
         env.examples("validation")
+
+
+def test_direct_frac_mixes_direct_answers_into_the_warm_start_only():
+    mixed = ArithEnv(ArithConfig(n_sft=400, n_train=50, n_test=20, direct_frac=0.5))
+    worked = ArithEnv(ArithConfig(n_sft=400, n_train=50, n_test=20, direct_frac=0.0))
+    sft = mixed.examples("sft")
+    direct = [e for e in sft if mixed.reference_completion(e).startswith("<answer>")]
+    assert 0.4 < len(direct) / len(sft) < 0.6
+    for e in direct:
+        assert mixed.reference_completion(e) == f"<answer>{e.reference}</answer>"
+        assert verify_integer(mixed.reference_completion(e), e.reference).value == 1.0
+    assert [e.prompt for e in sft] == [e.prompt for e in worked.examples("sft")]  # same problems either way
+    assert not any(worked.reference_completion(e).startswith("<answer>") for e in worked.examples("sft"))
+    for split in ("train", "test"):
+        assert not any(e.meta["direct"] for e in mixed.examples(split))
+
+
+def test_arith_options_are_checked():
+    from credo.envs.arith import from_config
+    from credo.trainer.config import EnvConfig
+
+    assert from_config(EnvConfig()).cfg.direct_frac == ArithConfig().direct_frac
+    assert from_config(EnvConfig(options={"direct_frac": 0})).cfg.direct_frac == 0.0
+    with pytest.raises(ValueError, match="unknown env.options"):
+        from_config(EnvConfig(options={"direct": 0.5}))
+    with pytest.raises(ValueError, match="direct_frac must be in"):
+        from_config(EnvConfig(options={"direct_frac": 1.5}))

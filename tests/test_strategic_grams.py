@@ -23,7 +23,7 @@ TRACE = "first 7+0=7\nthen 7*7=49\nthen 49+7=56\ncheck: done\n<answer>56</answer
 
 @pytest.fixture(scope="module")
 def arith_traces():
-    env = ArithEnv(ArithConfig(n_sft=200, n_train=16, n_test=4))
+    env = ArithEnv(ArithConfig(n_sft=200, n_train=16, n_test=4, direct_frac=0.0))
     return [env.reference_completion(e) for e in env.examples("sft")]
 
 

@@ -24,7 +24,8 @@ The reference trace applies one operation per line, with a small vocabulary of p
 Option `direct_frac` (`env.options.direct_frac`): that fraction of the warm-start traces give the answer at once,
 `<answer>65</answer>`, without working. The warm start then knows two ways to reply and no rule for choosing
 between them; answering at once is reliable for short chains only, so at the RL depth the first token is a
-planning decision whose credit RL must find (the default preset uses 0.5; 0 gives pure step-by-step traces).
+planning decision whose credit RL must find (default 0.5; 0 gives pure step-by-step traces, the sandbox of
+docs/arith-rl-log.md §1-4).
 
 The warm start sees depths `sft_depths`; RL trains and is evaluated on `rl_depths` (by default one step
 deeper: the edge of competence). Splits are seeded and disjoint: no test prompt appears in a training split.
@@ -53,7 +54,7 @@ class ArithConfig:
     n_test: int = 200  # held-out prompts (RL depths)
     width: int = 5  # every chain is padded with `+0` operations to this many (0: no padding)
     seed: int = 0  # seeds the problem generator (independent of the run seed)
-    direct_frac: float = 0.0  # share of warm-start traces that answer at once, without working
+    direct_frac: float = 0.5  # share of warm-start traces that answer at once, without working
 
 
 OPTIONS = {"direct_frac"}  # arith settings passed as env.options (the rest are EnvConfig fields)
@@ -208,7 +209,8 @@ def from_config(cfg) -> ArithEnv:  # cfg: trainer.config.EnvConfig
     unknown = set(options) - OPTIONS
     if unknown:
         raise ValueError(f"arith: unknown env.options {sorted(unknown)}; available: {', '.join(sorted(OPTIONS))}")
-    if not 0.0 <= float(options.get("direct_frac", 0.0)) <= 1.0:
+    direct_frac = float(options.get("direct_frac", ArithConfig.direct_frac))
+    if not 0.0 <= direct_frac <= 1.0:
         raise ValueError(f"arith: env.options.direct_frac must be in [0, 1], got {options['direct_frac']!r}")
     return ArithEnv(
         ArithConfig(
@@ -221,6 +223,6 @@ def from_config(cfg) -> ArithEnv:  # cfg: trainer.config.EnvConfig
             n_train=cfg.n_train,
             n_test=cfg.n_test,
             seed=cfg.seed,
-            direct_frac=float(options.get("direct_frac", 0.0)),
+            direct_frac=direct_frac,
         )
     )

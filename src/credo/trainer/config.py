@@ -62,7 +62,7 @@ class EnvConfig:
 @dataclass
 class SFTConfig:
     enabled: bool = True  # run the warm start before RL (skipped when model.path is set)
-    steps: int = 500  # optimizer steps
+    steps: int = 1000  # optimizer steps
     batch_size: int = 64  # sequences per step
     lr: float = 3e-3  # peak AdamW learning rate (linear warm-up, cosine decay)
     warmup: int = 30  # warm-up steps
