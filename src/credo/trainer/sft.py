@@ -114,6 +114,7 @@ def sft(
     image_size = getattr(getattr(policy, "cfg", None), "image_size", 48)
     ids, mask, images = sft_rows(tokenizer, env, examples, tools, image_size, max_images)
     lengths = mask.cumsum(1).argmax(1) + 1  # [N]: up to each row's last trained token
+    dev = next(iter(policy.parameters())).device  # rows stay on the CPU; each step's go to the model
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     history = []
@@ -121,15 +122,15 @@ def sft(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         idx = torch.randint(0, ids.shape[0], (cfg.batch_size,), generator=g)
-        n_tokens = mask[idx].sum().clamp_min(1)
+        n_tokens = mask[idx].sum().clamp_min(1).to(dev)
         opt.zero_grad(set_to_none=True)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=dev)
         for part in length_buckets(lengths[idx].tolist()):  # token_mean over the batch, in length groups
             rows = idx[part]
             T = int(lengths[rows].max())  # trim padding columns
             imgs = [images[i] for i in rows.tolist()] if images is not None else None
-            lp, _ = sequence_logprobs(policy, ids[rows, :T], images=imgs)
-            part_loss = (-lp * mask[rows, :T]).sum() / n_tokens
+            lp, _ = sequence_logprobs(policy, ids[rows, :T].to(dev), images=imgs)
+            part_loss = (-lp * mask[rows, :T].to(dev)).sum() / n_tokens
             part_loss.backward()
             loss += part_loss.detach()
         gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
