@@ -35,6 +35,7 @@ VARIANTS: dict[str, list[str]] = {
         "rethink.enabled=true", "rethink.reward_shaping=true", "rethink.nll_coef=0.05",
     ],
     "hicra": ["rl.credit=hicra"],  # HICRA: A + alpha|A| on planning tokens
+    "first_error": ["rl.credit=first_error"],  # credo: blame of a failed sequence on its first wrong step only
     # MoCA (scenes): R = R_O + 0.5·R_P summed naively, or with R_P also routing failed rollouts' perception credit
     "grpo+pv": ["reward.perception=0.5", "rl.credit=none"],
     "moca": ["reward.perception=0.5", "rl.credit=moca"],
