@@ -23,9 +23,9 @@ The reference trace applies one operation per line, with a small vocabulary of p
 
 Option `direct_frac` (`env.options.direct_frac`): that fraction of the warm-start traces give the answer at once,
 `<answer>65</answer>`, without working. The warm start then knows two ways to reply and no rule for choosing
-between them; answering at once is reliable for short chains only, so at the RL depth the first token is a
-planning decision whose credit RL must find (default 0.5; 0 gives pure step-by-step traces, the sandbox of
-docs/arith-rl-log.md §1-4).
+between them. At the RL depth answering at once is almost always wrong (4% right for the default warm start,
+against about half when it works the chain out), so the first token is a planning decision whose credit RL must
+find (default 0.5; 0 gives pure step-by-step traces, the sandbox of docs/arith-rl-log.md §1-4).
 
 The warm start sees depths `sft_depths`; RL trains and is evaluated on `rl_depths` (by default one step
 deeper: the edge of competence). Splits are seeded and disjoint: no test prompt appears in a training split.
