@@ -292,7 +292,7 @@ def test_forced_rethink_random_policy_rejects_wrong_rethinks():
 def test_forced_rethink_checks_go_through_the_runner_and_failures_are_counted(workers):
     import verify_helpers as vh
 
-    from credo.rewards.runner import VerifyRunner
+    from credo.envs.runner import VerifyRunner
 
     policy, tok, env, by_id, params, g, samples = _setup()
     cfg = RethinkConfig(enabled=True, **LOOSE)

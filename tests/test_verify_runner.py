@@ -11,7 +11,7 @@ import verify_helpers as vh
 
 from credo.data import Example, Sample
 from credo.rewards import score_samples
-from credo.rewards.runner import ERROR, OK, TIMEOUT, RewardFunction, VerifyRunner, make_runner, run_inline
+from credo.envs.runner import ERROR, OK, TIMEOUT, RewardFunction, VerifyRunner, make_runner, run_inline
 from credo.trainer.config import RewardConfig
 
 

@@ -36,6 +36,50 @@ class Example:
     env: str = ""  # name of the environment that made it
 
 
+SCORED, UNSCORABLE = "scored", "unscorable"
+
+
+@dataclass(frozen=True)
+class Score:
+    """A verifier's verdict on one completion: the single answer to "is this sample correct?".
+
+    - `value`: the outcome reward in [0, 1] (partial credit allowed, e.g. reasoning-gym's 0.5).
+    - `parts`: named components, logged (`format`: 1 for a non-empty answer of the expected type).
+    - `correct`: the one definition of a correct sample that every consumer reads (evaluation accuracy, Forced
+      Rethinking, MoCA routing, first-error credit, HICRA's grams). When the verifier does not set it, it is
+      `value >= 1` (full credit); a verifier with partial credit sets it itself.
+    - `status`: `"scored"`, or `"unscorable"` when no verdict could be reached (the verifier raised, timed out or
+      returned None/NaN; the reference could not be parsed); `reason` says why. An unscorable sample is counted
+      and left out of its group's statistics and out of the loss, never trained as a 0 (DESIGN.md, reliability).
+
+    >>> Score(1.0).correct, Score(0.5).correct, Score(0.5, correct=True).correct
+    (True, False, True)
+    >>> Score.unscorable("timeout").scorable
+    False
+    """
+
+    value: float
+    parts: dict[str, float] = field(default_factory=dict)
+    correct: bool | None = None  # None -> value >= 1 (set in __post_init__)
+    status: str = SCORED
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.correct is None:
+            object.__setattr__(self, "correct", self.status == SCORED and self.value >= 1.0)
+        if self.status not in (SCORED, UNSCORABLE):
+            raise ValueError(f"Score.status must be {SCORED!r} or {UNSCORABLE!r}, got {self.status!r}")
+
+    @property
+    def scorable(self) -> bool:
+        return self.status == SCORED
+
+    @classmethod
+    def unscorable(cls, reason: str, parts: dict[str, float] | None = None) -> Score:
+        """No verdict: value 0 (never used as a reward: the sample leaves the loss), `correct` False."""
+        return cls(0.0, dict(parts or {}), correct=False, status=UNSCORABLE, reason=reason)
+
+
 @dataclass
 class Sample:
     """One trajectory: a prompt and the tokens the policy (and tools) produced after it."""
@@ -55,6 +99,17 @@ class Sample:
     rethought: bool = False
     n_tool_calls: int = 0  # valid tool calls executed (multi-turn)
     n_tool_errors: int = 0  # malformed or failed tool calls (multi-turn; the released curiosity code counts them)
+    verdict: Score | None = None  # the verifier's record, set once by the verification stage
+
+    @property
+    def correct(self) -> bool:
+        """The verdict's `correct` (False before verification or when unscorable)."""
+        return bool(self.verdict is not None and self.verdict.correct)
+
+    @property
+    def scorable(self) -> bool:
+        """False when the verifier reached no verdict: the sample is then left out of the loss."""
+        return self.verdict is None or self.verdict.scorable
 
 
 @dataclass

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from credo.data import Example
+from credo.data import SCORED, UNSCORABLE, Example, Score
 
-
-@dataclass(frozen=True)
-class Score:
-    """A verifier's verdict: `value` is the outcome reward, `parts` its named components (logged)."""
-
-    value: float
-    parts: dict[str, float] = field(default_factory=dict)
+__all__ = ["SCORED", "UNSCORABLE", "Environment", "Score", "Verifier", "sample_metrics"]
 
 
 class Verifier(Protocol):

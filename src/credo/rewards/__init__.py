@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from credo.data import Example, Sample
 from credo.envs.base import Environment, Score
-from credo.rewards.runner import VerifyRunner, run_inline
+from credo.envs.runner import VerifyRunner, run_inline
 
 
 def outcome(sample: Sample, score: Score) -> float:

@@ -203,7 +203,7 @@ def _correct(env: Environment, jobs: list[tuple[str, Example]], runner: Any, cou
     """Verifier value >= 0.5 per (text, example), through `runner` (a `rewards.runner.VerifyRunner`: worker
     processes with a per-item timeout) or inline; a verifier that raises or times out counts as wrong, and is
     counted in `counts` ("errors", "timeouts")."""
-    from credo.rewards.runner import run_inline
+    from credo.envs.runner import run_inline
 
     verdicts = runner.run(jobs) if runner is not None else run_inline(env.verify, jobs)
     counts["errors"] = counts.get("errors", 0) + verdicts.errors

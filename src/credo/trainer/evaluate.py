@@ -15,7 +15,7 @@ from credo.envs.base import Environment, sample_metrics
 from credo.envs.tools import TOOLS, Tool
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.models.policy import Policy
-from credo.rewards.runner import VerifyRunner
+from credo.envs.runner import VerifyRunner
 from credo.rollout.engine import rollout
 from credo.rollout.multiturn import CALL_END, multiturn_rollout
 from credo.rollout.sampler import SamplingParams

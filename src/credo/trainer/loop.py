@@ -29,7 +29,7 @@ from credo.models import build_policy, load_policy, save_policy
 from credo.rewards import score_samples
 from credo.rewards.curiosity import count_ops, curiosity_rewards
 from credo.rewards.perception import add_perception_reward, make_reasoner, moca_params
-from credo.rewards.runner import VerifyRunner, make_runner
+from credo.envs.runner import VerifyRunner, make_runner
 from credo.rewards.steps import first_error_params
 from credo.rollout.engine import rollout
 from credo.rollout.multiturn import multiturn_rollout, tool_use_metrics

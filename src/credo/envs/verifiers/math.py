@@ -7,7 +7,7 @@ match a reference of `1/2`.
 
 math_verify's own timeouts use `signal.alarm`, which works only on the main thread; they are switched off here
 (`parsing_timeout=None`, `timeout_seconds=None`) and credo enforces a wall-clock limit per item instead, in
-`credo.rewards.runner.VerifyRunner`. A pathological answer such as `9^{9^{9}}` can make sympy run for minutes:
+`credo.envs.runner.VerifyRunner`. A pathological answer such as `9^{9^{9}}` can make sympy run for minutes:
 run this verifier through a runner with `workers >= 1` (the default) so such an item is cut off.
 """
 

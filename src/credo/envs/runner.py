@@ -4,8 +4,8 @@
         verdicts = runner.run([(completion, example), ...])   # scores in input order
         verdicts.scores, verdicts.errors, verdicts.timeouts
 
-An item whose function raises scores 0 and is counted as an error; an item still running after `timeout_s`
-scores 0 and is counted as a timeout: its worker is killed and replaced, and the other items of its chunk are
+An item whose function raises is unscorable (`Score.unscorable`, never a 0) and counted as an error; an item
+still running after `timeout_s` is unscorable and counted as a timeout: its worker is killed and replaced, and the other items of its chunk are
 sent again, so no other item is lost. A function that returns a non-finite value, or something that is neither a
 `Score` nor a number, counts as an error too.
 
@@ -63,7 +63,7 @@ MAX_CHUNK = 256  # items per chunk at most: bounds the work redone when a chunk'
 MAX_RESTARTS = 5  # workers that die before they are ready, per batch, before `run` gives up
 
 Job = tuple[str, Any]  # (completion, reference or Example)
-_Result = tuple[str, float, dict[str, float], str]  # (status, value, parts, error message)
+_Result = tuple[str, Score | None, str]  # (status, the score when ok, error message)
 
 
 @dataclass
@@ -86,11 +86,13 @@ class Verdicts:
 def as_score(result: Any) -> Score:
     """A function's return value as a `Score`: a `Score` or a real number, finite; TypeError/ValueError otherwise.
 
-    >>> as_score(1), as_score(Score(0.5, {"format": 1.0}))
-    (Score(value=1.0, parts={}), Score(value=0.5, parts={'format': 1.0}))
+    >>> as_score(1).value, as_score(Score(0.5, {"format": 1.0})).parts
+    (1.0, {'format': 1.0})
     """
     if isinstance(result, Score):
-        value, parts = float(result.value), result.parts
+        if not math.isfinite(result.value):
+            raise ValueError(f"non-finite score {result.value}")
+        return result
     elif isinstance(result, str | bytes) or not hasattr(result, "__float__"):
         raise TypeError(f"a scoring function must return a Score or a number, got {type(result).__name__}")
     else:
@@ -103,9 +105,9 @@ def as_score(result: Any) -> Score:
 def _call(fn: Callable[[str, Any], Any], completion: str, ref: Any) -> _Result:
     try:
         s = as_score(fn(completion, ref))
-        return OK, s.value, dict(s.parts), ""
+        return OK, s, ""
     except Exception as e:
-        return ERROR, 0.0, {}, f"{type(e).__name__}: {e}"[:500]
+        return ERROR, None, f"{type(e).__name__}: {e}"[:500]
 
 
 def run_inline(fn: Callable[[str, Any], Any], jobs: Sequence[Job]) -> Verdicts:
@@ -116,8 +118,8 @@ def run_inline(fn: Callable[[str, Any], Any], jobs: Sequence[Job]) -> Verdicts:
 def _verdicts(results: Sequence[_Result | None]) -> Verdicts:
     scores, status, messages = [], [], []
     for r in results:
-        st, value, parts, msg = r if r is not None else (ERROR, 0.0, {}, "lost")
-        scores.append(Score(value, parts))
+        st, score, msg = r if r is not None else (ERROR, None, "lost")
+        scores.append(score if st == OK and score is not None else Score.unscorable(f"{st}: {msg}"))
         status.append(st)
         messages.append(msg)
     return Verdicts(scores, status, messages)
@@ -129,7 +131,7 @@ def _verdicts(results: Sequence[_Result | None]) -> Verdicts:
 # "spawn" but without re-running the parent's `__main__`, so an unguarded script that calls `train()` works.
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[3]); "
-    "from credo.rewards.runner import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]))"
+    "from credo.envs.runner import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]))"
 )
 _SLOT_BYTES = 16  # the state file: [start time of the current item (0: idle), its index] as doubles, then fn
 
@@ -161,7 +163,7 @@ def _worker_main(conn_fd: int, state_fd: int) -> None:
                 try:
                     out.append(_call(fn, completion, ref))
                 except BaseException as e:  # SystemExit and the like from user code: still just this item
-                    out.append((ERROR, 0.0, {}, f"{type(e).__name__}: {e}"[:500]))
+                    out.append((ERROR, None, f"{type(e).__name__}: {e}"[:500]))
             slot[0] = 0.0
             conn.send(("results", out))
     except (EOFError, OSError):  # the parent closed the pipe (close()) or died: exit quietly
@@ -310,7 +312,7 @@ class VerifyRunner:
             w.chunk = None
             self._replace(i)
             if 0 <= pos < len(chunk):
-                finish(chunk[pos], (status, 0.0, {}, msg))
+                finish(chunk[pos], (status, None, msg))
             rest = [j for k, j in enumerate(chunk) if k != pos and results[j] is None]
             if rest:
                 pending.appendleft(rest)
@@ -323,7 +325,7 @@ class VerifyRunner:
                         payload = pickle.dumps([jobs[j] for j in chunk], protocol=pickle.HIGHEST_PROTOCOL)
                     except Exception as e:
                         for j in chunk:
-                            finish(j, (ERROR, 0.0, {}, f"cannot pickle the job: {type(e).__name__}: {e}"[:500]))
+                            finish(j, (ERROR, None, f"cannot pickle the job: {type(e).__name__}: {e}"[:500]))
                         continue
                     try:
                         w.conn.send_bytes(payload)
@@ -353,7 +355,7 @@ class VerifyRunner:
                         w.chunk = None
                     elif kind == "chunk_error":
                         for j in w.chunk or []:
-                            finish(j, (ERROR, 0.0, {}, body))
+                            finish(j, (ERROR, None, body))
                         w.chunk = None
             now = time.monotonic()
             for i, w in enumerate(self._pool):
