@@ -6,7 +6,7 @@ CREDIT (credit.py), SELECTION (selection.py); statistics and pass@k live in stat
 ``docs/algorithms.md`` maps each paper to its function and test.
 """
 
-from .advantages import ADVANTAGES
+from .advantages import ADVANTAGES, constant_groups, informative_groups
 from .aggregation import AGGREGATIONS, aggregate
 from .credit import CREDIT
 from .kl import KL_ESTIMATORS
@@ -22,4 +22,6 @@ __all__ = [
     "SELECTION",
     "LossParams",
     "aggregate",
+    "constant_groups",
+    "informative_groups",
 ]
