@@ -90,7 +90,7 @@ def grpo(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Tensor:
 
     A_i = (r_i − mean_g(r)) / (std_g(r) + eps), std the unbiased (n − 1) group standard deviation,
     as ``torch.std``'s default and verl. Groups of size 1 give 0 (std undefined there); constant groups give
-    exactly 0 (module docstring; verl and TRL leave the float residue of the mean).
+    exactly 0 (module docstring).
     """
     r = rewards.to(torch.float64)  # [B]
     inverse, n_groups = _group_index(group_ids)

@@ -17,7 +17,11 @@ def k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
 
 def k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k2 (Schulman 2020): ½ (log π(y) − log π_ref(y))². Biased but low variance; its gradient is k1's."""
+    """k2 (Schulman 2020): ½ (log π(y) − log π_ref(y))². Biased but low variance.
+
+    Its gradient in θ (y held fixed) is ∇k2 = (log π − log π_ref)·∇log π = k1·∇log π, not ∇k1 = ∇log π. Over
+    y ~ π, E[k1·∇log π] = ∇KL(π‖π_ref) while E[∇k1] = 0: on-policy, k2 as a loss term carries the KL gradient.
+    """
     return 0.5 * (logprobs - ref_logprobs) ** 2  # [B, T]
 
 

@@ -84,6 +84,7 @@ class RLConfig:
     selection: str = "all"  # core.selection.SELECTION key
     eps_low: float = 0.2  # PPO clip, lower side
     eps_high: float = 0.2  # PPO clip, upper side (clip-higher when > eps_low)
+    clip_ratio_c: float | None = None  # dual-clip PPO cap −c·A for A < 0 (verl: 3); None or 0 = off; must be > 1
     kl_coef: float = 0.0  # weight of the KL penalty to the reference (initial) policy
     kl_estimator: str = "k3"  # core.kl.KL_ESTIMATORS key
     ppo_epochs: int = 1  # passes over each rollout batch
@@ -341,6 +342,8 @@ def validate(cfg: Config) -> Config:
     if cfg.rl.ssr and (cfg.rl.selection != "all" or cfg.rl.dynamic_sampling):
         raise ConfigError("config key 'rl.ssr': SSR does its own selection; it needs rl.selection = \"all\" "
                           "and rl.dynamic_sampling = false")
+    if cfg.rl.clip_ratio_c and cfg.rl.clip_ratio_c <= 1:
+        raise ConfigError(f"config key 'rl.clip_ratio_c': must be > 1 (0 = off), got {cfg.rl.clip_ratio_c}")
     if not 0 < cfg.rl.top_p <= 1:
         raise ConfigError(f"config key 'rl.top_p': must be in (0, 1], got {cfg.rl.top_p}")
     if cfg.reward.workers < 0 or cfg.reward.timeout_s <= 0:

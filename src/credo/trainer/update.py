@@ -50,7 +50,7 @@ def policy_update(
     auxiliary loss on positive rethinking samples); "planning" splits the logged token entropy into planning
     and execution tokens (HICRA's diagnostic).
     """
-    params = LossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high)
+    params = LossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, clip_ratio_c=cfg.clip_ratio_c)
     loss_fn = LOSSES[cfg.loss]
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     B = len(batch)
