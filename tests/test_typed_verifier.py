@@ -21,7 +21,7 @@ CASES = [
     (tag("3.0"), 3, 1.0, 1.0),
     (tag("3 (three)"), 3, 1.0, 1.0),  # two readings of one value
     (tag("3 red circles"), 3, 1.0, 1.0),
-    (tag("2 or 3"), 3, 0.0, 1.0),  # a hedge is wrong
+    (tag("2 or 3"), 3, 0.0, 0.0),  # a hedge is wrong, and two numbers are not the format of one
     (tag("4"), 3, 0.0, 1.0),
     (tag("-2"), -2, 1.0, 1.0),
     (tag("minus two"), -2, 1.0, 1.0),

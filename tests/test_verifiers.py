@@ -76,7 +76,8 @@ NUMERIC = [
     ("<answer>\\frac{3}{4}</answer>", "0.75", 1.0),
     ("<answer>50%</answer>", 0.5, 1.0),  # a percentage matches the fraction ...
     ("<answer>50\\%</answer>", 50, 1.0),  # ... and the number
-    ("<answer>1.00001</answer>", 1, 1.0),  # within rel_tol = 1e-4
+    ("<answer>1.0000001</answer>", 1, 1.0),  # within the relative 1e-6
+    ("<answer>1.00001</answer>", 1, 0.0),  # 1e-5 off: outside it
     ("<answer>1.001</answer>", 1, 0.0),
     ("<answer>12 kg</answer>", 12, 1.0),  # units after the number
     ("<answer>12.0 m/s</answer>", 12, 1.0),
@@ -85,7 +86,8 @@ NUMERIC = [
     ("the total is 17.", 17, 1.0),  # no tag: the last number of the text
     ("<answer>18</answer>", 17, 0.0),
     ("<answer>abc</answer>", 1, 0.0),
-    ("<answer>0</answer>", 1e-7, 1.0),  # within abs_tol = 1e-6
+    ("<answer>0</answer>", 1e-7, 0.0),  # no absolute tolerance against a non-zero reference
+    ("<answer>1e-13</answer>", 0, 1.0),  # an absolute 1e-12 only against an exact zero
 ]
 
 
@@ -114,7 +116,8 @@ def test_format_part():
 
 def test_numeric_tolerances():
     assert verify_numeric("<answer>1.001</answer>", 1, rel_tol=1e-2).value == 1.0
-    assert verify_numeric("<answer>1.00001</answer>", 1, rel_tol=0, abs_tol=0).value == 0.0
+    assert verify_numeric("<answer>1.0000001</answer>", 1, rel_tol=0).value == 0.0
+    assert verify_numeric("<answer>1e-13</answer>", 0, zero_tol=0).value == 0.0
     assert [[float(v) for v in r] for r in parse_numbers("1.5e-3 and -2/4")] == [[0.0015], [-0.5]]
 
 

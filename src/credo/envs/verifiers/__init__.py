@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from math import isfinite  # not `import math`: the submodule `verifiers.math` rebinds that name here
 from typing import Any
 
 from credo.envs.base import Score
@@ -34,4 +35,22 @@ def get_verifier(name: str) -> Callable[[str, Any], Score]:
         raise ValueError(f"verifier {name!r}: cannot import {target!r}: {e}") from e
 
 
-__all__ = ["VERIFIERS", "get_verifier"]
+def call_verifier(verifier: Callable[[str, Any], Score], completion: str, reference: Any, name: str = "") -> Score:
+    """`verifier(completion, reference)`, made total: an exception, or a result that is not a `Score` with a finite
+    value, gives `Score.unscorable` with the reason (DESIGN.md, reliability rules), never a 0.
+
+    >>> call_verifier(lambda c, r: 1 / 0, "x", 1, "broken").reason
+    'verifier broken raised ZeroDivisionError: division by zero'
+    >>> call_verifier(lambda c, r: Score(float("nan")), "x", 1, "nan").status
+    'unscorable'
+    """
+    try:
+        score = verifier(completion, reference)
+    except Exception as e:  # a user's verifier may raise; the sample is then unscorable
+        return Score.unscorable(f"verifier {name} raised {type(e).__name__}: {e}")
+    if not isinstance(score, Score) or not isfinite(score.value):
+        return Score.unscorable(f"verifier {name} returned {score!r:.80}, not a Score with a finite value")
+    return score
+
+
+__all__ = ["VERIFIERS", "call_verifier", "get_verifier"]

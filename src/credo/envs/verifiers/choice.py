@@ -65,10 +65,10 @@ def extract_choice(completion: str) -> str | None:
     >>> extract_choice("the answer is a number") is None
     True
     """
-    text = completion[-MAX_CHARS:]
-    for inner in (extract_answer(text), extract_boxed(text)):
+    for inner in (extract_answer(completion), extract_boxed(completion)):  # found from the end, content capped
         if inner is not None:
             return _letter_in(inner)
+    text = completion[-MAX_CHARS:]  # no tag: regexes see only the tail
     letter = _last_phrase_letter(text)
     if letter is not None:
         return letter
@@ -84,7 +84,8 @@ def _reference_letter(reference: Any) -> str | None:
 def verify_choice(completion: str, reference: Any) -> Score:
     """1.0 when the chosen letter equals the reference letter (e.g. "C", "(c)", "C. Paris"); parts: correct, format.
 
-    `format` is 1 when a letter could be read at all. Never raises.
+    `format` is 1 when a letter could be read at all. A reference that names no letter A–J is unscorable.
+    Never raises.
 
     >>> verify_choice("<answer>C</answer>", "c").parts
     {'correct': 1.0, 'format': 1.0}
@@ -94,11 +95,13 @@ def verify_choice(completion: str, reference: Any) -> Score:
     try:
         chosen = extract_choice(completion)
         ref = _reference_letter(reference)
-        fmt = chosen is not None
-        correct = fmt and ref is not None and chosen == ref
-    except Exception:  # total: a verifier never raises
-        fmt = correct = False
-    return Score(float(correct), {"correct": float(correct), "format": float(fmt)})
+        correct = chosen is not None and ref is not None and chosen == ref
+        parts = {"correct": float(correct), "format": float(chosen is not None)}
+        if ref is None:
+            return Score.unscorable(f"reference names no choice letter: {reference!r:.60}", parts)
+        return Score(float(correct), parts, correct=correct)
+    except Exception as e:  # total: a verifier never raises
+        return Score.unscorable(f"choice verifier: {type(e).__name__}: {e}")
 
 
 __all__ = ["LETTERS", "extract_choice", "verify_choice"]

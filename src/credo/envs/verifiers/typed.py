@@ -36,6 +36,7 @@ from typing import Any
 from credo.envs.base import Score
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.envs.verifiers.choice import verify_choice
+from credo.envs.verifiers.normalize import close, drop_unit_exponents, strip_thousands
 
 MAX_ANSWER_CHARS = 1_000  # longer answer contents are clipped before the regexes
 
@@ -78,7 +79,7 @@ def numbers_in(text: str) -> list[Fraction]:
     >>> [str(v) for v in numbers_in("-1,234 and 3/4, twenty-one or minus two")]
     ['-1234', '3/4', '21', '-2']
     """
-    text = text[:MAX_ANSWER_CHARS].lower()
+    text = drop_unit_exponents(strip_thousands(text[:MAX_ANSWER_CHARS], plain_comma=False)).lower()
     found: list[tuple[int, Fraction]] = []
     for m in _NUM.finditer(text):
         sign, num, den = m.groups()
@@ -250,22 +251,25 @@ def typed_key(answer: str | None, kind: str | None = None) -> str | None:
         return None
 
 
-def _close(a: Fraction, b: Fraction, rel_tol: float = 1e-6) -> bool:
-    """Exactly equal, or within `rel_tol` (a reference computed in floating point)."""
-    if a == b:
-        return True
-    try:
-        return math.isclose(float(a), float(b), rel_tol=rel_tol)
-    except OverflowError:
-        return False
+def _reference_error(reference: Any, kind: str) -> str:
+    """Why `reference` cannot be read as its type `kind` (step 3), or "" when it can."""
+    if reference is None:
+        return "reference is None"
+    if kind == "number" and _as_number(reference) is None:
+        return f"reference is not a finite number: {reference!r:.60}"
+    if kind == "set" and as_set(reference) is None:
+        return f"reference is not a set: {reference!r:.60}"
+    if kind == "word" and not normalize_word(str(reference)):
+        return f"reference is empty: {reference!r:.60}"
+    return ""
 
 
 def _compare(pred: str, reference: Any, kind: str) -> tuple[bool, bool]:
     """(format, correct) of an answer content against a reference of type `kind` (step 4)."""
     if kind == "number":
-        vals = set(numbers_in(pred))
+        vals = set(numbers_in(pred))  # "2 or 3" is a hedge: neither the format nor the value of a number
         ref = _as_number(reference)
-        return bool(vals), len(vals) == 1 and ref is not None and _close(vals.pop(), ref)
+        return len(vals) == 1, len(vals) == 1 and ref is not None and close(vals.pop(), ref)
     if kind == "yesno":
         p = _polarity(pred)
         ref = reference if isinstance(reference, bool) else _polarity(str(reference))
@@ -283,21 +287,25 @@ def _compare(pred: str, reference: Any, kind: str) -> tuple[bool, bool]:
 def verify_typed(completion: str, reference: Any) -> Score:
     """1.0 when the last `<answer>` matches the reference by the reference's type; parts: correct, format.
 
-    Never raises.
+    Numbers compare by `normalize.close` (integers exactly, others within a relative 1e-6). A reference that
+    cannot be read as its own type (None, NaN, an unreadable set, empty text) is unscorable. Never raises.
 
     >>> verify_typed("<think>2+1</think><answer>three</answer>", 3).parts
     {'correct': 1.0, 'format': 1.0}
     >>> verify_typed("<answer>blue, red</answer>", frozenset({"red"})).value
     0.0
     """
-    fmt = correct = False
     try:
+        kind = answer_type(reference)
         pred = extract_answer(completion)
-        if pred is not None:
-            fmt, correct = _compare(pred[:MAX_ANSWER_CHARS], reference, answer_type(reference))
-    except Exception:  # total: a verifier never raises
-        fmt = correct = False
-    return Score(float(correct), {"correct": float(correct), "format": float(fmt)})
+        fmt, correct = _compare(pred[:MAX_ANSWER_CHARS], reference, kind) if pred is not None else (False, False)
+        parts = {"correct": float(correct), "format": float(fmt)}
+        error = _reference_error(reference, kind)
+        if error:
+            return Score.unscorable(error, parts)
+        return Score(float(correct), parts, correct=correct)
+    except Exception as e:  # total: a verifier never raises
+        return Score.unscorable(f"typed verifier: {type(e).__name__}: {e}")
 
 
 __all__ = ["TYPES", "answer_type", "as_set", "normalize_word", "numbers_in", "typed_key", "verify_typed"]
