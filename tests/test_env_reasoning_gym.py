@@ -70,7 +70,9 @@ def test_prompt_template_and_total_verifier():
             raise RuntimeError("broken scorer")
 
     env._scorer = Raises()
-    assert env.verify("<answer>1</answer>", ex).parts == {"correct": 0.0, "format": 1.0}
+    s = env.verify("<answer>1</answer>", ex)  # no verdict: unscorable, never trained as a 0
+    assert (s.status, s.correct, s.parts) == ("unscorable", False, {"correct": 0.0, "format": 1.0})
+    assert "broken scorer" in s.reason
 
 
 def test_credo_verifier_override():

@@ -269,10 +269,10 @@ class DatasetEnv:
         return solution
 
     def verify(self, completion: str, example: Example) -> Score:
-        try:
-            return self._verifier(completion, example.reference)
-        except Exception:  # total, whatever the verifier does
-            return Score(0.0, {"correct": 0.0, "format": 0.0})
+        """The verifier's verdict; unscorable (with the reason) when it raises or returns no finite `Score`."""
+        from credo.envs.verifiers import call_verifier
+
+        return call_verifier(self._verifier, completion, example.reference, self.verifier_name)
 
 
 def from_config(cfg) -> DatasetEnv:  # cfg: trainer.config.EnvConfig

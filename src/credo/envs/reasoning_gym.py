@@ -9,9 +9,14 @@ split is never used for "train" or "sft" (tasks with small question spaces repea
 dropped and more are drawn). Repeats within "train" or "sft" are allowed.
 
 Scoring is the task's own `score_answer(answer, entry)` applied to the content of the last
-`<answer>…</answer>` block; parts: `correct` (its value, which some tasks make partial) and `format` (an
-answer tag is present). The verifier is total: a `score_answer` that raises scores 0. Setting `env.verifier`
-(e.g. "integer") scores with that credo verifier against `entry["answer"]` instead.
+`<answer>…</answer>` block (found from the end of the completion, however long). The verdict: `value` is the
+task's score (some tasks give partial credit, e.g. 0.5); `correct` is `value == 1.0` (full credit; partial credit
+stays in the reward, never counts as correct); parts `correct` (the value) and `format`: 1 for a non-empty answer
+that reads as the expected type (one number when `entry["answer"]` is one number, else any text), or for a
+full-credit answer. An empty `<answer></answer>` earns no format credit: a policy rewarded for it learns to
+write empty tags. The verifier is total: a `score_answer` that raises or returns None/NaN makes the sample
+unscorable (`Score.unscorable`, with the reason), never a 0. Setting `env.verifier` (e.g. "integer") scores with
+that credo verifier against `entry["answer"]` instead.
 
 Reasoning-gym has no reasoning traces: the warm-start completion is just `<answer>{entry["answer"]}</answer>`,
 so SFT teaches the format and (for easy tasks) the answer, not a method. A few tasks have no single oracle
@@ -29,6 +34,7 @@ from typing import Any
 from credo.data import Example
 from credo.envs.base import Score
 from credo.envs.verifiers.answer_tag import extract_answer
+from credo.envs.verifiers.typed import answer_type, typed_key
 
 DEFAULT_TEMPLATE = "{question}\nGive your final answer in <answer></answer> tags.\n"
 MAX_ROUNDS = 10  # draws of fresh problems before giving up on filling a split (tiny question spaces)
@@ -77,6 +83,7 @@ class ReasoningGymEnv:
                              f"(literal braces doubled): {e!r}") from e
         self._scorer = self._dataset(size=1, seed=0)  # score_answer depends on the config, not on seed/size
         self._verifier = None
+        self._verifier_name = verifier
         if verifier:  # a credo verifier instead of the task's score_answer
             from credo.envs.verifiers import get_verifier
 
@@ -146,21 +153,43 @@ class ReasoningGymEnv:
         return f"<answer>{answer}</answer>"
 
     def verify(self, completion: str, example: Example) -> Score:
+        """The task's verdict on the last answer tag (module docstring); never raises."""
         if self._verifier is not None:
-            return self._verifier(completion, example.reference)
+            from credo.envs.verifiers import call_verifier
+
+            return call_verifier(self._verifier, completion, example.reference, self._verifier_name)
         try:
             answer = extract_answer(completion)
         except Exception:  # total, whatever the completion
             answer = None
-        correct = 0.0
-        if answer is not None:
-            try:
-                correct = float(self._scorer.score_answer(answer, example.meta["entry"]))
-            except Exception:  # total: a task's scorer that raises scores 0
-                correct = 0.0
-            if not math.isfinite(correct):
-                correct = 0.0
-        return Score(correct, {"correct": correct, "format": float(answer is not None)})
+        if answer is None:
+            return Score(0.0, {"correct": 0.0, "format": 0.0}, correct=False)
+        fmt = answer_format(answer, example.reference)
+        try:
+            raw = self._scorer.score_answer(answer, example.meta["entry"])
+            value = float(raw)
+        except Exception as e:  # total: a task's scorer that raises (or returns None) gives no verdict
+            reason = f"{self.name}: score_answer failed: {type(e).__name__}: {e}"
+            return Score.unscorable(reason, {"correct": 0.0, "format": fmt})
+        if not math.isfinite(value):
+            return Score.unscorable(f"{self.name}: score_answer returned {raw!r}", {"correct": 0.0, "format": fmt})
+        fmt = float(fmt or value == 1.0)
+        return Score(value, {"correct": value, "format": fmt}, correct=value == 1.0)
+
+
+def answer_format(answer: str, reference: Any) -> float:
+    """1.0 when `answer` is non-empty and reads as the reference's type: one number for a numeric reference.
+
+    >>> answer_format("", "7"), answer_format("seven", "7"), answer_format("2 or 3", 3), answer_format("-7", "7")
+    (0.0, 1.0, 0.0, 1.0)
+    >>> answer_format("7 apples", "7"), answer_format("abc", "7"), answer_format("ab", "a b"), answer_format(" ", None)
+    (1.0, 0.0, 1.0, 0.0)
+    """
+    if not answer.strip():
+        return 0.0
+    if reference is not None and answer_type(reference) == "number":
+        return float(typed_key(answer, "number") is not None)
+    return 1.0
 
 
 def from_config(cfg) -> ReasoningGymEnv:  # cfg: trainer.config.EnvConfig, cfg.name = "reasoning_gym:<task>"
