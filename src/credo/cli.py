@@ -1,4 +1,4 @@
-"""`credo train|sft|eval|ablate`: the command line over `trainer`."""
+"""`credo train|sft|eval|ablate|models`: the command line over `trainer`."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "multiturn": cfg.rl.multiturn, "tools": "off" if args.no_tools else "on", **m}
     print(f"{'metric':24s} value")
     for k, v in m.items():
-        print(f"{k:24s} {v:.4f}")
+        if isinstance(v, int | float):  # eval/samples (prompts and completions) only in the JSON
+            print(f"{k:24s} {v:.4f}")
     out = Path(args.out) if args.out else (target.parent / "eval.json" if target.is_file() else None)
     if out is not None:
         out.write_text(json.dumps(result, indent=1))
@@ -85,6 +86,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                     args.target, args.out, args.target_gain)
     print(markdown_table(json.loads((report.parent / "summary.json").read_text())))
     print(f"report: {report}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from credo.models import hub
+
+    if args.action == "list":
+        for row in hub.list_models():
+            print(f"{row['name']:24s} {row['status']:26s} {row['path']}\n{'':24s} {row['about']}")
+        return 0
+    if args.name not in hub.MODELS:
+        print(f"credo: unknown model {args.name!r}; known: {', '.join(hub.MODELS)}", file=sys.stderr)
+        return 2
+    print(hub.convert(args.name, force=args.force))
     return 0
 
 
@@ -115,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                    "each run's start accuracy + --target-gain)")
     a.add_argument("--target-gain", type=float, default=0.05, help="gain over the start for steps-to-target")
     a.add_argument("--out", help="ablation folder (default runs/<run.name>-ablate)")
+    mo = sub.add_parser("models", help="pretrained models by name: list them, convert an installed GGUF once")
+    mo.add_argument("action", choices=["list", "convert"])
+    mo.add_argument("name", nargs="?", default="smollm2-135m-instruct", help="model to convert (credo models list)")
+    mo.add_argument("--force", action="store_true", help="convert again even when the cache is current")
+    mo.set_defaults(overrides=[])
     args, extra = p.parse_known_args(argv)
     stray = [x for x in extra if x.startswith("-") or "=" not in x]
     if stray:
@@ -124,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.config)  # `credo train rl.steps=5`: no preset, only overrides
         args.config = None
     try:
-        commands = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "ablate": cmd_ablate}
+        commands = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "ablate": cmd_ablate, "models": cmd_models}
         return commands[args.command](args)
     except ConfigError as err:
         print(f"credo: config error: {err}", file=sys.stderr)
         return 2
+    except FileNotFoundError as err:  # e.g. models.hub.ModelNotInstalled: one line naming the install commands
+        print(f"credo: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # RL steps finish and checkpoint on the first Ctrl-C; this is any other moment
         print("credo: interrupted; the last saved checkpoint (if any) is intact", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from credo.models import hub
 from credo.models.policy import Policy
 from credo.models.tiny import TinyConfig, TinyLM
 from credo.models.tokenizer import CharTokenizer
@@ -31,8 +32,8 @@ def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
     """Load a saved model directory: a credo TinyLM / TinyVLM (config.json + model.safetensors + tokenizer.json),
     a Hugging Face Qwen2-VL / Qwen2.5-VL (`credo.models.hf_vlm`) or any other Hugging Face causal LM, with the
     dtype / device / gradient-checkpointing / chat-template (/ image-size) options of a `ModelConfig` when one is
-    given."""
-    d = Path(path)
+    given. A known model name (`models.hub.MODELS`, e.g. "smollm2-135m-instruct") loads its converted cache."""
+    d = hub.resolve(path)
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{d}: not a model directory (no config.json)")
     kind = json.loads((d / "config.json").read_text()).get("model_type")
