@@ -161,6 +161,7 @@ class RunConfig:
     checkpoint_every: int = 20  # RL steps between checkpoints (0: only at the end)
     resume: bool = True  # continue from runs/<name>/checkpoint.pt if it exists
     progress: bool = True  # show a progress bar
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # metric sinks: jsonl | tensorboard | wandb
 
 
 @dataclass
@@ -383,6 +384,10 @@ def validate(cfg: Config) -> Config:
     if cfg.model.kind == "tinyvlm" and (cfg.model.patch_size < 1 or cfg.model.image_size % cfg.model.patch_size):
         raise ConfigError(f"config keys 'model.image_size'={cfg.model.image_size} and 'model.patch_size'="
                           f"{cfg.model.patch_size}: the image side must be a multiple of the patch side")
+    from credo.trainer.metrics import LOGGERS
+
+    if unknown := [x for x in cfg.run.loggers if x not in LOGGERS]:
+        raise ConfigError(f"config key 'run.loggers': unknown {unknown}; choose from {list(LOGGERS)}")
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError(f"config keys 'model.d_model'={cfg.model.d_model} and 'model.n_heads'="
                           f"{cfg.model.n_heads}: d_model must be divisible by n_heads")
