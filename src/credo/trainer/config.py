@@ -57,6 +57,7 @@ class EnvConfig:
     fields: dict[str, str] = field(default_factory=dict)  # dataset env: credo field -> column name
     verifier: str = ""  # answer check: integer|math|mcq|numeric or "module:function" ("" = the env's default)
     prompt_template: str = ""  # str.format template over the row's fields ("" = the env's default)
+    max_prompt_tokens: int = 0  # drop longer prompts (policy tokens) at load (verl filter_overlong_prompts; 0: off)
 
 
 @dataclass
@@ -388,6 +389,8 @@ def validate(cfg: Config) -> Config:
 
     if unknown := [x for x in cfg.run.loggers if x not in LOGGERS]:
         raise ConfigError(f"config key 'run.loggers': unknown {unknown}; choose from {list(LOGGERS)}")
+    if cfg.env.max_prompt_tokens < 0:
+        raise ConfigError(f"config key 'env.max_prompt_tokens': must be >= 0, got {cfg.env.max_prompt_tokens}")
     if cfg.model.d_model % cfg.model.n_heads:
         raise ConfigError(f"config keys 'model.d_model'={cfg.model.d_model} and 'model.n_heads'="
                           f"{cfg.model.n_heads}: d_model must be divisible by n_heads")
