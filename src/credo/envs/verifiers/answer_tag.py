@@ -3,7 +3,8 @@
 Cost is bounded without losing answers: the last tag is found by scanning from the end of the whole completion
 (`str.rfind`, linear and in C), and only its content is capped, to its last `MAX_CHARS` characters. A completion
 is never clipped to its tail before the search, so an answer followed by any amount of text is still found.
-Text without a tag is clipped to its last `MAX_CHARS` characters before any regex runs on it.
+Text without a tag is stripped of trailing whitespace and clipped to its last `MAX_CHARS` characters before any
+regex runs on it: an untagged answer must be near the end.
 """
 
 from __future__ import annotations

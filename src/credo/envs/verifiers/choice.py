@@ -68,7 +68,7 @@ def extract_choice(completion: str) -> str | None:
     for inner in (extract_answer(completion), extract_boxed(completion)):  # found from the end, content capped
         if inner is not None:
             return _letter_in(inner)
-    text = completion[-MAX_CHARS:]  # no tag: regexes see only the tail
+    text = completion.rstrip()[-MAX_CHARS:]  # no tag: regexes see only the tail
     letter = _last_phrase_letter(text)
     if letter is not None:
         return letter

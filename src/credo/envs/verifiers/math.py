@@ -2,6 +2,8 @@
 
 **Where the answer is.** The last `<answer>…</answer>` block if there is one (a `\\boxed{…}` inside it wins), else
 the last `\\boxed{…}`, else the whole completion's last `MAX_CHARS` characters (`answer_tag` explains the bounds).
+A tag or box content longer than `MAX_ANSWER_CHARS` is no final answer: its tail is read like untagged text,
+without format credit.
 
 **One reading per text** (`read`). A tagged or boxed answer and a bare reference (a dataset's answer column) are
 read whole, as LaTeX inside `\\boxed{}`, after the normalisations of `normalize.normalize_math_text` (thousands
@@ -49,6 +51,7 @@ _EXPR = [ExprExtractionConfig()]
 MATH_NAMES = frozenset({"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh",
                         "cosh", "tanh", "log", "ln", "lg", "exp", "pi", "infty", "inf", "oo", "mod", "gcd", "lcm",
                         "max", "min", "det"})
+MAX_ANSWER_CHARS = 1_000  # a longer tag or box content is no final answer: read like untagged text, no format
 MAX_EXACT_EXPONENT = 10_000  # larger integer powers are compared in floating point (40 digits), not exactly
 _DELIMITERS = re.compile(r"(?<!\\)\$|\\\(|\\\[")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019-]*[A-Za-z]")
@@ -96,7 +99,7 @@ def extract_math_answer(completion: str) -> tuple[str, bool]:
     boxed = extract_boxed(completion)
     if boxed is not None:
         return boxed, True
-    return completion[-MAX_CHARS:], False
+    return completion.rstrip()[-MAX_CHARS:], False
 
 
 def _is_word(token: str) -> bool:
@@ -277,6 +280,8 @@ def verify_math(completion: str, reference: Any) -> Score:
         refs = reference if isinstance(reference, list | tuple) else [reference]
         golds = [_reference(r) for r in refs]
         answer, tagged = extract_math_answer(completion)
+        if tagged and len(answer) > MAX_ANSWER_CHARS:  # parsing it whole as LaTeX could take seconds
+            answer, tagged = answer[-MAX_ANSWER_CHARS:], False
         pred = read(answer, free_text=not tagged)
         fmt = tagged and any(g is not None and _format_ok(g, pred) for g in golds)
         correct = any(g is not None and equivalent(g, pred) for g in golds)

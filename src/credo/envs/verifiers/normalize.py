@@ -34,7 +34,17 @@ _UNICODE = {
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 _SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?|\.\d+)[eE]([-+]?\d{1,4})(?![\w.])")
 _UNIT_EXPONENT = re.compile(r"(?<=[A-Za-z}])\s*(?:\^|\*\*)\s*(?:\{\s*[-+\u2212]?\d+\s*\}|[-+\u2212]?\d+)")
-_MIXED = re.compile(r"(?<![\w.\\/^{])(\d+)[ \t]+(\d+)[ \t]*/[ \t]*(\d+)(?![\w.^/])")
+MIXED_NUMBER = re.compile(r"(?<![\w.\\/^{])(\d+)[ \t]+(\d+)[ \t]*/[ \t]*(\d+)(?![\w.^/])")  # "2 2/3"
+MASK = "\u2205"  # stands where an expression was masked: not a number, and no digit or word character
+_FUNCTION = re.compile(
+    r"\\(?:sqrt|sin|cos|tan|cot|sec|csc|log|ln|exp|arcsin|arccos|arctan)\s*(?:\[[^\]]*\]\s*)?"
+    r"(?:\{[^{}]*\}|\d+(?:\.\d+)?|[A-Za-z])"
+    r"|(?<![A-Za-z])(?:sqrt|sin|cos|tan|log|ln|exp)\s*\([^()]*\)|\\pi(?![A-Za-z])|\u03c0|\u221a\s*\d+"
+)
+_OPERAND = re.compile(
+    rf"(?<![\w.,])[-+\u2212]?\d+(?:[.,]\d+)*\s*(?:\*|\\cdot|\\times|\u00d7)?\s*{MASK}"
+    rf"|{MASK}\s*(?:\*|/)\s*[-+\u2212]?\d+(?:[.,]\d+)*"
+)
 
 
 def strip_thousands(text: str, plain_comma: bool = True) -> str:
@@ -62,6 +72,23 @@ def drop_unit_exponents(text: str) -> str:
     return _UNIT_EXPONENT.sub("", text)
 
 
+def mask_expressions(text: str) -> str:
+    """Roots, functions and π, with the numbers multiplying or dividing them, replaced by `MASK`.
+
+    What remains are numbers that stand alone: the `2` of `2\\sqrt{3}` or the `4` of `4*sqrt(2)` is a fragment
+    of an expression, not an answer (the numeric and typed verifiers read plain numbers only).
+
+    >>> mask_expressions(r"2\\sqrt{3}, 4*sqrt(2), \\pi/2, 2\\pi and 7")
+    '\u2205, \u2205, \u2205, \u2205 and 7'
+    """
+    text = _FUNCTION.sub(MASK, text)
+    while True:
+        masked = _OPERAND.sub(MASK, text)
+        if masked == text:
+            return text
+        text = masked
+
+
 def _mixed(m: re.Match[str]) -> str:
     whole, num, den = m.groups()
     return f"{whole}\\frac{{{num}}}{{{den}}}" if 0 < int(num) < int(den) else m.group(0)
@@ -79,7 +106,7 @@ def normalize_math_text(text: str) -> str:
     text = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], text)
     text = strip_thousands(text, plain_comma=False)
     text = _SCIENTIFIC.sub(r"\1\\times 10^{\2}", text)
-    return _MIXED.sub(_mixed, text)
+    return MIXED_NUMBER.sub(_mixed, text)
 
 
 def _decimal(x: float) -> Fraction:
@@ -106,4 +133,5 @@ def close(answer: Fraction, reference: Fraction, rel_tol: float = REL_TOL, zero_
     return abs(answer - reference) <= _decimal(rel_tol) * max(abs(answer), abs(reference))
 
 
-__all__ = ["REL_TOL", "ZERO_TOL", "close", "drop_unit_exponents", "normalize_math_text", "strip_thousands"]
+__all__ = ["MASK", "MIXED_NUMBER", "REL_TOL", "ZERO_TOL", "close", "drop_unit_exponents", "mask_expressions",
+           "normalize_math_text", "strip_thousands"]

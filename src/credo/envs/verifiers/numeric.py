@@ -7,8 +7,9 @@ absolute tolerance only against a reference of exactly zero (an absolute 1e-6 wo
 A percentage "12%" matches a reference of 12 or of 0.12 (two percentages compare as written).
 
 What is not a number of its own: a thousands separator (`10,\\!000`, `1\\,000`, `1{,}000` are one number); an
-exponent (`5 \\text{ m}^2` and `5 m^2` read 5, not 2); a power of numbers is evaluated (`2^{10}` = 1024,
-`10^{-7}`, `1.5 \\times 10^{3}`).
+exponent (`5 \\text{ m}^2` and `5 m^2` read 5, not 2); a number inside or multiplying a root, a function or π
+(`2\\sqrt{3}`, `4*sqrt(2)`, `\\pi/2` hold no number: use the `math` verifier for expressions). A power of numbers
+is evaluated (`2^{10}` = 1024, `10^{-7}`, `1.5 \\times 10^{3}`) and a mixed number is one (`2 2/3` = 8/3).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Any
 from credo.envs.base import Score
 from credo.envs.verifiers.answer_tag import MAX_CHARS, extract_answer
 from credo.envs.verifiers.math import extract_boxed
-from credo.envs.verifiers.normalize import REL_TOL, ZERO_TOL, close, strip_thousands
+from credo.envs.verifiers.normalize import (
+    MIXED_NUMBER,
+    REL_TOL,
+    ZERO_TOL,
+    close,
+    mask_expressions,
+    strip_thousands,
+)
 
 MAX_DIGITS = 400  # longer mantissas (and powers longer than this) are not numbers we compare
 MAX_EXPONENT = 1000  # |exponent| bound: 1e999999999 would take forever as an exact fraction
@@ -57,13 +65,20 @@ def _power(m: re.Match[str]) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
 
+def _mixed(m: re.Match[str]) -> str:
+    """A mixed number "2 2/3" as "8/3" (a proper fraction only: "2 4/3" stays two numbers)."""
+    whole, num, den = (int(g) for g in m.groups())
+    return f"{whole * den + num}/{den}" if 0 < num < den else m.group(0)
+
+
 def _normalize(text: str) -> str:
     text = strip_thousands(text, plain_comma=False)  # plain commas are part of _NUM
     text = _TIMES_TEN.sub(r"e\1", text)
     text = _EXPONENT.sub(" ", _POWER.sub(_power, text))
+    text = mask_expressions(MIXED_NUMBER.sub(_mixed, text))  # "2\sqrt{3}" holds no number of its own
     for pattern, repl in _LATEX:
         text = pattern.sub(repl, text)
-    return text.replace("(", " ").replace(")", " ")
+    return mask_expressions(text.replace("(", " ").replace(")", " "))  # "\frac{\sqrt{2}}{2}" is masked now
 
 
 def _number(digits: str) -> Fraction | None:
@@ -80,7 +95,7 @@ def parse_numbers(text: str) -> list[list[Fraction]]:
     ([[Fraction(-3, 4)]], [[Fraction(5, 1)]], [[Fraction(10000, 1)]])
     """
     out = []
-    for m in _NUMBER.finditer(_normalize(text[-MAX_CHARS:])):
+    for m in _NUMBER.finditer(_normalize(text.rstrip()[-MAX_CHARS:])):
         sign, mant, exp, den_sign, den, pct = m.groups()
         value = _number(mant)
         if value is None or (exp is not None and abs(int(exp)) > MAX_EXPONENT):

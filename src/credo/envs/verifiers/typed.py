@@ -36,7 +36,7 @@ from typing import Any
 from credo.envs.base import Score
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.envs.verifiers.choice import verify_choice
-from credo.envs.verifiers.normalize import close, drop_unit_exponents, strip_thousands
+from credo.envs.verifiers.normalize import close, drop_unit_exponents, mask_expressions, strip_thousands
 
 MAX_ANSWER_CHARS = 1_000  # longer answer contents are clipped before the regexes
 
@@ -79,7 +79,8 @@ def numbers_in(text: str) -> list[Fraction]:
     >>> [str(v) for v in numbers_in("-1,234 and 3/4, twenty-one or minus two")]
     ['-1234', '3/4', '21', '-2']
     """
-    text = drop_unit_exponents(strip_thousands(text[:MAX_ANSWER_CHARS], plain_comma=False)).lower()
+    text = strip_thousands(text[:MAX_ANSWER_CHARS], plain_comma=False)
+    text = mask_expressions(drop_unit_exponents(text)).lower()  # no unit exponents, no fragments of expressions
     found: list[tuple[int, Fraction]] = []
     for m in _NUM.finditer(text):
         sign, num, den = m.groups()
