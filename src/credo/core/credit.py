@@ -1,75 +1,75 @@
-"""Token credit transforms: token advantages [B, T] and per-token segment labels [B, T] → advantages [B, T].
+"""Token credit transforms: token advantages [B, T] and the batch's credit inputs → advantages [B, T].
 
 A credit transform redistributes a sequence's advantage over its tokens (HICRA amplifies planning tokens;
-MoCA routes credit to perception or reasoning segments). Signature:
-``fn(advantages, segment_ids, params=None) -> advantages``; ``params`` is the method's own constants.
+MoCA routes credit to perception or reasoning segments; first_error blames a failed chain's first wrong step).
+One signature: ``fn(advantages, batch, cfg) -> advantages``. ``batch`` is any object with the `CreditInputs`
+fields (``credo.data.Batch`` is one: each field is filled by the stage that knows it); ``cfg`` any object with the
+`CreditConfig` constants (``credo.trainer.config.RLConfig`` is one). A method names the inputs it needs in
+``NEEDS`` so the trainer can fill them without testing method names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 
-def identity(advantages: Tensor, segment_ids: Tensor, params: object | None = None) -> Tensor:
+class CreditInputs(Protocol):
+    """What credit methods read from a batch (``credo.data.Batch``); optional fields are None when not computed."""
+
+    segment_ids: Tensor  # [B, T] long, credo.data.SEGMENTS labels
+    correct: Tensor | None  # [B] bool, the verifier's verdict
+    planning_mask: Tensor | None  # [B, T] bool, HICRA's planning tokens
+    perception_ok: Tensor | None  # [B] bool, MoCA's R_P
+    step_labels: Tensor | None  # [B, T] long, BEFORE / WRONG / AFTER (first_error)
+
+
+class CreditConfig(Protocol):
+    """The methods' constants (``credo.trainer.config.RLConfig`` has them)."""
+
+    hicra_alpha: float  # α, HICRA's planning amplification (paper 0.2)
+    moca_alpha_protect: float  # α_protect (MoCA; inferred 0.2)
+    moca_alpha_punish: float  # α_punish (MoCA; inferred 0.2)
+
+
+def _need(value: Tensor | None, method: str, field: str, shape: tuple[int, ...]) -> Tensor:
+    if value is None:
+        raise ValueError(f"credit {method!r} needs batch.{field}, which no stage filled")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"credit {method!r}: batch.{field} {tuple(value.shape)} must be {shape}")
+    return value
+
+
+def identity(advantages: Tensor, batch: CreditInputs | None = None, cfg: CreditConfig | None = None) -> Tensor:
     """No credit transform: A'_{i,t} = A_{i,t} (the outcome advantage on every token, as in GRPO).
 
-    ``segment_ids`` and ``params`` are unused. Returns the input tensor itself, not a copy.
+    ``batch`` and ``cfg`` are unused. Returns the input tensor itself, not a copy.
     """
     return advantages  # [B, T]
 
 
-@dataclass
-class HicraParams:
-    """Inputs of ``hicra`` beyond advantages and segments.
-
-    The planning mask travels here rather than as a segment label: a planning token is a tag over the reasoning
-    (or answer) segment, not a segment of its own, and ``segment_ids`` holds one label per token.
-    """
-
-    planning_mask: Tensor  # [B, T] bool: 1 on planning tokens (strategic-gram matches), aligned with advantages
-    alpha: float = 0.2  # α, the planning-token amplification (HICRA's value)
-
-
-def hicra(advantages: Tensor, segment_ids: Tensor, params: HicraParams | None = None) -> Tensor:
+def hicra(advantages: Tensor, batch: CreditInputs, cfg: CreditConfig) -> Tensor:
     """HICRA planning-token credit ("Emergent Hierarchical Reasoning in LLMs through RL", arXiv 2509.03646).
 
     Â_{i,t} = A_{i,t} + α·|A_{i,t}| if t ∈ S_i (planning token), else A_{i,t}; α = 0.2.
 
     For A > 0 a planning token gets (1 + α)·A, for A < 0 it gets (1 − α)·A (less blame), execution tokens keep A.
-    ``params.planning_mask`` [B, T] marks S_i (see ``credo.analysis.strategic_grams.apply_hicra``); it is a
-    constant, no gradient flows through it. ``segment_ids`` is unused: padding and prompt positions already carry
+    ``batch.planning_mask`` [B, T] marks S_i (see ``credo.analysis.strategic_grams.apply_hicra``); it is a
+    constant, no gradient flows through it; α = ``cfg.hicra_alpha``. Padding and prompt positions already carry
     A = 0 (advantages are broadcast over ``loss_mask``), so they stay 0. No public code exists; departure: the
     paper's planning set comes from semantically clustered strategic grams, credo's from exact n-gram groups.
     """
-    if params is None:
-        raise ValueError("hicra needs params=HicraParams(planning_mask=[B, T] bool, alpha=...)")
-    mask = params.planning_mask.to(device=advantages.device, dtype=advantages.dtype)  # [B, T], 0/1
-    if mask.shape != advantages.shape:
-        raise ValueError(f"hicra: planning_mask {tuple(mask.shape)} must match advantages {tuple(advantages.shape)}")
-    return advantages + params.alpha * advantages.abs() * mask  # [B, T]
+    planning = _need(batch.planning_mask, "hicra", "planning_mask", tuple(advantages.shape))
+    mask = planning.to(device=advantages.device, dtype=advantages.dtype)  # [B, T], 0/1
+    return advantages + cfg.hicra_alpha * advantages.abs() * mask  # [B, T]
 
 
 PERCEPTION = 3  # segment id of perception tokens: credo.data.SEGMENTS["perception"] (core imports only torch)
 
 
-@dataclass
-class MocaParams:
-    """Inputs of ``moca`` beyond advantages and segments: per-sequence outcome and perception verdicts.
-
-    Built from the samples' reward parts by ``credo.rewards.perception.moca_params``.
-    """
-
-    failed: Tensor  # [B] bool: the outcome failed (R_O = 0)
-    perception_ok: Tensor  # [B] bool: R_P = 1, the blindfolded reasoner answered right from the perception alone
-    alpha_protect: float = 0.2  # α_protect: credit added to correct perception of a failed trajectory
-    alpha_punish: float = 0.2  # α_punish: extra blame on wrong perception of a failed trajectory
-    perception_id: int = PERCEPTION  # the segment id that marks perception tokens
-
-
-def moca(advantages: Tensor, segment_ids: Tensor, params: MocaParams | None = None) -> Tensor:
+def moca(advantages: Tensor, batch: CreditInputs, cfg: CreditConfig) -> Tensor:
     """MoCA advantage routing ("Bad Seeing or Bad Thinking? Rewarding Perception for Multimodal Reasoning",
     arXiv 2605.14054).
 
@@ -77,41 +77,29 @@ def moca(advantages: Tensor, segment_ids: Tensor, params: MocaParams | None = No
     thinking": protect the seeing), A'_t = A − α_punish·|A| if R_P = 0 ("bad seeing": blame the seeing);
     reasoning and answer tokens, and every token of a successful trajectory, keep A.
 
-    Perception tokens are ``segment_ids == params.perception_id``. ``failed`` and ``perception_ok`` are [B]
-    constants, no gradient flows through them; padding and prompt positions carry A = 0 and stay 0.
+    Perception tokens are ``batch.segment_ids == PERCEPTION``; failed = not ``batch.correct`` (the verifier's
+    verdict), R_P = ``batch.perception_ok``; both [B] constants, no gradient flows through them; padding and prompt
+    positions carry A = 0 and stay 0. α_protect, α_punish = ``cfg.moca_alpha_protect``, ``cfg.moca_alpha_punish``.
     No public code exists; departure: α_protect = α_punish = 0.2 are inferred (mirroring HICRA's α), the paper's
     values are not public.
     """
-    if params is None:
-        raise ValueError("moca needs params=MocaParams(failed=[B] bool, perception_ok=[B] bool, ...)")
     B = advantages.shape[0]
-    if params.failed.shape != (B,) or params.perception_ok.shape != (B,):
-        raise ValueError(f"moca: failed {tuple(params.failed.shape)} and perception_ok "
-                         f"{tuple(params.perception_ok.shape)} must both be ({B},)")
+    correct = _need(batch.correct, "moca", "correct", (B,))
+    perception_ok = _need(batch.perception_ok, "moca", "perception_ok", (B,))
     dev, dtype = advantages.device, advantages.dtype
-    failed = params.failed.to(device=dev, dtype=torch.bool)[:, None]  # [B, 1]
-    ok = params.perception_ok.to(device=dev, dtype=torch.bool)[:, None]  # [B, 1]
-    protect = torch.tensor(params.alpha_protect, dtype=dtype, device=dev)
-    punish = torch.tensor(-params.alpha_punish, dtype=dtype, device=dev)
+    failed = ~correct.to(device=dev, dtype=torch.bool)[:, None]  # [B, 1]
+    ok = perception_ok.to(device=dev, dtype=torch.bool)[:, None]  # [B, 1]
+    protect = torch.tensor(cfg.moca_alpha_protect, dtype=dtype, device=dev)
+    punish = torch.tensor(-cfg.moca_alpha_punish, dtype=dtype, device=dev)
     sign = torch.where(ok, protect, punish)  # [B, 1]: +α_protect or −α_punish, in the advantages' dtype
-    route = (segment_ids.to(dev) == params.perception_id) & failed  # [B, T]: perception tokens of failed rows
+    route = (batch.segment_ids.to(dev) == PERCEPTION) & failed  # [B, T]: perception tokens of failed rows
     return advantages + route.to(dtype) * sign * advantages.abs()  # [B, T]
 
 
 BEFORE, WRONG, AFTER = 0, 1, 2  # first_error's per-token step labels
 
 
-@dataclass
-class FirstErrorParams:
-    """Input of ``first_error`` beyond advantages: where each completion first goes wrong.
-
-    Built by ``credo.rewards.steps.first_error_params`` from the environment's step checker.
-    """
-
-    steps: Tensor  # [B, T] long: WRONG on the tokens of the first wrong step, AFTER past it, BEFORE elsewhere
-
-
-def first_error(advantages: Tensor, segment_ids: Tensor, params: FirstErrorParams | None = None) -> Tensor:
+def first_error(advantages: Tensor, batch: CreditInputs, cfg: CreditConfig | None = None) -> Tensor:
     """Step-verified credit: a failed sequence's blame lands on its first wrong step only (credo's own method).
 
     With W_i the tokens of the first wrong step of sequence i (from a step checker that knows the correct
@@ -122,18 +110,19 @@ def first_error(advantages: Tensor, segment_ids: Tensor, params: FirstErrorParam
 
     Why: with outcome credit every token of a failed chain is pushed down, including the correct steps before the
     slip and the correct arithmetic after it (conditioned on a wrong value); only the slip explains the failure.
-    Successful sequences keep their credit on every token. ``segment_ids`` is unused; padding and prompt
-    positions carry A = 0 and stay 0. Departure: outcome-level GRPO advantages, masked per token; no learned
-    process reward model.
+    Successful sequences keep their credit on every token. ``batch.step_labels`` [B, T] holds WRONG on the tokens
+    of the first wrong step, AFTER past it, BEFORE elsewhere (``credo.rewards.steps.step_labels``); padding and
+    prompt positions carry A = 0 and stay 0. Departure: outcome-level GRPO advantages, masked per token; no
+    learned process reward model.
     """
-    if params is None:
-        raise ValueError("first_error needs params=FirstErrorParams(steps=[B, T] long)")
-    steps = params.steps.to(advantages.device)
-    if steps.shape != advantages.shape:
-        raise ValueError(f"first_error: steps {tuple(steps.shape)} must match advantages {tuple(advantages.shape)}")
+    steps = _need(batch.step_labels, "first_error", "step_labels", tuple(advantages.shape)).to(advantages.device)
     located = (steps == WRONG).any(dim=1, keepdim=True)  # [B, 1]
     blame_only_the_step = located & (advantages < 0)  # [B, T]
     return torch.where(blame_only_the_step & (steps != WRONG), torch.zeros_like(advantages), advantages)
 
 
 CREDIT = {"none": identity, "hicra": hicra, "moca": moca, "first_error": first_error}
+# the batch fields each method reads beyond segment_ids (the trainer fills them through its input providers)
+NEEDS: dict[str, tuple[str, ...]] = {
+    "none": (), "hicra": ("planning_mask",), "moca": ("correct", "perception_ok"), "first_error": ("step_labels",),
+}

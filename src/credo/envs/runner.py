@@ -5,9 +5,9 @@
         verdicts.scores, verdicts.errors, verdicts.timeouts
 
 An item whose function raises is unscorable (`Score.unscorable`, never a 0) and counted as an error; an item
-still running after `timeout_s` is unscorable and counted as a timeout: its worker is killed and replaced, and the other items of its chunk are
-sent again, so no other item is lost. A function that returns a non-finite value, or something that is neither a
-`Score` nor a number, counts as an error too.
+still running after `timeout_s` is unscorable and counted as a timeout: its worker is killed and replaced, and
+the other items of its chunk are sent again, so no other item is lost. A function that returns a non-finite
+value, or something that is neither a `Score` nor a number, counts as an error too.
 
 How: `workers` worker processes, each a fresh interpreter (like multiprocessing's "spawn", never fork: the
 trainer's process runs torch threads; unlike "spawn", the parent's `__main__` is not re-run, so a script that
@@ -425,11 +425,30 @@ class RewardFunction:
         return f"RewardFunction({self.path!r})"
 
 
+def load_function(path: str) -> Callable[..., Any]:
+    """The callable at import path `"package.module:fn"`; ValueError naming the path when it cannot be imported."""
+    return _import_attr(path)
+
+
+def is_batched_function(path: str) -> bool:
+    """Whether the function at `path` has TRL's batched signature `fn(prompts, completions, **kw)`: it is then a
+    reward term (`credo.rewards.terms.Function`) and the environment's verifier still gives the verdict."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(_import_attr(path)).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[:2] == ["prompts", "completions"]
+
+
 def make_runner(env: Any, reward: Any) -> VerifyRunner:
-    """The runner for a `RewardConfig`: `reward.function` if set, else `env.verify` (env picklable if workers>0)."""
-    fn = RewardFunction(reward.function) if reward.function else env.verify
+    """The runner for a `RewardConfig`: a per-item `reward.function(completion, example)` if set, else `env.verify`
+    (env picklable if workers > 0). A TRL-signature function is a reward term instead, and `env.verify` runs here."""
+    per_item = reward.function and not is_batched_function(reward.function)
+    fn = RewardFunction(reward.function) if per_item else env.verify
     return VerifyRunner(fn, workers=reward.workers, timeout_s=reward.timeout_s)
 
 
-__all__ = ["ERROR", "OK", "TIMEOUT", "RewardFunction", "Verdicts", "VerifyRunner", "as_score", "make_runner",
-           "run_inline"]
+__all__ = ["ERROR", "OK", "TIMEOUT", "RewardFunction", "Verdicts", "VerifyRunner", "as_score", "is_batched_function",
+           "load_function", "make_runner", "run_inline"]

@@ -34,11 +34,10 @@ from typing import Any, Protocol
 
 import torch
 
-from credo.core.credit import MocaParams
 from credo.data import Example, Sample
 from credo.envs.base import Environment
 from credo.envs.verifiers.answer_tag import extract_answer
-from credo.rollout.sampler import SamplingParams, generate
+from credo.rollout.backend import GenerationRequest, Generator, SamplingParams, as_generator, make_generator
 
 TEMPLATE = (
     "{question}\n"
@@ -101,19 +100,22 @@ class ProgramReasoner:
 
 
 class PolicyReasoner:
-    """A causal LM answering greedily from a text prompt (`TEMPLATE`: question + perception, no image).
+    """A causal LM answering greedily from a text prompt (`TEMPLATE`: question + perception, no image), through a
+    generation backend (`rollout.backend.Generator`; a bare model is wrapped by `as_generator`).
 
-    Prompts are batched; one longer than `max_prompt_tokens` (default: the model's `cfg.max_len` minus
+    Prompts are batched; one longer than `max_prompt_tokens` (default: the generator's `max_len` minus
     `max_new_tokens`, no limit for models without one) keeps its first and last halves, so the question and
     the answer instruction survive. The answer is the last `<answer>` block of the output, else the whole
     stripped output, None when empty.
     """
 
-    def __init__(self, policy: Any, tokenizer: Any, max_new_tokens: int = 64, template: str = TEMPLATE,
+    def __init__(self, generator: Any, tokenizer: Any = None, max_new_tokens: int = 64, template: str = TEMPLATE,
                  max_prompt_tokens: int | None = None) -> None:
-        self.policy, self.tokenizer, self.template = policy, tokenizer, template
+        self.generator: Generator = as_generator(generator, tokenizer)
+        self.tokenizer = tokenizer if tokenizer is not None else self.generator.tokenizer
+        self.template = template
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=("</answer>",))
-        if max_prompt_tokens is None and (max_len := getattr(getattr(policy, "cfg", None), "max_len", None)):
+        if max_prompt_tokens is None and (max_len := self.generator.max_len):
             max_prompt_tokens = max_len - max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
 
@@ -128,17 +130,9 @@ class PolicyReasoner:
         """One answer per (question, perception), decoded in one greedy batch."""
         if not questions:
             return []
-        prompts = [self._encode(q, p) for q, p in zip(questions, perceptions, strict=True)]
-        stop_ids = [self.tokenizer.encode(s) for s in self.params.stop]
-        eos = getattr(self.tokenizer, "eos_ids", self.tokenizer.eos_id)
-        was_training = getattr(self.policy, "training", False)
-        self.policy.eval()
-        try:
-            outs = generate(self.policy, prompts, self.params, eos, self.tokenizer.pad_id, stop_ids)
-        finally:
-            self.policy.train(was_training)
+        requests = [GenerationRequest(self._encode(q, p)) for q, p in zip(questions, perceptions, strict=True)]
         result: list[str | None] = []
-        for c in outs:
+        for (c,) in self.generator.generate(requests, self.params):
             text = self.tokenizer.decode(c.completion_ids.tolist())
             ans = extract_answer(text)
             ans = (ans if ans is not None else text.replace("<answer>", "").replace("</answer>", "")).strip()
@@ -149,27 +143,27 @@ class PolicyReasoner:
         return self.answers([question], [perception])[0]
 
 
-def make_reasoner(spec: str, env: Environment, policy: Any = None, tokenizer: Any = None, model_cfg: Any = None,
+def make_reasoner(spec: str, env: Environment, generator: Any = None, tokenizer: Any = None, model_cfg: Any = None,
                   max_new_tokens: int = 64) -> BlindReasoner:
     """The blindfolded reasoner named by `reward.perception_reasoner`: program | policy | model:<path>.
 
-    `policy` / `tokenizer` are the live policy (for `policy`; also the device a `model:` reasoner moves to);
-    `model_cfg` is the run's `ModelConfig` (dtype / device / chat template for a Hugging Face reasoner).
+    `generator` is the run's generation backend on the live policy (for `policy`; a bare policy is wrapped with
+    `tokenizer`); `model_cfg` is the run's `ModelConfig` (dtype / device / chat template of a `model:` reasoner,
+    which gets a native backend of its own).
     """
     if spec == "program":
         return ProgramReasoner(env)
     if spec == "policy":
-        if policy is None or tokenizer is None:
-            raise ValueError("reward.perception_reasoner='policy' needs the policy and its tokenizer")
-        return PolicyReasoner(policy, tokenizer, max_new_tokens)
+        if generator is None:
+            raise ValueError("reward.perception_reasoner='policy' needs the run's generator (or the policy and its "
+                             "tokenizer)")
+        return PolicyReasoner(generator, tokenizer, max_new_tokens)
     if spec.startswith("model:") and spec[len("model:"):]:
         from credo.models import load_policy
 
         model, tok = load_policy(spec[len("model:"):], model_cfg)
-        model.eval().requires_grad_(False)
-        if policy is not None:
-            model.to(next(iter(policy.parameters())).device)
-        return PolicyReasoner(model, tok, max_new_tokens)
+        model.eval().requires_grad_(False)  # on `model_cfg.device` (Hugging Face) or the CPU (TinyLM), as the policy
+        return PolicyReasoner(make_generator("native", model, tok), tok, max_new_tokens)
     raise ValueError(f"reward.perception_reasoner: unknown value {spec!r}; choose program, policy or model:<path>")
 
 
@@ -198,7 +192,7 @@ def _verifies(env: Environment, answer: str | None, example: Example) -> bool:
     if answer is None:
         return False
     try:
-        return env.verify(f"<answer>{answer}</answer>", example).value > 0.5
+        return bool(env.verify(f"<answer>{answer}</answer>", example).correct)
     except Exception:  # verifiers are total; a broken one must not stop training
         return False
 
@@ -261,40 +255,3 @@ def perception_rewards(
                     pass
             metrics[key] = agree / n
     return r_p, metrics
-
-
-def add_perception_reward(samples: list[Sample], examples_by_id: dict[str, Example], env: Environment,
-                          reasoner: BlindReasoner, cfg: Any, tokenizer: Any = None) -> dict[str, float]:
-    """Perception Verification for a scored batch, in place: R = R_O + λ·R_P − penalty on every sample.
-
-    Run after `score_samples` (which set `reward` = R_O); sets `reward_parts["perception"]` = R_P (read by
-    `moca_params`) and `reward_parts["perception_len_penalty"]`. Returns the `pv/` metrics plus
-    `reward/perception`, `reward/perception_len_penalty` and the updated `reward/mean`.
-    """
-    r_p, metrics = perception_rewards(samples, examples_by_id, env, reasoner, cfg, tokenizer)
-    lengths = torch.tensor([perception_length(extract_perception(s.text), tokenizer) for s in samples],
-                           dtype=torch.float)
-    pen = length_penalty(lengths, cfg.perception_max_len, cfg.perception_len_penalty)  # [B]
-    r_o = torch.tensor([s.reward for s in samples], dtype=torch.float)
-    reward = combine_rewards(r_o, r_p, pen, cfg.perception)  # [B]
-    for i, s in enumerate(samples):
-        s.reward = float(reward[i])
-        s.reward_parts = {**s.reward_parts, "perception": float(r_p[i]), "perception_len_penalty": float(pen[i])}
-    n = max(1, len(samples))
-    metrics["reward/perception"] = float(r_p.sum()) / n
-    metrics["reward/perception_len_penalty"] = float(pen.sum()) / n
-    metrics["reward/mean"] = float(reward.sum()) / n
-    return metrics
-
-
-def moca_params(samples: list[Sample], alpha_protect: float = 0.2, alpha_punish: float = 0.2) -> MocaParams:
-    """`MocaParams` for the rows of a collated batch of `samples` (same order).
-
-    failed: the outcome part is not above 0.5 (R_O = 0; the complement of the loop's "correct" for HICRA);
-    perception_ok: R_P = 1, from `add_perception_reward`. Raises when a sample has no R_P (PV was off).
-    """
-    if any("perception" not in s.reward_parts for s in samples):
-        raise ValueError("rl.credit='moca' needs the perception reward R_P: set reward.perception > 0")
-    failed = torch.tensor([s.reward_parts.get("outcome", 0.0) <= 0.5 for s in samples], dtype=torch.bool)  # [B]
-    ok = torch.tensor([s.reward_parts["perception"] > 0.5 for s in samples], dtype=torch.bool)  # [B]
-    return MocaParams(failed, ok, alpha_protect, alpha_punish)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from credo.analysis.strategic_grams import token_char_ends
-from credo.core.credit import AFTER, BEFORE, WRONG, FirstErrorParams
+from credo.core.credit import AFTER, BEFORE, WRONG
 from credo.data import Batch, Example, Sample
 
 
@@ -39,12 +39,13 @@ def step_labels(ids: list[int], tokenizer: Any, span: tuple[int, int] | None) ->
     return labels
 
 
-def first_error_params(
-    samples: list[Sample], batch: Batch, examples: dict[str, Example], env: Any, tokenizer: Any
-) -> tuple[FirstErrorParams, dict[str, float]]:
-    """`FirstErrorParams` for `batch`, the collated `samples` (same order), and metrics: `credit/located`, the share
-    of failed samples (outcome ≤ 0.5) whose first wrong step was found, and `credit/wrong_step_tokens`, its mean
-    length in tokens. Raises when the environment has no step checker."""
+def fill_step_labels(
+    batch: Batch, samples: list[Sample], examples: dict[str, Example], env: Any, tokenizer: Any
+) -> dict[str, float]:
+    """Set `batch.step_labels` [B, T] (first_error's credit input) for `batch`, the collated `samples` (same
+    order), from the environment's step checker; return metrics: `credit/located`, the share of failed samples
+    (not `Sample.correct`) whose first wrong step was found, and `credit/wrong_step_tokens`, its mean length in
+    tokens. Raises ValueError when the environment has no step checker."""
     check = getattr(env, "first_error", None)
     if check is None:
         raise ValueError(f"rl.credit='first_error' needs a step checker: environment {env.name!r} has no first_error")
@@ -54,13 +55,13 @@ def first_error_params(
         labels = step_labels(s.completion_ids.tolist(), tokenizer, check(s.text, examples[s.example_id]))
         P = len(s.prompt_ids)
         steps[i, P : P + len(labels)] = labels
-        if s.reward_parts.get("outcome", 0.0) <= 0.5:
+        if not s.correct:
             n_failed += 1
             wrong = int((labels == WRONG).sum())
             n_located += wrong > 0
             n_tokens += wrong
-    metrics = {"credit/located": n_located / max(1, n_failed), "credit/wrong_step_tokens": n_tokens / max(1, n_located)}
-    return FirstErrorParams(steps), metrics
+    batch.step_labels = steps
+    return {"credit/located": n_located / max(1, n_failed), "credit/wrong_step_tokens": n_tokens / max(1, n_located)}
 
 
-__all__ = ["first_error_params", "step_labels"]
+__all__ = ["fill_step_labels", "step_labels"]

@@ -31,9 +31,9 @@ class ModelConfig:
     n_heads: int = 4  # attention heads
     d_ff: int = 512  # MLP hidden width
     max_len: int = 192  # longest prompt + completion
-    dtype: str = "float32"  # Hugging Face models: float32 | bfloat16 | float16
+    dtype: str = "float32"  # Hugging Face models: compute dtype float32 | bfloat16 | float16 (weights stay float32)
     device: str = "cpu"  # Hugging Face models: torch device (TinyLM runs on the CPU)
-    gradient_checkpointing: bool = False  # Hugging Face models: recompute activations in the backward pass
+    gradient_checkpointing: bool = True  # Hugging Face models: recompute activations in the backward pass
     chat_template: bool = True  # Hugging Face models: frame prompts with the tokenizer's chat template
     native_decode: bool = True  # Hugging Face Llama/Qwen2/Mistral: decode on credo's native engine
 
@@ -95,7 +95,9 @@ class RLConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     adam_eps: float = 1e-8  # AdamW epsilon; larger values damp the normalised steps of tiny, noisy gradients
     max_grad_norm: float = 1.0  # gradient clipping
-    recompute_old_logprobs: bool = False  # recompute old log-probs with the trainer instead of the sampler's
+    recompute_old_logprobs: bool = False  # π_old from the trainer's forward, not the sampler's (on when dtype≠fp32)
+    max_tokens_per_microbatch: int = 0  # split minibatches into micro-batches of ≤ this many padded tokens (0: off)
+    logprob_chunk: int = 512  # positions whose LM head + log-softmax run at once (trainer.logprobs)
     ssr: bool = False  # VL-Rethinker Selective Sample Replay in place of rl.selection (trainer.replay.ssr_select)
     ssr_alpha: float = 1.0  # SSR priority exponent: P(j) ∝ |A_j|^alpha (paper and code: 1)
     ssr_buffer: int = 0  # SSR replay history, in samples; 0 = half the rollout batch (released code)
@@ -109,6 +111,8 @@ class RLConfig:
     hicra_refresh: int = 10  # HICRA: steps between re-mining strategic grams from correct rollouts (0: seeds only)
     hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
     hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
+    mask_truncated: bool = False  # leave completions cut at max_new_tokens out of the loss (DAPO overlong filter,
+    # TRL mask_truncated_completions); they still count in their group's reward statistics
     multiturn: bool = False  # multi-turn rollouts with tool calls (rollout.multiturn); observations never trained
     tools: list[str] = field(default_factory=lambda: ["crop_image", "select_frames"])  # envs.tools.TOOLS names
     max_turns: int = 4  # multi-turn: most policy turns per trajectory
@@ -123,8 +127,10 @@ class RLConfig:
 class RewardConfig:
     outcome: float = 1.0  # weight of the verifier's outcome score (correct answer)
     format: float = 0.0  # weight of the verifier's format part (well-formed answer tag)
-    function: str = ""  # "package.module:fn", fn(completion, example) -> float | Score, replaces the env's verifier
-    timeout_s: float = 10.0  # wall-clock limit per verification; past it the item scores 0 (verify/timeouts)
+    function: str = ""  # "pkg.module:fn": fn(completion, example) -> float | Score replaces the env's verifier;
+    # TRL's batched fn(prompts, completions, **columns) -> list[float | None] is a reward term instead
+    function_weight: float = 1.0  # weight of a TRL-signature reward.function term (the verifier still scores)
+    timeout_s: float = 10.0  # wall-clock limit per verification; past it the item is unscorable (verify/timeouts)
     workers: int = 1  # verification worker processes (0: inline in the trainer, errors caught but no timeout)
     perception: float = 0.0  # λ, weight of the MoCA perception reward R_P (0 = Perception Verification off)
     perception_reasoner: str = "program"  # blindfolded reasoner for R_P: program | policy | model:<path>
@@ -190,8 +196,16 @@ class RethinkConfig:
     max_waits: int = 4  # reject when 1 + #"wait," + #"wait a" + #"alternatively" in the continuation exceeds this
     require_correct: bool = True  # accept only rethinks whose final answer is correct (the paper's selective rule)
     train_trigger: bool = True  # loss_mask = 1 on trigger tokens (the released code trains on them)
-    reward_shaping: bool = False  # rethink-aware reward (code: always on; rollout.rethink.rethink_reward_shaping)
+    reward_shaping: bool = False  # rethink-aware reward (code: always on): the reward term rethink_shaping
     nll_coef: float = 0.0  # auxiliary NLL on positive samples that rethink (code group_sft: 0.05)
+
+
+@dataclass
+class RolloutConfig:
+    """The generation backend every rollout, evaluation and generating reward term goes through (rollout.backend)."""
+
+    backend: str = "native"  # rollout.backend.BACKENDS key: "native" (credo's KV-cached engine)
+    max_batch: int = 512  # native: rows decoded at once (the KV cache grows with the batch)
 
 
 @dataclass
@@ -205,6 +219,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     rethink: RethinkConfig = field(default_factory=RethinkConfig)
     curiosity: CuriosityConfig = field(default_factory=CuriosityConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 # ---- loading --------------------------------------------------------------------------------------------
@@ -305,8 +320,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 def validate(cfg: Config) -> Config:
     """Check values that types alone cannot: registry names and ranges. Raises ConfigError naming the key."""
     from credo.core import ADVANTAGES, AGGREGATIONS, CREDIT, KL_ESTIMATORS, LOSSES, SELECTION
+    from credo.rollout.backend import BACKENDS
 
     choices = {
+        "rollout.backend": (cfg.rollout.backend, BACKENDS),
         "rl.advantage": (cfg.rl.advantage, ADVANTAGES),
         "rl.loss": (cfg.rl.loss, LOSSES),
         "rl.aggregation": (cfg.rl.aggregation, AGGREGATIONS),
@@ -323,6 +340,7 @@ def validate(cfg: Config) -> Config:
         "rl.minibatches": cfg.rl.minibatches, "sft.batch_size": cfg.sft.batch_size, "eval.every": cfg.eval.every,
         "model.d_model": cfg.model.d_model, "model.n_layers": cfg.model.n_layers, "model.n_heads": cfg.model.n_heads,
         "run.threads": cfg.run.threads, "env.n_test": cfg.env.n_test, "env.n_train": cfg.env.n_train,
+        "rollout.max_batch": cfg.rollout.max_batch,
     }
     for key, value in positive.items():
         if value < 1:

@@ -1,7 +1,7 @@
-"""DAPO (arXiv 2503.14476) pieces that act on rollouts: soft overlong punishment and dynamic sampling with refill.
+"""DAPO (arXiv 2503.14476) dynamic sampling with refill: the extra rollout rounds.
 
-The maths is in the core (``core/shaping.py::overlong_penalty``, ``core/selection.py::dynamic_sampling_keep``);
-this file applies them to ``Sample``s and runs the extra rollout rounds.
+The maths is in the core (``core/selection.py::dynamic_sampling_keep``); the soft overlong punishment
+(``core/shaping.py::overlong_penalty``) is the reward term ``overlong`` (``rewards/terms.py``).
 """
 
 from __future__ import annotations
@@ -12,31 +12,11 @@ import torch
 from torch import Tensor
 
 from credo.core.selection import dynamic_sampling_keep
-from credo.core.shaping import overlong_penalty
 from credo.data import Sample
 
 # rollout_fn(n_prompts, first_group_id) -> (samples, sequence advantages [B]): takes the next n_prompts prompts,
 # rolls out their groups with group ids first_group_id, first_group_id + 1, ..., scores them and computes advantages.
 RolloutFn = Callable[[int, int], tuple[list[Sample], Tensor]]
-
-
-def apply_overlong_penalty(
-    samples: list[Sample], max_len: int, cache_len: int, factor: float = 1.0
-) -> dict[str, float]:
-    """Add DAPO's soft overlong punishment to each ``Sample.reward`` (and ``reward_parts["overlong"]``).
-
-    Length = completion tokens (``len(completion_ids)``), L_max = the generation cap. ``cache_len = 0`` is off
-    (rewards untouched, zero metrics). Call it after the verifier rewards and before advantages.
-    Returns ``reward/overlong`` (mean penalty) and ``rollout/overlong_share`` (share of samples penalised).
-    """
-    lengths = torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.long)  # [B]
-    penalty = overlong_penalty(lengths, max_len, cache_len, factor)  # [B]
-    if cache_len > 0:
-        for s, p in zip(samples, penalty.tolist(), strict=True):
-            s.reward += p
-            s.reward_parts["overlong"] = p
-    n = max(1, len(samples))
-    return {"reward/overlong": float(penalty.sum()) / n, "rollout/overlong_share": float((penalty < 0).sum()) / n}
 
 
 def dynamic_sampling_fill(

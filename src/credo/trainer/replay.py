@@ -102,15 +102,15 @@ def ssr_select(
     """
     adv = adv.detach().cpu()  # [B]; the generator is a CPU one
     B = len(batch_samples)
-    eff = nonzero_samples(adv)  # [B_eff]
+    gid = torch.tensor([s.group_id for s in batch_samples], dtype=torch.long)  # [B]
+    eff = nonzero_samples(adv, gid)  # [B_eff]
     buffer.add([batch_samples[i] for i in eff.tolist()], adv[eff])
     size = max(1, int(cfg.ssr_batch_frac * B))
     n_current = min(size, eff.numel())
-    cur = ssr_sample(adv, n_current, cfg.ssr_alpha, cfg.ssr_replacement, generator)  # [n_current]
+    cur = ssr_sample(adv, n_current, cfg.ssr_alpha, cfg.ssr_replacement, generator, group_ids=gid)  # [n_current]
     replayed, replay_adv = buffer.draw(size - n_current, generator)
     kept = [batch_samples[i] for i in cur.tolist()] + replayed
     kept_adv = torch.cat([adv[cur].to(torch.float32), replay_adv])  # [B_ssr]
-    gid = torch.tensor([s.group_id for s in batch_samples], dtype=torch.long)
     groups = torch.unique(gid)
     informative = torch.unique(gid[eff])
     metrics = {
