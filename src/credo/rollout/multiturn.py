@@ -16,8 +16,11 @@ with `loss_mask = 0`, `segment_ids = observation` and log-prob 0; the policy's t
 their sampler log-probs (a call's tokens, from `<tool_call>` on, are labelled `tool_call`). Generation then
 continues from the FULL token list, prompt + every turn so far: token-in/token-out, earlier turns are never
 re-tokenised, so the trainer's recomputed log-probs equal the sampler's on every policy token. Each continuation
-is a fresh prefill of the whole sequence (with every image so far, in placeholder order), so a vision policy
-reads observation images with no change to the sampler or the model.
+is a request to the run's `Generator` (`rollout.backend`) with the whole sequence as its prompt (and every image
+so far, in placeholder order), so a vision policy reads observation images with no change to the backend or the
+model. The tool-turn pieces (parsing, running, observation tokens, segment labels) live in `rollout.tool_turns`.
+
+Only what the policy wrote is scored (`scored_text`): the verifier reads the policy's turns, never an observation.
 
 Limits: at most `max_turns` generation turns per trajectory (a call in the last turn is not executed), at most
 `max_images` images in a trajectory (prompt images included; the released code's `max_imgnum = 16`; a call that
@@ -30,7 +33,7 @@ wording) and is counted; it never ends the rollout.
 from __future__ import annotations
 
 import dataclasses
-import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,144 +41,25 @@ import torch
 
 from credo.data import SEGMENTS, Example, Sample
 from credo.envs.base import Environment
-from credo.envs.tools import TOOLS, Observation, Tool, ToolContext, ToolError
-from credo.models.policy import Policy
+from credo.envs.tools import TOOLS, Tool, ToolError  # noqa: F401  (ToolError: re-exported)
+from credo.models.policy import Decoder
+from credo.models.tokenizer import Tokenizer
+from credo.rollout.backend import Completion, GenerationRequest, Generator, SamplingParams, as_generator
 from credo.rollout.engine import encode_prompt
-from credo.rollout.sampler import SamplingParams, cut_at_stop_text, generate
-
-CALL_START, CALL_END = "<tool_call>", "</tool_call>"
-OBS_START, OBS_END = "\n<observation>", "</observation>\n"
-
-
-def parse_tool_call(text: str, call_start: str = CALL_START, call_end: str = CALL_END) -> tuple[str, dict[str, Any]]:
-    """(name, arguments) of the last `<tool_call>…</tool_call>` block of `text`; `ToolError` when malformed.
-
-    >>> parse_tool_call('x <tool_call>{"name": "calculator", "arguments": {"expression": "1+2"}}</tool_call>')
-    ('calculator', {'expression': '1+2'})
-    """
-    end = text.rfind(call_end)
-    start = text.rfind(call_start, 0, max(end, 0))
-    if end < 0 or start < 0:
-        raise ToolError(f"no {call_start}...{call_end} block")
-    body = text[start + len(call_start) : end].strip()
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise ToolError(f"invalid JSON in the tool call: {e.msg}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        raise ToolError('the tool call must be a JSON object {"name": ..., "arguments": {...}}')
-    args = obj.get("arguments", {})
-    if isinstance(args, str):  # some models write the arguments as a JSON string
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            raise ToolError("arguments must be a JSON object") from None
-    if not isinstance(args, dict):
-        raise ToolError("arguments must be a JSON object")
-    return obj["name"], args
-
-
-def run_tool(text: str, ctx: ToolContext, tools: dict[str, Tool]) -> tuple[Observation, bool]:
-    """Parse the call at the end of `text` and run it: (observation, valid). Never raises: a malformed call or a
-    failing tool gives an error observation and `valid = False`."""
-    try:
-        name, args = parse_tool_call(text)
-        if name not in tools:
-            raise ToolError(f"unknown tool {name!r}; available: {', '.join(sorted(tools))}")
-        obs = tools[name](args, ctx)
-        if not isinstance(obs, Observation):
-            raise ToolError(f"tool {name!r} returned {type(obs).__name__}, not an Observation")
-        return obs, True
-    except ToolError as e:
-        return Observation(f"Execution error:\n{e}\n"), False
-    except Exception as e:  # a user tool's bug must not end the rollout
-        return Observation(f"Execution error:\n{type(e).__name__}: {e}\n"), False
-
-
-def image_placeholders(tokenizer: Any, n_images: int) -> list[int]:
-    """The placeholder ids of `n_images` images, to append anywhere in a sequence (`VLMTokenizer.with_images`
-    puts the prompt's after BOS; an observation's go inside its `<observation>` block). The model fills the
-    placeholders in order with the row's images, so `Sample.images` lists them in placeholder order.
-
-    A tokenizer with `image_block(n)` (the Qwen2-VL one, `models/hf_vlm.py::HFVLMTokenizer`) gives the ids its
-    model expects per image, `<|vision_start|><|image_pad|>×n<|vision_end|>`, as in its prompts; otherwise (the
-    TinyVLM's char tokenizer) `image_token_id × n_patches` per image."""
-    if not n_images:
-        return []
-    if not hasattr(tokenizer, "image_token_id"):
-        raise ToolError("the tool returned images but this model reads no images")
-    block = getattr(tokenizer, "image_block", None)
-    if callable(block):
-        return list(block(n_images))
-    return [tokenizer.image_token_id] * (tokenizer.n_patches * n_images)
-
-
-def observation_tokens(tokenizer: Any, obs: Observation) -> list[int]:
-    """`\\n<observation>{text}{image placeholders}</observation>\\n` as token ids (no BOS)."""
-    return tokenizer.encode(OBS_START + obs.text) + image_placeholders(tokenizer, len(obs.images)) + \
-        tokenizer.encode(OBS_END)
-
-
-def call_segments(tokenizer: Any, ids: list[int], text: str) -> list[int]:
-    """Segment labels of one policy turn: `tool_call` on the tokens from its last `<tool_call>` on (a token
-    belongs to it when its text ends after the tag starts), `reasoning` elsewhere. Character offsets are the
-    cumulative decoded lengths of the sampled ids (exact for the char tokenizer, close for BPE)."""
-    seg = [SEGMENTS["reasoning"]] * len(ids)
-    start = text.rfind(CALL_START)
-    if start < 0:
-        return seg
-    for k in range(len(ids)):
-        if len(tokenizer.decode(ids[: k + 1])) > start:
-            seg[k:] = [SEGMENTS["tool_call"]] * (len(ids) - k)
-            break
-    return seg
-
-
-DISABLED = "tools are disabled"
-
-
-@dataclass
-class TurnResult:
-    """What follows a policy turn that ended in a call: the observation, its tokens, and how the call went."""
-
-    obs: Observation
-    ids: list[int]  # the observation's token ids (`observation_tokens`), appended with loss_mask 0
-    valid: bool  # the tool ran (an image-limited call stays valid, as in the rollout's counts)
-    refused: bool = False  # tools disabled: the call was not executed
-    image_limited: bool = False
-
-
-def execute_turn(
-    tokenizer: Any,
-    text: str,
-    images: list[Any],
-    meta: dict[str, Any],
-    image_size: int,
-    tools: dict[str, Tool],
-    max_images: int = 16,
-    enabled: bool = True,
-) -> TurnResult:
-    """Run the call at the end of the policy turn `text` on a `ToolContext(images, meta, image_size)` and format
-    its observation as tokens. The one place where a call becomes observation tokens: the rollout and the
-    multi-turn SFT builder (`reference_trajectory`) both use it, so their sequences agree token for token.
-
-    A call whose images would take the trajectory past `max_images` gets an error observation (still counted
-    as valid); a tool that returns images to a model that reads none gets an error (invalid). With
-    `enabled = False` (tools forbidden) the call is not executed: the observation is
-    `Execution error:\ntools are disabled\n` and the policy continues, so it can still answer without tools."""
-    if not enabled:
-        obs = Observation(f"Execution error:\n{DISABLED}\n")
-        return TurnResult(obs, observation_tokens(tokenizer, obs), False, refused=True)
-    obs, valid = run_tool(text, ToolContext(images=list(images), meta=meta, image_size=image_size), tools)
-    limited = valid and len(images) + len(obs.images) > max_images
-    if limited:
-        obs = Observation(f"Execution error:\nimage limit reached ({max_images} images)\n")
-    try:
-        ids = observation_tokens(tokenizer, obs)
-    except ToolError as e:
-        obs, valid = Observation(f"Execution error:\n{e}\n"), False
-        ids = observation_tokens(tokenizer, obs)
-    return TurnResult(obs, ids, valid, image_limited=limited)
+from credo.rollout.tool_turns import (  # noqa: F401  (parse_tool_call … observation_tokens: re-exported)
+    CALL_END,
+    CALL_START,
+    DISABLED,
+    OBS_END,
+    OBS_START,
+    TurnResult,
+    call_segments,
+    execute_turn,
+    image_placeholders,
+    observation_tokens,
+    parse_tool_call,
+    run_tool,
+)
 
 
 @dataclass
@@ -219,24 +103,24 @@ class _Trajectory:
 
 
 def multiturn_rollout(
-    policy: Policy,
-    tokenizer: Any,
+    generator: Generator | Decoder,
+    tokenizer: Tokenizer,
     env: Environment,
     examples: list[Example],
     group_size: int,
     params: SamplingParams,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     max_turns: int = 4,
     max_images: int = 16,
     tools: dict[str, Tool] | None = None,
     first_group_id: int = 0,
     max_completion_tokens: int | None = None,
-    max_batch: int = 512,
     tools_enabled: bool = True,
 ) -> tuple[list[Sample], dict[str, float]]:
-    """`group_size` multi-turn trajectories per example (see the module docstring), batched across all active
-    trajectories at every turn. `params.max_new_tokens` caps each turn; `max_completion_tokens` (default: only
-    the model's `max_len`) caps all turns and observations together. Returns the samples and metrics:
+    """`group_size` multi-turn trajectories per example (see the module docstring), all active trajectories sent to
+    `generator` (the run's backend; a bare model is wrapped by `backend.as_generator`) as one call per turn, on the
+    shared random stream `rng`. `params.max_new_tokens` caps each turn; `max_completion_tokens` (default: only
+    the generator's `max_len`) caps all turns and observations together. Returns the samples and metrics:
     `tools/call_rate` (share of trajectories with ≥ 1 valid call), `tools/calls_per_rollout` (valid calls),
     `tools/malformed_rate` (malformed / attempted calls), `tools/malformed`, `tools/unexecuted`,
     `tools/image_limited`, `tools/refused`, `tools/turns` (mean generation turns). `Sample.n_tool_calls`
@@ -247,85 +131,92 @@ def multiturn_rollout(
     `tools/refused`, not as malformed) and the policy goes on to its next turn, so a model that habitually
     calls a tool can still answer from what it sees.
     """
+    gen = as_generator(generator, tokenizer)
     tools = TOOLS if tools is None else tools
     stops = tuple(dict.fromkeys((*params.stop, CALL_END)))
-    stop_ids = [tokenizer.encode(s) for s in stops]
-    eos_ids = getattr(tokenizer, "eos_ids", tokenizer.eos_id)
-    eos_set = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids)
-    cfg = getattr(policy, "cfg", None)
-    model_len, image_size = getattr(cfg, "max_len", None), getattr(cfg, "image_size", 48)
-
     trajs = [
         _Trajectory(ex, first_group_id + i, encode_prompt(tokenizer, env, ex), list(ex.images or []))
         for i, ex in enumerate(examples) for _ in range(group_size)
     ]
     for turn in range(max_turns):
         for t in trajs:
-            if not t.done and t.budget(model_len, max_completion_tokens) <= 0:
+            if not t.done and t.budget(gen.max_len, max_completion_tokens) <= 0:
                 t.finish_reason = "length"
         active = [t for t in trajs if not t.done]
         if not active:
             break
-        budgets = [t.budget(model_len, max_completion_tokens) for t in active]
+        budgets = [t.budget(gen.max_len, max_completion_tokens) for t in active]
         turn_params = dataclasses.replace(params, max_new_tokens=min(params.max_new_tokens, max(budgets)),
                                           stop=stops)
-        completions = []
-        for i in range(0, len(active), max_batch):
-            chunk = active[i : i + max_batch]
-            imgs = [t.images for t in chunk] if any(t.images for t in chunk) else None
-            completions += generate(policy, [t.ids() for t in chunk], turn_params, eos_ids, tokenizer.pad_id,
-                                    stop_ids, generator, imgs)
-        completions = [cut_at_stop_text(c, tokenizer.decode, stops) for c in completions]
+        requests = [GenerationRequest(t.ids(), t.images) for t in active]
+        completions = [outs[0] for outs in gen.generate(requests, turn_params, rng)]
         for t, c, budget in zip(active, completions, budgets, strict=True):
-            t.n_turns += 1
-            n = min(len(c.completion_ids), budget)
-            ids = c.completion_ids[:n].tolist()
-            text = tokenizer.decode(ids)
-            t.add(ids, c.logprobs[:n].tolist(), 1.0, call_segments(tokenizer, ids, text))
-            if n < len(c.completion_ids) or c.finish_reason == "length":
-                t.finish_reason = "length"
-                continue
-            if (ids and ids[-1] in eos_set) or CALL_END not in text:
-                t.finish_reason = "stop"  # EOS or another stop string: the answer turn
+            text = _add_turn(t, c, budget, tokenizer)
+            if t.done:
                 continue
             if turn == max_turns - 1:
                 t.n_unexecuted += 1
                 t.finish_reason = "stop"
                 continue
-            res = execute_turn(tokenizer, text, t.images, t.example.meta, image_size, tools, max_images,
+            res = execute_turn(tokenizer, text, t.images, t.example.meta, gen.image_size, tools, max_images,
                                enabled=tools_enabled)
-            t.n_calls += int(res.valid)
-            t.n_malformed += int(not res.valid and not res.refused)
-            t.n_refused += int(res.refused)
-            t.n_image_limited += int(res.image_limited)
-            if len(res.ids) >= t.budget(model_len, max_completion_tokens):
-                t.finish_reason = "length"  # no room for the observation and a next turn
-                continue
-            t.images += res.obs.images
-            t.add(res.ids, [0.0] * len(res.ids), 0.0, [SEGMENTS["observation"]] * len(res.ids))
+            _add_observation(t, res, gen.max_len, max_completion_tokens)
     for t in trajs:
         t.finish_reason = t.finish_reason or "length"
+    return [_sample(t, tokenizer) for t in trajs], _metrics(trajs)
 
-    samples = [
-        Sample(
-            example_id=t.example.id,
-            group_id=t.group_id,
-            prompt_ids=torch.tensor(t.prompt_ids, dtype=torch.long),
-            completion_ids=torch.tensor(t.completion, dtype=torch.long),
-            loss_mask=torch.tensor(t.loss_mask, dtype=torch.float),
-            segment_ids=torch.tensor(t.segments, dtype=torch.long),
-            sampler_logprobs=torch.tensor(t.logprobs, dtype=torch.float),
-            finish_reason=t.finish_reason,
-            text=tokenizer.decode(t.completion),
-            images=t.images or None,
-            n_tool_calls=t.n_calls,
-            n_tool_errors=t.n_malformed,
-        )
-        for t in trajs
-    ]
+
+def _add_turn(t: _Trajectory, c: Completion, budget: int, tokenizer: Tokenizer) -> str:
+    """Append a policy turn (cut to the trajectory's token budget) and end the trajectory unless it ends in a call
+    ("length" past the budget or the turn's cap, "stop" for EOS or another stop string); returns the turn's text."""
+    t.n_turns += 1
+    n = min(len(c.completion_ids), budget)
+    ids = c.completion_ids[:n].tolist()
+    text = tokenizer.decode(ids)
+    t.add(ids, c.logprobs[:n].tolist(), 1.0, call_segments(tokenizer, ids, text))
+    if n < len(c.completion_ids) or c.finish_reason == "length":
+        t.finish_reason = "length"
+    elif CALL_END not in text:  # the backend cut at EOS or another stop string: the answer turn
+        t.finish_reason = "stop"
+    return text
+
+
+def _add_observation(t: _Trajectory, res: TurnResult, model_len: int | None, max_completion: int | None) -> None:
+    """Count the call's outcome and append its observation (loss_mask 0), or end the trajectory ("length") when
+    the observation and a next turn do not fit."""
+    t.n_calls += int(res.valid)
+    t.n_malformed += int(not res.valid and not res.refused)
+    t.n_refused += int(res.refused)
+    t.n_image_limited += int(res.image_limited)
+    if len(res.ids) >= t.budget(model_len, max_completion):
+        t.finish_reason = "length"
+        return
+    t.images += res.obs.images
+    t.add(res.ids, [0.0] * len(res.ids), 0.0, [SEGMENTS["observation"]] * len(res.ids))
+
+
+def _sample(t: _Trajectory, tokenizer: Tokenizer) -> Sample:
+    return Sample(
+        example_id=t.example.id,
+        group_id=t.group_id,
+        prompt_ids=torch.tensor(t.prompt_ids, dtype=torch.long),
+        completion_ids=torch.tensor(t.completion, dtype=torch.long),
+        loss_mask=torch.tensor(t.loss_mask, dtype=torch.float),
+        segment_ids=torch.tensor(t.segments, dtype=torch.long),
+        sampler_logprobs=torch.tensor(t.logprobs, dtype=torch.float),
+        finish_reason=t.finish_reason,
+        text=tokenizer.decode(t.completion),
+        images=t.images or None,
+        n_tool_calls=t.n_calls,
+        n_tool_errors=t.n_malformed,
+    )
+
+
+def _metrics(trajs: list[_Trajectory]) -> dict[str, float]:
+    """The `tools/` metrics of a rollout (see `multiturn_rollout`)."""
     B = max(1, len(trajs))
     attempted = sum(t.n_calls + t.n_malformed for t in trajs)
-    metrics = {
+    return {
         "tools/call_rate": sum(t.n_calls > 0 for t in trajs) / B,
         "tools/calls_per_rollout": sum(t.n_calls for t in trajs) / B,
         "tools/malformed_rate": sum(t.n_malformed for t in trajs) / max(1, attempted),
@@ -335,7 +226,6 @@ def multiturn_rollout(
         "tools/refused": float(sum(t.n_refused for t in trajs)),
         "tools/turns": sum(t.n_turns for t in trajs) / B,
     }
-    return samples, metrics
 
 
 def check_turns(turns: list[str]) -> None:
@@ -351,7 +241,7 @@ def check_turns(turns: list[str]) -> None:
 
 
 def reference_trajectory(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     env: Environment,
     example: Example,
     turns: list[str],
@@ -371,7 +261,7 @@ def reference_trajectory(
     for k, turn in enumerate(turns):
         ids = tokenizer.encode(turn)
         if k == len(turns) - 1:
-            ids = ids + [tokenizer.eos_id]
+            ids = ids + [tokenizer.eos_ids[0]]
         t.add(ids, [0.0] * len(ids), 1.0, call_segments(tokenizer, ids, turn))
         t.n_turns += 1
         if k < len(turns) - 1:
@@ -392,12 +282,12 @@ def reference_trajectory(
     )
 
 
-def tool_use_metrics(samples: list[Sample], correct_key: str = "outcome") -> dict[str, float]:
+def tool_use_metrics(samples: list[Sample]) -> dict[str, float]:
     """After scoring: accuracy of the trajectories with ≥ 1 valid tool call and of those without (the issue's
-    "accuracy with and without tool use"), from `reward_parts[correct_key]` (else the reward), and their shares.
+    "accuracy with and without tool use"), from `Sample.correct` (the verifier's verdict), and their shares.
     A group that is empty reports accuracy 0 and share 0."""
     def acc(group: list[Sample]) -> float:
-        return sum(s.reward_parts.get(correct_key, s.reward) for s in group) / max(1, len(group))
+        return sum(s.correct for s in group) / max(1, len(group))
 
     used = [s for s in samples if s.n_tool_calls > 0]
     unused = [s for s in samples if s.n_tool_calls == 0]
@@ -407,3 +297,48 @@ def tool_use_metrics(samples: list[Sample], correct_key: str = "outcome") -> dic
         "tools/acc_without_tools": acc(unused),
         "tools/share_with_tools": len(used) / n,
     }
+
+
+# ---- what the verifier reads (issue 12, kind 4) ------------------------------------------------------------
+
+ANSWER_MARKERS = ("<answer>", "\\boxed")  # a tagged answer: the answer tag, or a boxed answer (math)
+_CALL_BLOCK = re.compile(re.escape(CALL_START) + r".*?(?:" + re.escape(CALL_END) + r"|\Z)", re.DOTALL)
+
+
+def policy_turns(sample: Sample, tokenizer: Tokenizer) -> list[str]:
+    """The decoded text of each maximal run of completion tokens not labelled `observation`, in order: the policy's
+    turns of a multi-turn trajectory (one turn for a single-turn sample)."""
+    runs: list[list[int]] = [[]]
+    for tok, seg in zip(sample.completion_ids.tolist(), sample.segment_ids.tolist(), strict=True):
+        if seg == SEGMENTS["observation"]:
+            if runs[-1]:
+                runs.append([])
+        else:
+            runs[-1].append(tok)
+    return [tokenizer.decode(r) for r in runs if r]
+
+
+def strip_tool_calls(text: str) -> str:
+    """`text` without its `<tool_call>…</tool_call>` blocks (an unclosed one runs to the end).
+
+    >>> strip_tool_calls('so <tool_call>{"name": "calculator", "arguments": {"expression": "17*23"}}</tool_call> hm')
+    'so  hm'
+    """
+    return _CALL_BLOCK.sub("", text)
+
+
+def scored_text(sample: Sample, tokenizer: Tokenizer) -> str:
+    """The text the verifier reads: only what the policy wrote (DESIGN.md, reliability; issue 12, kind 4).
+
+    A sample without observations is scored on its whole `text`. With observations (a multi-turn trajectory that
+    called a tool): when a policy turn holds a tagged answer (`ANSWER_MARKERS`), the policy turns joined by newlines,
+    observations removed, so an answer tag inside an observation is never read; otherwise the last policy turn with
+    its tool-call blocks removed, so neither an observation's numbers nor a call's arguments (`17*23`) are read as
+    an untagged answer.
+    """
+    if not bool((sample.segment_ids == SEGMENTS["observation"]).any()):
+        return sample.text
+    turns = policy_turns(sample, tokenizer)
+    if any(m in t for t in turns for m in ANSWER_MARKERS):
+        return "\n".join(turns)
+    return strip_tool_calls(turns[-1]) if turns else ""

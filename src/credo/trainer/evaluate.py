@@ -12,14 +12,15 @@ import torch
 from credo.core.stats import maj_at_k, pass_at_k_batch
 from credo.data import Example
 from credo.envs.base import Environment, sample_metrics
+from credo.envs.runner import VerifyRunner
 from credo.envs.tools import TOOLS, Tool
 from credo.envs.verifiers.answer_tag import extract_answer
-from credo.models.policy import Policy
-from credo.envs.runner import VerifyRunner
+from credo.rollout.backend import Generator, SamplingParams, as_generator
 from credo.rollout.engine import rollout
 from credo.rollout.multiturn import CALL_END, multiturn_rollout
-from credo.rollout.sampler import SamplingParams
 from credo.trainer.config import RewardConfig
+
+SHOWN_SAMPLES = 4  # greedy completions per evaluation kept under `eval/samples` for the run report
 
 
 @dataclass
@@ -67,7 +68,7 @@ def tool_eval_metrics(samples: list, correct: list[bool]) -> dict[str, float]:
 
 
 def evaluate(
-    policy: Policy,
+    generator: Generator | Any,
     tokenizer: Any,
     env: Environment,
     examples: list[Example],
@@ -80,7 +81,7 @@ def evaluate(
     workers: int = RewardConfig.workers,
     timeout_s: float = RewardConfig.timeout_s,
     tools: ToolEval | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Greedy accuracy over `examples`, and pass@k (Chen et al. estimator) and maj@k (`core.stats.maj_at_k`)
     from `n_samples` samples each. Votes group samples by their extracted answer (`env.answer_key(text)` when
     the env has one, else the last `<answer>` tag's text); a sample with no answer is a vote of its own.
@@ -95,37 +96,41 @@ def evaluate(
     turn capped at `max_new_tokens`, and the greedy trajectories' tool use is reported (`tool_eval_metrics`:
     `eval/tool_call_rate`, `eval/acc_with_tool`, `eval/acc_without_tool`, …; `eval/tools_enabled` says which
     mode). Without `tools`, single-turn rollouts: a call the policy writes is plain text and never executed.
+
+    All values are floats except `eval/samples`: the first `SHOWN_SAMPLES` greedy trajectories (`eval_samples`).
+
+    `generator` is the run's generation backend (`rollout.backend`; a bare model is wrapped by `as_generator`).
     """
     own = runner is None
     if runner is None:  # started before the rollouts, so the workers' start-up overlaps with generation
         runner = VerifyRunner(env.verify, workers=workers, timeout_s=timeout_s)
-    was_training = policy.training
-    policy.eval()
+    gen = as_generator(generator, tokenizer)
     try:
         def roll(group: int, params: SamplingParams, g: torch.Generator | None = None) -> list:
             if tools is None:
-                return rollout(policy, tokenizer, env, examples, group, params, g)
-            return multiturn_rollout(policy, tokenizer, env, examples, group, params, g, tools.max_turns,
+                return rollout(gen, tokenizer, env, examples, group, params, g)
+            return multiturn_rollout(gen, tokenizer, env, examples, group, params, g, tools.max_turns,
                                      tools.max_images, tools.tools, tools_enabled=tools.enabled)[0]
 
         greedy = roll(1, SamplingParams(max_new_tokens, temperature=0.0))
         verdicts = runner.run([(s.text, ex) for s, ex in zip(greedy, examples, strict=True)])
         errors, timeouts = verdicts.errors, verdicts.timeouts
         out = {
-            "eval/greedy_acc": sum(v.value >= 1.0 for v in verdicts.scores) / len(examples),
+            "eval/greedy_acc": sum(bool(v.correct) for v in verdicts.scores) / len(examples),
             "eval/response_len": sum(len(s.completion_ids) for s in greedy) / len(greedy),
         }
         out.update({f"eval/{k}": v for k, v in sample_metrics(env, [s.text for s in greedy], examples).items()})
+        out["eval/samples"] = eval_samples(env, examples, greedy, verdicts.scores)
         if tools is not None:
             out["eval/tools_enabled"] = float(tools.enabled)
-            out.update(tool_eval_metrics(greedy, [v.value >= 1.0 for v in verdicts.scores]))
+            out.update(tool_eval_metrics(greedy, [bool(v.correct) for v in verdicts.scores]))
         if n_samples > 0 and pass_k:
             g = torch.Generator().manual_seed(seed)
             params = SamplingParams(max_new_tokens, temperature=temperature)
             sampled = roll(n_samples, params, g)
             verdicts = runner.run([(s.text, examples[i // n_samples]) for i, s in enumerate(sampled)])
             errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
-            hits = torch.tensor([v.value >= 1.0 for v in verdicts.scores]).view(len(examples), n_samples)
+            hits = torch.tensor([bool(v.correct) for v in verdicts.scores]).view(len(examples), n_samples)
             n_correct = hits.sum(1)
             answer_of = getattr(env, "answer_key", extract_answer)
             votes = [_vote_classes([answer_of(s.text) for s in sampled[i * n_samples : (i + 1) * n_samples]],
@@ -137,10 +142,27 @@ def evaluate(
         out["eval/verify_errors"] = float(errors)
         out["eval/verify_timeouts"] = float(timeouts)
     finally:
-        policy.train(was_training)
         if own:
             runner.close()
     return out
+
+
+def eval_samples(env: Environment, examples: list[Example], samples: list, scores: list, k: int = SHOWN_SAMPLES,
+                 max_chars: int = 2000) -> list[dict[str, Any]]:
+    """What the run report shows of an evaluation: the first `k` examples' rendered prompt, greedy completion
+    (clipped to `max_chars`), verifier reward (`Score.value`; None when unscorable) and `Score.correct`.
+
+    >>> from credo.data import Score
+    >>> class Env:
+    ...     def render_prompt(self, ex): return ex.prompt
+    >>> class S:
+    ...     text = "<answer>4</answer>"
+    >>> eval_samples(Env(), [Example("a", "2+2?", 4)], [S()], [Score(1.0)])
+    [{'prompt': '2+2?', 'completion': '<answer>4</answer>', 'reward': 1.0, 'correct': True}]
+    """
+    return [{"prompt": env.render_prompt(ex)[:max_chars], "completion": s.text[:max_chars],
+             "reward": float(v.value) if v.scorable else None, "correct": bool(v.correct)}
+            for ex, s, v in list(zip(examples, samples, scores, strict=True))[:k]]
 
 
 def _vote_classes(answers: list[str | None], correct: list[bool]) -> tuple[list[int], list[bool]]:
