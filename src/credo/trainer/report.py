@@ -18,6 +18,8 @@ _CSS = (
     "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
     "figure{margin:1em 0}figcaption{color:#555;font-size:90%}img{max-width:100%}"
     "pre{background:#f6f6f6;padding:1em;overflow-x:auto}"
+    "td.text{text-align:left;white-space:pre-wrap;font-family:monospace;font-size:85%;max-width:420px}"
+    "td.ok{color:#176317}td.bad{color:#a11}summary{cursor:pointer;margin:.5em 0}"
 )
 
 
@@ -184,6 +186,7 @@ def write_report(
     if ev and eval_keys:
         rows = [[_fmt(r["step"]), *(_fmt(r.get(k)) for k in eval_keys)] for r in ev]
         parts += ["<h2>Evaluations</h2>", _table(["step", *eval_keys], rows)]
+    parts += _samples_section(ev)
     timing = [k for k in _keys(rl, "time/") if k != "time/step"]
     if timing:
         step_mean = _mean(_series(rl, "time/step")[1])
@@ -197,6 +200,33 @@ def write_report(
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         parts.append(f"<h2>Config</h2><pre>{html.escape(text)}</pre>")
     return write_page(run_dir / "report.html", name, parts)
+
+
+def _samples_section(ev: list[dict]) -> list[str]:
+    """"Sample completions": per evaluation with `eval/samples` (prompt, completion, reward, correct dicts), a
+    collapsible table, the first and last evaluations open. All text is HTML-escaped."""
+    shown = [r for r in ev if isinstance(r.get("eval/samples"), list) and r["eval/samples"]]
+    if not shown:
+        return []
+    parts = ["<h2>Sample completions</h2>", "<p>Greedy completions of the first held-out problems at each "
+             "evaluation, with the verifier's reward.</p>"]
+    for i, r in enumerate(shown):
+        rows = []
+        for smp in r["eval/samples"]:
+            smp = smp if isinstance(smp, dict) else {}
+            reward = _num(smp.get("reward"))
+            verdict = "correct" if smp.get("correct") else "wrong"
+            rows.append(
+                f'<tr><td class="text">{html.escape(str(smp.get("prompt", "")))}</td>'
+                f'<td class="text">{html.escape(str(smp.get("completion", "")))}</td>'
+                f"<td>{'unscorable' if reward is None else f'{reward:.3g}'}</td>"
+                f'<td class="{"ok" if smp.get("correct") else "bad"}">{verdict}</td></tr>'
+            )
+        is_open = " open" if i in (0, len(shown) - 1) else ""
+        parts.append(f"<details{is_open}><summary>step {html.escape(_fmt(r.get('step')))}</summary><table>"
+                     "<tr><th>prompt</th><th>completion</th><th>reward</th><th>correct</th></tr>"
+                     + "".join(rows) + "</table></details>")
+    return parts
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
