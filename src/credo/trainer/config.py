@@ -157,6 +157,8 @@ class EvalConfig:
     n_samples: int = 8  # samples per prompt for pass@k
     pass_k: list[int] = field(default_factory=lambda: [1, 4, 8])  # k values reported for pass@k
     temperature: float = 1.0  # sampling temperature for pass@k (greedy accuracy is always reported)
+    extra_verifiers: list[str] = field(default_factory=list)  # also score greedy replies with these verifiers
+    # (eval/greedy_acc@<name>; e.g. ["numeric"]: the last number, a format-free accuracy)
 
 
 @dataclass

@@ -81,6 +81,7 @@ def evaluate(
     workers: int = RewardConfig.workers,
     timeout_s: float = RewardConfig.timeout_s,
     tools: ToolEval | None = None,
+    extra_verifiers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Greedy accuracy over `examples`, and pass@k (Chen et al. estimator) and maj@k (`core.stats.maj_at_k`)
     from `n_samples` samples each. Votes group samples by their extracted answer (`env.answer_key(text)` when
@@ -96,6 +97,10 @@ def evaluate(
     turn capped at `max_new_tokens`, and the greedy trajectories' tool use is reported (`tool_eval_metrics`:
     `eval/tool_call_rate`, `eval/acc_with_tool`, `eval/acc_without_tool`, …; `eval/tools_enabled` says which
     mode). Without `tools`, single-turn rollouts: a call the policy writes is plain text and never executed.
+
+    `extra_verifiers` (`eval.extra_verifiers`, names of `envs.verifiers.VERIFIERS` or import paths) also score the
+    greedy completions against the examples' references: `eval/greedy_acc@<name>` (e.g. `numeric`, which reads the
+    last number when there is no answer tag: a format-free accuracy beside the format-required one).
 
     All values are floats except `eval/samples`: the first `SHOWN_SAMPLES` greedy trajectories (`eval_samples`).
 
@@ -113,7 +118,7 @@ def evaluate(
                                      tools.max_images, tools.tools, tools_enabled=tools.enabled)[0]
 
         greedy = roll(1, SamplingParams(max_new_tokens, temperature=0.0))
-        verdicts = runner.run([(s.text, ex) for s, ex in zip(greedy, examples, strict=True)])
+        verdicts = runner.run([(s.scored_text, ex) for s, ex in zip(greedy, examples, strict=True)])
         errors, timeouts = verdicts.errors, verdicts.timeouts
         out = {
             "eval/greedy_acc": sum(bool(v.correct) for v in verdicts.scores) / len(examples),
@@ -121,6 +126,7 @@ def evaluate(
         }
         out.update({f"eval/{k}": v for k, v in sample_metrics(env, [s.text for s in greedy], examples).items()})
         out["eval/samples"] = eval_samples(env, examples, greedy, verdicts.scores)
+        out.update(extra_accuracy(greedy, examples, extra_verifiers))
         if tools is not None:
             out["eval/tools_enabled"] = float(tools.enabled)
             out.update(tool_eval_metrics(greedy, [bool(v.correct) for v in verdicts.scores]))
@@ -128,7 +134,7 @@ def evaluate(
             g = torch.Generator().manual_seed(seed)
             params = SamplingParams(max_new_tokens, temperature=temperature)
             sampled = roll(n_samples, params, g)
-            verdicts = runner.run([(s.text, examples[i // n_samples]) for i, s in enumerate(sampled)])
+            verdicts = runner.run([(s.scored_text, examples[i // n_samples]) for i, s in enumerate(sampled)])
             errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
             hits = torch.tensor([bool(v.correct) for v in verdicts.scores]).view(len(examples), n_samples)
             n_correct = hits.sum(1)
@@ -144,6 +150,20 @@ def evaluate(
     finally:
         if own:
             runner.close()
+    return out
+
+
+def extra_accuracy(samples: list, examples: list[Example], names: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """`eval/greedy_acc@<name>`: the share of `samples` (one per example, same order) that verifier `name`
+    (`envs.verifiers.get_verifier`) judges correct against the example's reference; unscorable counts as wrong."""
+    from credo.envs.runner import run_inline
+    from credo.envs.verifiers import get_verifier
+
+    out = {}
+    for name in names:
+        verdicts = run_inline(get_verifier(name), [(s.scored_text, ex.reference) for s, ex in zip(samples, examples,
+                                                                                                   strict=True)])
+        out[f"eval/greedy_acc@{name}"] = sum(bool(v.correct) for v in verdicts.scores) / max(1, len(samples))
     return out
 
 

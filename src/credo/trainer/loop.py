@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from credo.envs import make_env
+from credo.envs.filters import filter_overlong
 from credo.envs.runner import VerifyRunner, is_batched_function, make_runner
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards.perception import make_reasoner
@@ -28,7 +29,7 @@ from credo.trainer import checkpoint as ckpt
 from credo.trainer import stages
 from credo.trainer.config import Config, to_dict
 from credo.trainer.evaluate import evaluate, tool_eval_from_config
-from credo.trainer.metrics import JsonlSink, Timers, format_line, peak_rss_mb
+from credo.trainer.metrics import MultiSink, Timers, format_line, make_sink, peak_rss_mb
 from credo.trainer.sft import sft
 from credo.trainer.update import policy_update
 
@@ -72,15 +73,18 @@ class _Interrupt:
         signal.signal(signal.SIGINT, self._old)
 
 
-def _eval(policy: Any, tok: Any, env: Any, cfg: Config, step: int, runner: VerifyRunner) -> dict[str, Any]:
+def _eval(ctx: stages.StepContext, step: int) -> dict[str, Any]:
+    """Held-out evaluation record at `step` (the environment's own verdicts, `eval_runner`)."""
+    cfg = ctx.cfg
     m = evaluate(
-        policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples, cfg.eval.pass_k,
-        cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=runner, tools=tool_eval_from_config(cfg),
+        ctx.policy, ctx.tokenizer, ctx.env, ctx.test_examples, cfg.rl.max_new_tokens, cfg.eval.n_samples,
+        cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=ctx.eval_runner,
+        tools=tool_eval_from_config(cfg), extra_verifiers=tuple(cfg.eval.extra_verifiers),
     )
     return {"phase": "eval", "step": step, **m}
 
 
-def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: JsonlSink) -> tuple[Any, Any]:
+def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: MultiSink) -> tuple[Any, Any]:
     """The model RL starts from: `model.path`, else a fresh TinyLM trained by SFT (saved as start_model/)."""
     if cfg.model.path:
         policy, tok = load_policy(cfg.model.path, cfg.model)
@@ -128,7 +132,7 @@ class Run:
     ctx: stages.StepContext
     opt: torch.optim.Optimizer
     ref_policy: Any
-    sink: JsonlSink
+    sink: MultiSink
     run_dir: Path
     start_step: int
     wall_before: float
@@ -144,18 +148,24 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
-    train_examples = env.examples("train")
     g = torch.Generator().manual_seed(cfg.run.seed)
     state = ckpt.load(ckpt_path) if cfg.run.resume and ckpt_path.exists() else None
     if state is not None:  # exact resume: model, optimizer, RNG, data position, step, metrics so far
-        sink = JsonlSink(run_dir / "metrics.jsonl", state["history"])
+        sink = make_sink(run_dir, cfg.run.loggers, state["history"], name=cfg.run.name, config=to_dict(cfg))
         policy, tok = load_policy(run_dir / "start_model", cfg.model)
         policy.load_state_dict(state["model"])
-        stream = PromptStream(len(train_examples), cfg.run.seed, state["data_pos"])
     else:
-        sink = JsonlSink(run_dir / "metrics.jsonl")
+        sink = make_sink(run_dir, cfg.run.loggers, name=cfg.run.name, config=to_dict(cfg))
         policy, tok = _warm_start(cfg, env, run_dir, sink)
-        stream = PromptStream(len(train_examples), cfg.run.seed)
+    train_examples, n_long = filter_overlong(env.examples("train"), env, tok, cfg.env.max_prompt_tokens)
+    test_examples, n_long_test = filter_overlong(env.examples("test"), env, tok, cfg.env.max_prompt_tokens)
+    if (n_long or n_long_test) and state is None:  # verl's filter_overlong_prompts, on both splits
+        print(f"env.max_prompt_tokens={cfg.env.max_prompt_tokens}: dropped {n_long} training and {n_long_test} test "
+              "prompts")
+        sink.log({"phase": "data", "step": 0, "data/dropped_overlong": n_long,
+                  "data/train_prompts": len(train_examples), "data/dropped_overlong_test": n_long_test,
+                  "data/test_prompts": len(test_examples)})
+    stream = PromptStream(len(train_examples), cfg.run.seed, state["data_pos"] if state is not None else 0)
     ref_policy = None
     if cfg.rl.kl_coef > 0:
         ref_policy = load_policy(run_dir / "start_model", cfg.model)[0].eval().requires_grad_(False)
@@ -164,7 +174,7 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     )
     ctx = stages.StepContext(
         cfg=cfg, env=env, policy=policy, tokenizer=tok, generator=g, stream=stream, train_examples=train_examples,
-        by_id={e.id: e for e in train_examples}, runner=runner, eval_runner=eval_runner,
+        test_examples=test_examples, by_id={e.id: e for e in train_examples}, runner=runner, eval_runner=eval_runner,
         reward_model=_reward_model(cfg, env, policy, tok), timers=Timers(),
     )
     ctx.providers = stages.make_providers(ctx)
@@ -179,7 +189,7 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
             obj.load_state_dict(state["methods"][name])
         run.start_step, run.wall_before = state["step"], state["wall_s"]
     else:
-        sink.log(_eval(policy, tok, env, cfg, 0, eval_runner))
+        sink.log(_eval(ctx, 0))
         print(format_line(sink.records[-1], CONSOLE_KEYS))
     return run
 
@@ -251,7 +261,7 @@ def run_loop(run: Run) -> dict[str, float]:
                 raise RuntimeError(f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss or gradient "
                                    f"(last at step {step}); checkpoint saved to {run.run_dir / 'checkpoint.pt'}")
             if step % cfg.eval.every == 0 or step == cfg.rl.steps:
-                run.sink.log(_eval(ctx.policy, ctx.tokenizer, ctx.env, cfg, step, ctx.eval_runner))
+                run.sink.log(_eval(ctx, step))
                 tqdm.write(format_line(run.sink.records[-1], CONSOLE_KEYS))
             bar.update(1)
             bar.set_postfix(reward=f"{record.get('reward/mean', math.nan):.2f}",

@@ -52,6 +52,7 @@ class StepContext:
     generator: torch.Generator
     stream: Any  # loop.PromptStream
     train_examples: list
+    test_examples: list
     by_id: dict
     runner: Any  # reward verdicts (env verifier or a per-item reward.function)
     eval_runner: Any  # the env's own verdicts (Forced Rethinking, evaluation)
