@@ -6,9 +6,10 @@ import torch
 from credo.core.advantages import grpo
 from credo.core.selection import dynamic_sampling_keep
 from credo.core.shaping import overlong_penalty
-from credo.data import Sample
-from credo.trainer.config import ConfigError, load_config
-from credo.trainer.dapo import apply_overlong_penalty, dynamic_sampling_fill
+from credo.data import Sample, Score
+from credo.rewards.terms import RewardModel, TermContext, term_weights
+from credo.trainer.config import Config, ConfigError, load_config
+from credo.trainer.dapo import dynamic_sampling_fill
 
 
 def _sample(group: int, reward: float, n_tokens: int = 1) -> Sample:
@@ -31,15 +32,21 @@ def test_overlong_penalty_boundaries():
     assert overlong_penalty(torch.tensor([16384, 18432, 20480]), 20480, 4096).tolist() == [0.0, -0.5, -1.0]
 
 
-def test_apply_overlong_penalty_adds_to_reward():
-    samples = [_sample(0, 1.0, n_tokens=n) for n in (3, 7, 8)]
-    m = apply_overlong_penalty(samples, max_len=8, cache_len=2)  # free up to 6
+def test_overlong_term_adds_to_the_outcome():
+    samples = [_sample(0, 0.0, n_tokens=n) for n in (3, 7, 8)]
+    for s in samples:
+        s.verdict = Score(1.0)
+    cfg = Config()
+    cfg.rl.max_new_tokens, cfg.rl.overlong_cache = 8, 2  # free up to 6
+    weights = term_weights(cfg)
+    assert weights == {"outcome": 1.0, "overlong": 1.0}
+    m = RewardModel(weights, TermContext(cfg=cfg, env=None))(samples, [])
     assert [s.reward for s in samples] == [1.0, 0.5, 0.0]
     assert [s.reward_parts["overlong"] for s in samples] == [0.0, -0.5, -1.0]
-    assert m == {"reward/overlong": -0.5, "rollout/overlong_share": 2 / 3}
-    off = [_sample(0, 1.0, n_tokens=8)]
-    assert apply_overlong_penalty(off, 8, 0)["reward/overlong"] == 0.0 and off[0].reward == 1.0
-    assert "overlong" not in off[0].reward_parts
+    assert m["reward/overlong"] == -0.5 and m["rollout/overlong_share"] == pytest.approx(2 / 3)
+    assert m["reward/mean"] == pytest.approx(0.5)
+    cfg.rl.overlong_cache = 0  # off: no term at all
+    assert "overlong" not in term_weights(cfg)
 
 
 def test_dynamic_sampling_keep():

@@ -1,34 +1,42 @@
 """MoCA: advantage routing (core), Perception Verification and the reward combination (rewards.perception)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from credo.core.credit import CREDIT, PERCEPTION, MocaParams, moca
-from credo.data import SEGMENTS, Example, Sample
+from credo.core.credit import CREDIT, NEEDS, PERCEPTION, moca
+from credo.data import SEGMENTS, Example, Sample, collate
 from credo.envs.base import Score
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.models import build_policy
+from credo.rewards import verify_samples
 from credo.rewards.perception import (
     PolicyReasoner,
     ProgramReasoner,
-    add_perception_reward,
     combine_rewards,
     extract_perception,
     length_penalty,
     make_reasoner,
-    moca_params,
     perception_rewards,
     question_text,
 )
-from credo.trainer.config import ModelConfig, RewardConfig, RLConfig
+from credo.rewards.terms import RewardModel, TermContext
+from credo.trainer.config import Config, ModelConfig, RewardConfig, RLConfig
 
 P, R, A = SEGMENTS["perception"], SEGMENTS["reasoning"], SEGMENTS["answer"]
 
 
-def _params(failed, ok, protect=0.2, punish=0.2):
-    return MocaParams(torch.tensor(failed), torch.tensor(ok), protect, punish)
+def _inputs(seg, failed, ok):
+    """The credit inputs MoCA reads (`core.credit.CreditInputs`): segment labels, `correct` = not failed, R_P."""
+    return SimpleNamespace(segment_ids=torch.as_tensor(seg), correct=None if failed is None else ~torch.tensor(failed),
+                           planning_mask=None, perception_ok=None if ok is None else torch.tensor(ok),
+                           step_labels=None)
+
+
+def _alphas(protect=0.2, punish=0.2):
+    return RLConfig(moca_alpha_protect=protect, moca_alpha_punish=punish)
 
 
 def test_perception_id_matches_data_segments():
@@ -39,7 +47,7 @@ def test_moca_hand_cases():
     # rows: failed + R_P = 1, failed + R_P = 0, success + R_P = 1, success + R_P = 0; tokens: P P R A 0(pad)
     seg = torch.tensor([[P, P, R, A, 0]] * 4)
     adv = torch.tensor([[-1.0] * 4 + [0.0], [-1.0] * 4 + [0.0], [0.5] * 4 + [0.0], [0.5] * 4 + [0.0]])
-    out = moca(adv, seg, _params([True, True, False, False], [True, False, True, False], protect=0.2, punish=0.3))
+    out = moca(adv, _inputs(seg, [True, True, False, False], [True, False, True, False]), _alphas(0.2, 0.3))
     expected = torch.tensor([
         [-0.8, -0.8, -1.0, -1.0, 0.0],  # bad thinking: −1 + 0.2·1 on perception (less blame)
         [-1.3, -1.3, -1.0, -1.0, 0.0],  # bad seeing: −1 − 0.3·1 on perception (more blame)
@@ -54,7 +62,7 @@ def test_moca_positive_advantage_on_failed_rows():
     # a failed trajectory can still have A > 0 (e.g. its group mean is lower after λ·R_P): |A| keeps the direction
     seg = torch.tensor([[P, R], [P, R]])
     adv = torch.tensor([[0.4, 0.4], [0.4, 0.4]])
-    out = moca(adv, seg, _params([True, True], [True, False]))
+    out = moca(adv, _inputs(seg, [True, True], [True, False]), _alphas())
     assert torch.allclose(out, torch.tensor([[0.48, 0.4], [0.32, 0.4]]))
 
 
@@ -62,9 +70,9 @@ def test_moca_non_perception_tokens_and_alpha_zero_unchanged():
     g = torch.Generator().manual_seed(0)
     adv = torch.randn(3, 6, generator=g)
     seg = torch.tensor([[R, A, 0, 4, 5, R]] * 3)  # no perception token anywhere
-    assert torch.equal(moca(adv, seg, _params([True, True, False], [True, False, False])), adv)
+    assert torch.equal(moca(adv, _inputs(seg, [True, True, False], [True, False, False]), _alphas()), adv)
     seg = torch.full((3, 6), P)
-    assert torch.equal(moca(adv, seg, _params([True] * 3, [True, False, True], 0.0, 0.0)), adv)
+    assert torch.equal(moca(adv, _inputs(seg, [True] * 3, [True, False, True]), _alphas(0.0, 0.0)), adv)
 
 
 def test_moca_matches_loop_reference_and_registry():
@@ -72,7 +80,7 @@ def test_moca_matches_loop_reference_and_registry():
     adv = torch.randn(5, 7, generator=g, dtype=torch.float64)
     seg = torch.randint(0, 6, (5, 7), generator=g)
     failed, ok = torch.rand(5, generator=g) > 0.4, torch.rand(5, generator=g) > 0.5
-    out = CREDIT["moca"](adv, seg, MocaParams(failed, ok, 0.25, 0.15))
+    out = CREDIT["moca"](adv, _inputs(seg, failed.tolist(), ok.tolist()), _alphas(0.25, 0.15))
     assert out.dtype == torch.float64
     for i in range(5):
         for t in range(7):
@@ -82,11 +90,15 @@ def test_moca_matches_loop_reference_and_registry():
             assert math.isclose(float(out[i, t]), a, rel_tol=1e-12)
 
 
-def test_moca_needs_params_and_shapes():
-    with pytest.raises(ValueError, match="MocaParams"):
-        moca(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="must both be"):
-        moca(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), _params([True], [True]))
+def test_moca_needs_correct_and_perception_ok_of_shape_b():
+    seg = torch.zeros(2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="correct, which no stage filled"):
+        moca(torch.zeros(2, 2), _inputs(seg, None, [True, True]), _alphas())
+    with pytest.raises(ValueError, match="perception_ok, which no stage filled"):
+        moca(torch.zeros(2, 2), _inputs(seg, [True, True], None), _alphas())
+    with pytest.raises(ValueError, match=r"perception_ok \(1,\) must be \(2,\)"):
+        moca(torch.zeros(2, 2), _inputs(seg, [True, True], [True]), _alphas())
+    assert NEEDS["moca"] == ("correct", "perception_ok")
 
 
 def test_combine_rewards_and_length_penalty_by_hand():
@@ -146,7 +158,7 @@ def _sample(text: str, outcome: float, ex_id: str = "e0") -> Sample:
     return Sample(example_id=ex_id, group_id=0, prompt_ids=torch.zeros(1, dtype=torch.long),
                   completion_ids=torch.zeros(n, dtype=torch.long), loss_mask=torch.ones(n),
                   segment_ids=torch.full((n,), R), sampler_logprobs=torch.zeros(n), finish_reason="stop", text=text,
-                  reward=outcome, reward_parts={"outcome": outcome})
+                  verdict=Score(outcome))
 
 
 def test_perception_rewards_program_reasoner_and_combination():
@@ -170,21 +182,31 @@ def test_perception_rewards_program_reasoner_and_combination():
     assert m["pv/empty"] == pytest.approx(1 / 6)
     assert m["pv/errors"] == 1.0
 
-    m = add_perception_reward(samples, by_id, env, ProgramReasoner(env), cfg)
+    # the same through the reward terms: verdicts (env.verify, inline), then outcome + λ·perception + length
+    for s in samples:
+        s.verdict = None
+    verify_samples(samples, by_id, env)
+    run_cfg = Config(reward=cfg)
+    terms = RewardModel({"outcome": 1.0, "perception": 0.5, "perception_length": 1.0},
+                        TermContext(cfg=run_cfg, env=env, reasoner=ProgramReasoner(env)))
+    m = terms(samples, list(by_id.values()))
+    # R = R_O + 0.5·R_P − 0.1·1[len > 30]: the outcomes are 1, 0, 0, 1, 0, 0 (env.verify)
     assert [s.reward for s in samples] == pytest.approx([1.5, 0.5, 0.0, 1.0, 0.0, 0.4])
     assert [s.reward_parts["perception"] for s in samples] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    assert samples[5].reward_parts["perception_len_penalty"] == pytest.approx(0.1)
+    assert [s.reward_parts["perception_length"] for s in samples] == pytest.approx([0.0] * 5 + [-0.1])
     assert m["reward/mean"] == pytest.approx(3.4 / 6) and m["reward/perception"] == pytest.approx(0.5)
+    assert m["pv/errors"] == 1.0 and m["reward/unscorable"] == 0.0
 
-    p = moca_params(samples, 0.2, 0.3)
-    assert p.failed.tolist() == [False, True, True, False, True, True]
-    assert p.perception_ok.tolist() == [True, True, False, False, False, True]
-    assert (p.alpha_protect, p.alpha_punish) == (0.2, 0.3)
+    # MoCA's credit inputs come with the batch: `correct` from the verdicts, R_P from the perception term
+    batch = collate(samples, pad_id=0)
+    assert (~batch.correct).tolist() == [False, True, True, False, True, True]  # failed
+    assert batch.perception_ok.tolist() == [True, True, False, False, False, True]
 
 
-def test_moca_params_needs_perception_reward_and_program_needs_env_solver():
-    with pytest.raises(ValueError, match="reward.perception"):
-        moca_params([_sample("x", 0.0)])
+def test_perception_term_needs_a_reasoner_and_program_needs_env_solver():
+    with pytest.raises(ValueError, match="blindfolded reasoner"):
+        RewardModel({"perception": 0.5}, TermContext(cfg=Config(), env=FakeSceneEnv()))
+    assert collate([_sample("x", 0.0)], pad_id=0).perception_ok is None  # no PV: MoCA's input is missing
     with pytest.raises(ValueError, match="blind_answer"):
         make_reasoner("program", object())
     with pytest.raises(ValueError, match="unknown value"):

@@ -11,6 +11,7 @@ from credo.envs.arith import ArithConfig, ArithEnv
 from credo.envs.base import Score
 from credo.models import build_policy
 from credo.models.tokenizer import CharTokenizer
+from credo.rewards.terms import RewardModel, TermContext
 from credo.rollout.engine import rollout
 from credo.rollout.rethink import (
     TRIGGERS,
@@ -22,7 +23,6 @@ from credo.rollout.rethink import (
     rethink_nll_loss,
     rethink_nll_mask,
     rethink_reward,
-    rethink_reward_shaping,
     select_candidates,
     self_verifies,
     truncate_before_last_answer,
@@ -156,13 +156,19 @@ def test_rethink_reward_rules():
     assert rethink_reward(True, True, False, "5", False) == -0.1  # no answer format
 
 
-def test_rethink_reward_shaping_on_samples():
+def test_rethink_shaping_term_is_a_delta_on_the_outcome():
+    """The `rethink_shaping` term is rethink_reward − R_O, so outcome + shaping is the released value (1.1 bonus,
+    −0.1 invalid) and every other term still reaches the total (issue 12, kind 11)."""
     a, b, c = _sample(0, text="Wait, 5"), _sample(0, text="5", rethought=True), _sample(0, text="6")
-    for s, correct in ((a, 1.0), (b, 1.0), (c, 0.0)):
-        s.reward_parts = {"outcome": correct, "verifier/format": 1.0}
-    m = rethink_reward_shaping([a, b, c])
-    assert [s.reward for s in (a, b, c)] == [1.1, 1.0, 0.0]
-    assert m["reward/mean"] == pytest.approx(2.1 / 3) and m["reward/rethink_bonus"] == pytest.approx(1 / 3)
+    d, e = _sample(0, text="5", finish="length"), _sample(0, text="5")  # no EOS; no answer format
+    for s, value, fmt in ((a, 1.0, 1.0), (b, 1.0, 1.0), (c, 0.0, 1.0), (d, 1.0, 1.0), (e, 1.0, 0.0)):
+        s.verdict = Score(value, {"format": fmt})
+    samples = [a, b, c, d, e]
+    m = RewardModel({"outcome": 1.0, "rethink_shaping": 1.0}, TermContext(cfg=None, env=None))(samples, [])
+    assert [s.reward for s in samples] == pytest.approx([1.1, 1.0, 0.0, -0.1, -0.1])
+    assert [s.reward_parts["rethink_shaping"] for s in samples] == pytest.approx([0.1, 0.0, 0.0, -1.1, -1.1])
+    assert m["reward/mean"] == pytest.approx(1.9 / 5)
+    assert m["reward/rethink_bonus"] == pytest.approx(1 / 5) and m["reward/rethink_invalid"] == pytest.approx(2 / 5)
 
 
 def test_nll_mask_and_loss():
@@ -304,10 +310,10 @@ def test_forced_rethink_checks_go_through_the_runner_and_failures_are_counted(wo
     assert m["rethink/acc_after"] == 0.0  # a check that raised counts as wrong
 
 
-def test_forced_rethink_on_a_vision_policy_keeps_the_images(monkeypatch):
+def test_forced_rethink_on_a_vision_policy_keeps_the_images():
     import numpy as np
 
-    import credo.rollout.rethink as rethink_mod
+    from credo.rollout.backend import make_generator
 
     torch.manual_seed(0)
     policy, tok = build_policy(ModelConfig(kind="tinyvlm", d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=160,
@@ -323,14 +329,15 @@ def test_forced_rethink_on_a_vision_policy_keeps_the_images(monkeypatch):
     g = torch.Generator().manual_seed(0)
     samples = rollout(policy, tok, env, examples, 4, params, g)
     seen = []
-    real_generate = rethink_mod.generate
+    gen = make_generator("native", policy, tok)
+    real_generate = gen.generate
 
-    def spy(*args, **kwargs):
-        seen.append(args[7] if len(args) > 7 else kwargs.get("images"))
-        return real_generate(*args, **kwargs)
+    def spy(requests, params, rng=None):  # the images each continuation request carries
+        seen.append([r.images for r in requests])
+        return real_generate(requests, params, rng)
 
-    monkeypatch.setattr(rethink_mod, "generate", spy)
-    new, m = forced_rethink(policy, tok, env, samples, by_id, RethinkConfig(enabled=True, **LOOSE), params, g)
+    gen.generate = spy
+    new, m = forced_rethink(gen, tok, env, samples, by_id, RethinkConfig(enabled=True, **LOOSE), params, g)
     changed = [s for s in new if s.rethought]
     assert changed, m
     assert seen and all(imgs is not None and all(len(x) == 1 for x in imgs) for imgs in seen)

@@ -1,16 +1,24 @@
 """`rl.credit = "first_error"`: blame of a failed sequence lands on its first wrong step (the arith step checker)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from credo.core.advantages import to_tokens
-from credo.core.credit import AFTER, BEFORE, CREDIT, WRONG, FirstErrorParams, first_error
-from credo.data import Example, Sample, collate
+from credo.core.credit import AFTER, BEFORE, CREDIT, NEEDS, WRONG, first_error
+from credo.data import Example, Sample, Score, collate
 from credo.envs.arith import ArithEnv
 from credo.models.tokenizer import CharTokenizer
-from credo.rewards.steps import first_error_params, step_labels
+from credo.rewards.steps import fill_step_labels, step_labels
+from credo.trainer.config import RLConfig
 
 B_, W_, A_ = BEFORE, WRONG, AFTER
+
+
+def _inputs(steps):
+    """The credit inputs first_error reads (`core.credit.CreditInputs`): only the step labels are set."""
+    return SimpleNamespace(segment_ids=None, correct=None, planning_mask=None, perception_ok=None, step_labels=steps)
 
 
 def test_first_error_hand_case():
@@ -22,19 +30,19 @@ def test_first_error_hand_case():
                           [B_, W_, A_, A_, A_],
                           [B_, B_, B_, B_, B_],
                           [B_, B_, B_, B_, W_]])
-    out = first_error(adv, torch.zeros_like(steps), FirstErrorParams(steps))
+    out = first_error(adv, _inputs(steps), RLConfig())
     assert out.tolist() == [[0.0, -1.0, -1.0, 0.0, 0.0],
                             [0.5, 0.5, 0.5, 0.5, 0.0],
                             [-0.5, -0.5, -0.5, 0.0, 0.0],
                             [0.0, 0.0, 0.0, 0.0, -2.0]]
-    assert CREDIT["first_error"] is first_error
+    assert CREDIT["first_error"] is first_error and NEEDS["first_error"] == ("step_labels",)
 
 
-def test_first_error_needs_matching_params():
-    with pytest.raises(ValueError, match="needs params"):
-        first_error(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="must match"):
-        first_error(torch.zeros(1, 2), torch.zeros(1, 2), FirstErrorParams(torch.zeros(1, 3, dtype=torch.long)))
+def test_first_error_needs_step_labels_of_matching_shape():
+    with pytest.raises(ValueError, match="step_labels, which no stage filled"):
+        first_error(torch.zeros(1, 2), _inputs(None))
+    with pytest.raises(ValueError, match=r"step_labels \(1, 3\) must be \(1, 2\)"):
+        first_error(torch.zeros(1, 2), _inputs(torch.zeros(1, 3, dtype=torch.long)))
 
 
 CHAIN = Example(id="c", prompt="7+0*7-4", reference=45, meta={"steps": [("", 7), ("+", 0), ("*", 7), ("-", 4)]})
@@ -77,7 +85,7 @@ def _sample(tok, text, outcome, group=0):
     return Sample(example_id="c", group_id=group, prompt_ids=torch.tensor(tok.encode("7+0*7-4\n")),
                   completion_ids=ids, loss_mask=torch.ones(C), segment_ids=torch.zeros(C, dtype=torch.long),
                   sampler_logprobs=torch.zeros(C), finish_reason="stop", text=text,
-                  reward=outcome, reward_parts={"outcome": outcome})
+                  reward=outcome, verdict=Score(outcome))
 
 
 def test_batch_credit_blames_only_the_wrong_line():
@@ -85,8 +93,9 @@ def test_batch_credit_blames_only_the_wrong_line():
     bad = "first 7+0=7\nthen 7*7=48\nthen 48-4=44\ncheck: done\n<answer>44</answer>"
     samples = [_sample(tok, REF, 1.0), _sample(tok, bad, 0.0)]
     batch = collate(samples, tok.pad_id)
-    params, metrics = first_error_params(samples, batch, {"c": CHAIN}, ArithEnv(), tok)
-    adv = CREDIT["first_error"](to_tokens(torch.tensor([1.0, -1.0]), batch.loss_mask), batch.segment_ids, params)
+    metrics = fill_step_labels(batch, samples, {"c": CHAIN}, ArithEnv(), tok)
+    assert batch.step_labels.shape == batch.loss_mask.shape
+    adv = CREDIT["first_error"](to_tokens(torch.tensor([1.0, -1.0]), batch.loss_mask), batch, RLConfig())
     P = len(samples[1].prompt_ids)
     blamed = [k - P for k in torch.nonzero(adv[1]).flatten().tolist()]
     start = bad.index("then 7*7=48")
@@ -104,4 +113,4 @@ def test_env_without_step_checker_is_a_clear_error():
         name = "nochecker"
 
     with pytest.raises(ValueError, match="no first_error"):
-        first_error_params(samples, collate(samples, tok.pad_id), {"c": CHAIN}, NoChecker(), tok)
+        fill_step_labels(collate(samples, tok.pad_id), samples, {"c": CHAIN}, NoChecker(), tok)

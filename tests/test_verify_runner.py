@@ -1,7 +1,9 @@
-"""VerifyRunner: errors and timeouts counted and scored 0, no other item lost, any thread, inline mode, and a
-reward function given by import path. Scoring functions live in tests/verify_helpers.py (workers import it)."""
+"""VerifyRunner: errors and timeouts counted and unscorable (never a 0), no other item lost, any thread, inline
+mode, and a reward function given by import path. Scoring functions live in tests/verify_helpers.py (workers
+import it)."""
 
 import logging
+import math
 import threading
 import time
 
@@ -10,9 +12,14 @@ import torch
 import verify_helpers as vh
 
 from credo.data import Example, Sample
-from credo.rewards import score_samples
 from credo.envs.runner import ERROR, OK, TIMEOUT, RewardFunction, VerifyRunner, make_runner, run_inline
+from credo.rewards import score_samples
 from credo.trainer.config import RewardConfig
+
+
+def _values(scores):
+    """Each score's value, None where unscorable (an unscorable score's value is never used as a reward)."""
+    return [s.value if s.scorable else None for s in scores]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +37,11 @@ def _batch(n: int) -> tuple[list[tuple[str, int]], list[float]]:
 def test_inline_mode_catches_and_counts_errors():
     with VerifyRunner(vh.flaky, workers=0) as runner:
         v = runner.run([("a", "a"), ("raise", "a"), ("b", "a")])
-    assert [s.value for s in v.scores] == [1.0, 0.0, 0.0]
+    assert _values(v.scores) == [1.0, None, 0.0]
     assert v.status == [OK, ERROR, OK] and (v.errors, v.timeouts) == (1, 0)
-    assert "boom" in v.messages[1]
-    assert run_inline(vh.nan_reward, [("x", None)]).status == [ERROR]  # a non-finite value is an error too
+    assert "boom" in v.messages[1] and "boom" in v.scores[1].reason and not v.scores[1].correct
+    nan = run_inline(vh.nan_reward, [("x", None)])  # a non-finite value is an error too
+    assert nan.status == [ERROR] and not nan.scores[0].scorable
 
 
 def test_error_timeout_and_crash_lose_no_other_item(pool):
@@ -45,7 +53,8 @@ def test_error_timeout_and_crash_lose_no_other_item(pool):
     assert v.status[40:43] == [ERROR, TIMEOUT, ERROR]
     assert (v.errors, v.timeouts) == (2, 1)
     assert "timed out" in v.messages[41] and "died" in v.messages[42]
-    assert [s.value for s in v.scores] == want_head + [0.0, 0.0, 0.0] + want_head
+    assert _values(v.scores) == want_head + [None, None, None] + want_head
+    assert v.scores[41].reason.startswith("timeout") and v.scores[42].reason.startswith("error")
     assert all(s.parts == {"format": 1.0} for i, s in enumerate(v.scores) if i not in (40, 41, 42))
     again, want = _batch(10)  # the pool is usable afterwards
     v = pool.run(again)
@@ -58,7 +67,7 @@ def test_run_from_a_thread(pool):
     th.start()
     th.join(120)
     v = out["v"]
-    assert v.status == [TIMEOUT, OK, ERROR] and [s.value for s in v.scores] == [0.0, 1.0, 0.0]
+    assert v.status == [TIMEOUT, OK, ERROR] and _values(v.scores) == [None, 1.0, None]
 
 
 def test_order_and_overhead_of_a_large_batch(pool):
@@ -80,9 +89,11 @@ def test_score_samples_reports_errors_and_timeouts(pool):
         for i, text in enumerate(["1", "raise", "hang"])
     ]
     m = score_samples(samples, examples, None, {"outcome": 1.0, "format": 0.5}, pool)
-    assert [s.reward for s in samples] == [1.5, 0.0, 0.0]
-    assert m["verify/errors"] == 1.0 and m["verify/timeouts"] == 1.0
-    assert m["reward/mean"] == pytest.approx(0.5)
+    assert samples[0].reward == 1.5 and all(math.isnan(s.reward) for s in samples[1:])  # never trained as a 0
+    assert [s.scorable for s in samples] == [True, False, False]
+    assert m["verify/errors"] == 1.0 and m["verify/timeouts"] == 1.0 and m["verify/unscorable"] == 2.0
+    assert m["reward/unscorable"] == 2.0
+    assert m["reward/mean"] == pytest.approx(1.5)  # over the scorable sample only
 
 
 def test_reward_function_by_import_path():
@@ -118,4 +129,4 @@ def test_math_verify_blowup_is_cut_off():
 
     with VerifyRunner(verify_math, workers=1, timeout_s=3.0) as runner:
         v = runner.run([("\\boxed{\\frac12}", "0.5"), ("\\boxed{9^{9^{9}}x}", "2x"), ("<answer>3</answer>", "3")])
-    assert v.status == [OK, TIMEOUT, OK] and [s.value for s in v.scores] == [1.0, 0.0, 1.0]
+    assert v.status == [OK, TIMEOUT, OK] and _values(v.scores) == [1.0, None, 1.0]
