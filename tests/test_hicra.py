@@ -1,5 +1,6 @@
 """HICRA: planning-token credit (core), its registry entry, and the planning/execution and semantic-entropy metrics."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -116,9 +117,9 @@ def test_credit_stage_with_the_planning_provider_sets_token_advantages():
     samples = [_sample(tok, "1+2", "first 1+2=3", 0, 1.0), _sample(tok, "1+2", "then 1+2=4", 0, 0.0)]
     cfg = Config()
     cfg.rl.credit, cfg.rl.hicra_refresh, cfg.rl.planning_metrics = "hicra", 0, False  # seeds only: arith's
-    ctx = stages.StepContext(cfg=cfg, env=SimpleNamespace(name="arith"), policy=None, tokenizer=tok,
-                             generator=torch.Generator(), stream=None, train_examples=[], by_id={}, runner=None,
-                             eval_runner=None, reward_model=None, timers=None)
+    unused = {f.name: None for f in dataclasses.fields(stages.StepContext)}  # fields the credit stage never reads
+    ctx = stages.StepContext(**{**unused, "cfg": cfg, "env": SimpleNamespace(name="arith"), "tokenizer": tok,
+                                "generator": torch.Generator(), "by_id": {}, "providers": {}})
     ctx.providers = stages.make_providers(ctx)
     assert list(ctx.providers) == ["planning_mask"]
     record: dict = {}
