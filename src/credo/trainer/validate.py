@@ -1,0 +1,120 @@
+"""Config validation: registry names, ranges and combinations that types alone cannot check."""
+
+from __future__ import annotations
+
+from credo.trainer.config import Config, ConfigError
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that types alone cannot: registry names and ranges. Raises ConfigError naming the key."""
+    _check_names_and_ranges(cfg)
+    _check_methods(cfg)
+    _check_model_and_run(cfg)
+    return cfg
+
+
+def _check_names_and_ranges(cfg: Config) -> None:
+    from credo.core import ADVANTAGES, AGGREGATIONS, CREDIT, KL_ESTIMATORS, LOSSES, SELECTION
+    from credo.rollout.backend import BACKENDS
+
+    choices = {
+        "rollout.backend": (cfg.rollout.backend, BACKENDS),
+        "rl.advantage": (cfg.rl.advantage, ADVANTAGES),
+        "rl.loss": (cfg.rl.loss, LOSSES),
+        "rl.aggregation": (cfg.rl.aggregation, AGGREGATIONS),
+        "rl.credit": (cfg.rl.credit, CREDIT),
+        "rl.selection": (cfg.rl.selection, SELECTION),
+        "rl.kl_estimator": (cfg.rl.kl_estimator, KL_ESTIMATORS),
+    }
+    for key, (value, table) in choices.items():
+        if value not in table:
+            raise ConfigError(f"config key {key!r}: unknown value {value!r}; choose one of {sorted(table)}")
+    positive = {
+        "rl.steps": cfg.rl.steps, "rl.prompts_per_step": cfg.rl.prompts_per_step, "rl.group_size": cfg.rl.group_size,
+        "rl.max_new_tokens": cfg.rl.max_new_tokens, "rl.ppo_epochs": cfg.rl.ppo_epochs,
+        "rl.minibatches": cfg.rl.minibatches, "sft.batch_size": cfg.sft.batch_size, "eval.every": cfg.eval.every,
+        "model.d_model": cfg.model.d_model, "model.n_layers": cfg.model.n_layers, "model.n_heads": cfg.model.n_heads,
+        "run.threads": cfg.run.threads, "env.n_test": cfg.env.n_test, "env.n_train": cfg.env.n_train,
+        "rollout.max_batch": cfg.rollout.max_batch,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r}: must be >= 1, got {value}")
+    for key, value in {"rl.lr": cfg.rl.lr, "sft.lr": cfg.sft.lr, "rl.kl_coef": cfg.rl.kl_coef,
+                       "rl.temperature": cfg.rl.temperature, "sft.steps": cfg.sft.steps}.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
+    for key, value in {"rl.ssr_alpha": cfg.rl.ssr_alpha, "rl.ssr_eps": cfg.rl.ssr_eps,
+                       "rl.ssr_buffer": cfg.rl.ssr_buffer, "rl.dynamic_max_rounds": cfg.rl.dynamic_max_rounds,
+                       "rl.overlong_cache": cfg.rl.overlong_cache}.items():
+        if value < 0:
+            raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
+
+
+def _check_methods(cfg: Config) -> None:
+    if cfg.rl.ssr_batch_frac <= 0:
+        raise ConfigError(f"config key 'rl.ssr_batch_frac': must be > 0, got {cfg.rl.ssr_batch_frac}")
+    if cfg.rl.overlong_cache > cfg.rl.max_new_tokens:
+        raise ConfigError(f"config key 'rl.overlong_cache'={cfg.rl.overlong_cache}: must be <= rl.max_new_tokens "
+                          f"({cfg.rl.max_new_tokens})")
+    if cfg.rl.ssr and (cfg.rl.selection != "all" or cfg.rl.dynamic_sampling):
+        raise ConfigError("config key 'rl.ssr': SSR does its own selection; it needs rl.selection = \"all\" "
+                          "and rl.dynamic_sampling = false")
+    if cfg.rl.clip_ratio_c and cfg.rl.clip_ratio_c <= 1:
+        raise ConfigError(f"config key 'rl.clip_ratio_c': must be > 1 (0 = off), got {cfg.rl.clip_ratio_c}")
+    if not 0 < cfg.rl.top_p <= 1:
+        raise ConfigError(f"config key 'rl.top_p': must be in (0, 1], got {cfg.rl.top_p}")
+    if cfg.reward.workers < 0 or cfg.reward.timeout_s <= 0:
+        raise ConfigError(f"config keys 'reward.workers' (>= 0) / 'reward.timeout_s' (> 0): got "
+                          f"{cfg.reward.workers} / {cfg.reward.timeout_s}")
+    if cfg.reward.function and ":" not in cfg.reward.function:
+        raise ConfigError(f"config key 'reward.function': {cfg.reward.function!r} is not an import path "
+                          "'package.module:function'")
+    if cfg.rethink.select not in ("all", "wrong"):
+        raise ConfigError(f"config key 'rethink.select': unknown value {cfg.rethink.select!r}; choose all or wrong")
+    for key in ("p_generic", "p_bare_wait", "skip_prob", "truncate_prob", "easy_acc", "hard_acc"):
+        if not 0 <= getattr(cfg.rethink, key) <= 1:
+            raise ConfigError(f"config key 'rethink.{key}': must be in [0, 1], got {getattr(cfg.rethink, key)}")
+    if cfg.curiosity.variant not in ("", "paper", "code"):
+        raise ConfigError(f"config key 'curiosity.variant': unknown value {cfg.curiosity.variant!r}; choose "
+                          "\"\" (off), paper or code")
+    if cfg.curiosity.variant and not cfg.rl.multiturn:
+        raise ConfigError("config key 'curiosity.variant': the curiosity bonus needs rl.multiturn = true")
+    from credo.envs.tools import TOOLS
+
+    unknown = [t for t in cfg.rl.tools if t not in TOOLS]
+    if unknown:
+        raise ConfigError(f"config key 'rl.tools': unknown tools {unknown}; registered: {sorted(TOOLS)}")
+    if cfg.rl.credit == "moca" and cfg.reward.perception <= 0:
+        raise ConfigError("config key 'rl.credit' = \"moca\" routes credit by R_P: it needs reward.perception > 0")
+    reasoner = cfg.reward.perception_reasoner
+    if reasoner not in ("program", "policy") and not reasoner.startswith("model:"):
+        raise ConfigError(f"config key 'reward.perception_reasoner': unknown value {reasoner!r}; choose program, "
+                          "policy or model:<path>")
+    if cfg.reward.perception_reasoner_tokens < 1:
+        raise ConfigError("config key 'reward.perception_reasoner_tokens': must be >= 1, got "
+                          f"{cfg.reward.perception_reasoner_tokens}")
+    if cfg.rl.credit == "hicra" and not cfg.rl.hicra_ngram:
+        raise ConfigError("config key 'rl.hicra_ngram': HICRA needs at least one gram length")
+
+
+def _check_model_and_run(cfg: Config) -> None:
+    if cfg.model.kind not in ("tinylm", "tinyvlm"):
+        raise ConfigError(f"config key 'model.kind': unknown value {cfg.model.kind!r}; choose tinylm or tinyvlm")
+    if cfg.model.kind == "tinyvlm" and (cfg.model.patch_size < 1 or cfg.model.image_size % cfg.model.patch_size):
+        raise ConfigError(f"config keys 'model.image_size'={cfg.model.image_size} and 'model.patch_size'="
+                          f"{cfg.model.patch_size}: the image side must be a multiple of the patch side")
+    from credo.trainer.metrics import LOGGERS
+
+    if unknown := [x for x in cfg.run.loggers if x not in LOGGERS]:
+        raise ConfigError(f"config key 'run.loggers': unknown {unknown}; choose from {list(LOGGERS)}")
+    if cfg.env.max_prompt_tokens < 0:
+        raise ConfigError(f"config key 'env.max_prompt_tokens': must be >= 0, got {cfg.env.max_prompt_tokens}")
+    if cfg.model.d_model % cfg.model.n_heads:
+        raise ConfigError(f"config keys 'model.d_model'={cfg.model.d_model} and 'model.n_heads'="
+                          f"{cfg.model.n_heads}: d_model must be divisible by n_heads")
+    from credo.envs.verifiers import VERIFIERS
+
+    if bad := [v for v in cfg.eval.extra_verifiers if v not in VERIFIERS and ":" not in v]:
+        raise ConfigError(f"config key 'eval.extra_verifiers': unknown {bad}; choose from {sorted(VERIFIERS)} or "
+                          "an import path 'module:function'")
