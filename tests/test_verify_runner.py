@@ -12,7 +12,8 @@ import torch
 import verify_helpers as vh
 
 from credo.data import Example, Sample
-from credo.envs.runner import ERROR, OK, TIMEOUT, RewardFunction, VerifyRunner, make_runner, run_inline
+from credo.envs.functions import RewardFunction, make_runner
+from credo.envs.runner import ERROR, OK, TIMEOUT, VerifyRunner, run_inline
 from credo.rewards import score_samples
 from credo.trainer.config import RewardConfig
 

@@ -30,7 +30,6 @@ enforced (no signal, no thread), so a hanging verifier hangs the caller.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -382,73 +381,4 @@ class VerifyRunner:
         return max(0.0, wake - now) + 1e-3
 
 
-# ---- a reward function given by import path ------------------------------------------------------------
-
-
-def _import_attr(path: str) -> Callable[..., Any]:
-    module, sep, attr = path.partition(":")
-    if not sep:
-        module, _, attr = path.rpartition(".")
-    if not module or not attr:
-        raise ValueError(f"reward function {path!r}: expected 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward function {path!r}: cannot import it: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"reward function {path!r} is not callable")
-    return fn
-
-
-class RewardFunction:
-    """`reward.function = "package.module:fn"`, with `fn(completion, example) -> float | Score`.
-
-    Imported (and checked) at construction; pickles as its path, so a worker imports it by name.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fn: Callable[..., Any] | None = _import_attr(path)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path, self._fn = state["path"], None
-
-    def __call__(self, completion: str, example: Any) -> Score:
-        if self._fn is None:
-            self._fn = _import_attr(self.path)
-        return as_score(self._fn(completion, example))
-
-    def __repr__(self) -> str:
-        return f"RewardFunction({self.path!r})"
-
-
-def load_function(path: str) -> Callable[..., Any]:
-    """The callable at import path `"package.module:fn"`; ValueError naming the path when it cannot be imported."""
-    return _import_attr(path)
-
-
-def is_batched_function(path: str) -> bool:
-    """Whether the function at `path` has TRL's batched signature `fn(prompts, completions, **kw)`: it is then a
-    reward term (`credo.rewards.terms.Function`) and the environment's verifier still gives the verdict."""
-    import inspect
-
-    try:
-        params = list(inspect.signature(_import_attr(path)).parameters)
-    except (TypeError, ValueError):
-        return False
-    return params[:2] == ["prompts", "completions"]
-
-
-def make_runner(env: Any, reward: Any) -> VerifyRunner:
-    """The runner for a `RewardConfig`: a per-item `reward.function(completion, example)` if set, else `env.verify`
-    (env picklable if workers > 0). A TRL-signature function is a reward term instead, and `env.verify` runs here."""
-    per_item = reward.function and not is_batched_function(reward.function)
-    fn = RewardFunction(reward.function) if per_item else env.verify
-    return VerifyRunner(fn, workers=reward.workers, timeout_s=reward.timeout_s)
-
-
-__all__ = ["ERROR", "OK", "TIMEOUT", "RewardFunction", "Verdicts", "VerifyRunner", "as_score", "is_batched_function",
-           "load_function", "make_runner", "run_inline"]
+__all__ = ["ERROR", "OK", "TIMEOUT", "Verdicts", "VerifyRunner", "as_score", "run_inline"]

@@ -195,7 +195,7 @@ class Function:
     verification workers instead, see `reward.function`)."""
 
     def __init__(self, ctx: TermContext) -> None:
-        from credo.envs.runner import load_function
+        from credo.envs.functions import load_function
 
         self.fn = load_function(ctx.cfg.reward.function)
         self.env = ctx.env

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from credo.envs import make_env
 from credo.envs.filters import filter_overlong
-from credo.envs.runner import VerifyRunner, is_batched_function, make_runner
+from credo.envs.functions import is_batched_function, make_runner
+from credo.envs.runner import VerifyRunner
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards.perception import make_reasoner
 from credo.rewards.terms import RewardModel, TermContext, term_weights
