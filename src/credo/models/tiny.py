@@ -254,6 +254,17 @@ class TinyLM(nn.Module):
     ) -> torch.Tensor:
         """Logits [B, T, V] for right-padded `input_ids` [B, T] (padding only after real tokens); `images`: one
         list of images per row (vision models only)."""
+        return self._logits(self.hidden_states(input_ids, images))
+
+    chunkable = True  # `hidden_states` + `output_logits` compose to `forward` (trainer.logprobs reads this)
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head (final norm + output projection) on hidden states [..., D] → logits [..., V]."""
+        return self._logits(hidden)
+
+    def hidden_states(self, input_ids: torch.Tensor, images: list | None = None) -> torch.Tensor:
+        """The transformer body's output [B, T, D] before the final norm: `forward` without the LM head, so the
+        trainer can apply the head to a few positions at a time (`trainer.logprobs`)."""
         B, T = input_ids.shape
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds model max_len {self.cfg.max_len}")
@@ -262,7 +273,7 @@ class TinyLM(nn.Module):
         x = self.embed_inputs(input_ids, images)
         for blk in self.blocks:
             x = blk(x, cos, sin, None)
-        return self._logits(x)
+        return x
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty cache with room for `max_len` slots; storage is allocated as `step` fills it."""
