@@ -72,6 +72,20 @@ def token_entropy(logits: Tensor) -> Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # [B, T]
 
 
+def logprob_diff(logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Sampler/trainer mismatch on the trained tokens: mean |log π_train − log π_sampler| and the k3 estimate of
+    KL(π_sampler ‖ π_train) from the sampled tokens (Schulman 2020): with log r = log π_train − log π_sampler,
+    k3 = r − 1 − log r ≥ 0, averaged over the masked tokens (log r clamped to ±20 as in ``kl.k3``).
+
+    Shapes: logprobs, sampler_logprobs, mask [B, T] → two 0-dim tensors (0 when the mask is empty).
+    Detached: a diagnostic (verl's ``rollout_probs_diff``, the training/inference mismatch of engine and dtype).
+    """
+    delta = logprobs.detach() - sampler_logprobs.detach()  # [B, T]
+    log_r = delta.clamp(-20.0, 20.0)  # [B, T]
+    k3 = torch.exp(log_r) - 1.0 - log_r  # [B, T]
+    return masked_mean(delta.abs(), mask), masked_mean(k3, mask)
+
+
 def _check_pass_at_k_args(n: int, k: int) -> None:
     if n < 0 or k < 0:
         raise ValueError(f"pass@k needs n >= 0 and k >= 0, got n={n}, k={k}")

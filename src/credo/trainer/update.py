@@ -1,8 +1,21 @@
-"""The policy update: PPO epochs × minibatches over one rollout batch, with an optional KL to a reference."""
+"""The policy update: PPO epochs × minibatches over one rollout batch, with an optional KL to a reference.
+
+Memory and work, decided the same way on every rank (so that data-parallel ranks can agree on them later):
+- Each minibatch runs as micro-batches of at most `rl.max_tokens_per_microbatch` padded tokens
+  (`n_microbatches`, a function of the minibatch's shape only), gradients accumulated. Each micro-batch's loss
+  is weighted by the minibatch's aggregation weights (`loss_weights`), so the accumulated gradient is the
+  one-batch gradient for every aggregation mode: normalisers are the minibatch's totals, not the micro-batch's.
+- A minibatch without a learning signal (all advantages zero on its trained tokens, no KL or NLL term) runs
+  neither a backward pass nor an optimizer step (a zero-gradient AdamW step would still move the weights by its
+  momentum), counted in `loss/skipped_zero_adv`.
+- Log-probs are scored on the trained tokens only, with the LM head in chunks (`trainer.logprobs`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -10,7 +23,7 @@ from credo.analysis.strategic_grams import entropy_split
 from credo.core.aggregation import aggregate
 from credo.core.kl import KL_ESTIMATORS
 from credo.core.losses import LOSSES, LossParams
-from credo.core.stats import masked_mean
+from credo.core.stats import logprob_diff, masked_mean
 from credo.data import Batch
 from credo.models.policy import Policy
 from credo.rollout.rethink import rethink_nll_loss
@@ -32,6 +45,136 @@ def _warmup(optimizer: torch.optim.Optimizer, cfg: RLConfig) -> None:
         group["lr"] = cfg.lr * scale
 
 
+def n_microbatches(rows: int, padded_len: int, max_tokens: int) -> int:
+    """Micro-batches for a minibatch of `rows` × `padded_len` tokens under a budget of `max_tokens` padded tokens
+    per micro-batch (0: no budget, one micro-batch). A row longer than the budget is a micro-batch of its own.
+    A function of the shape only: ranks agree by all-reducing its maximum."""
+    if max_tokens <= 0 or rows * padded_len <= max_tokens:
+        return 1
+    per = max(1, max_tokens // max(1, padded_len))  # rows per micro-batch
+    return -(-rows // per)
+
+
+def microbatch_rows(batch: Batch, max_tokens: int) -> list[torch.Tensor]:
+    """Row indices of each micro-batch (`n_microbatches` of them), rows sorted by length (longest first) so
+    that each micro-batch, trimmed to its own longest row, carries little padding."""
+    lengths = batch.attention_mask.sum(1)  # [b]
+    n = n_microbatches(len(batch), batch.input_ids.shape[1], max_tokens)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    return list(torch.tensor_split(order, n))
+
+
+def loss_weights(fn: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """The weights w [b, T] of a loss that is linear in a per-token tensor x [b, T]: fn(x) = Σ w ⊙ x. Every
+    aggregation mode (`core.aggregation`) and the rethink NLL are linear in the per-token loss / log-prob, so a
+    micro-batch contributes Σ w[rows] ⊙ x[rows] and the micro-batches sum to fn over the whole minibatch."""
+    x = torch.zeros(shape, requires_grad=True)
+    return torch.autograd.grad(fn(x), x, allow_unused=True, materialize_grads=True)[0]  # [b, T]
+
+
+def has_signal(batch: Batch, cfg: RLConfig, ref_policy: Policy | None, nll_coef: float) -> bool:
+    """Whether a minibatch has any gradient to give: a non-zero advantage on a trained token, a KL term or a
+    rethink NLL term. (Under data parallelism, all-reduce it with `any` so every rank takes the same branch.)"""
+    if cfg.kl_coef > 0 and ref_policy is not None:
+        return True
+    if nll_coef > 0 and "nll" in batch.token_masks and bool(batch.token_masks["nll"].any()):
+        return True
+    return bool(((batch.advantages != 0) & (batch.loss_mask != 0)).any())
+
+
+def low_precision(policy: Policy) -> bool:
+    """Whether the policy computes in a dtype other than float32 (`HFPolicy.compute_dtype`): its sampler's
+    log-probs (bf16 engine) then differ from the trainer's (autocast forward), so π_old is recomputed."""
+    return getattr(policy, "compute_dtype", torch.float32) != torch.float32
+
+
+@torch.no_grad()
+def recompute_old_logprobs(policy: Policy, batch: Batch, cfg: RLConfig) -> Batch:
+    """The batch with `old_logprobs` [B, T] recomputed by the trainer's own forward (no gradient), on the trained
+    tokens (0 elsewhere), micro-batched like the update. Used when the rollout came from another engine or
+    dtype than the trainer's (`rl.recompute_old_logprobs`, or a compute dtype below float32), so that the PPO
+    ratio is 1 at the first minibatch of on-policy data (verl recomputes π_old the same way)."""
+    device = next(iter(policy.parameters())).device
+    old = torch.zeros_like(batch.old_logprobs)
+    for rows in microbatch_rows(batch, cfg.max_tokens_per_microbatch):
+        mb = _trim(batch.select(rows)).to(device)
+        lp, _ = sequence_logprobs(policy, mb.input_ids, cfg.temperature, False, mb.images, mb.loss_mask,
+                                  cfg.logprob_chunk)
+        old[rows, : lp.shape[1]] = lp.to(old.device)
+    return dataclasses.replace(batch, old_logprobs=old)
+
+
+def _microbatch_loss(
+    policy: Policy,
+    mb: Batch,
+    cfg: RLConfig,
+    params: LossParams,
+    weights: tuple[torch.Tensor, torch.Tensor | None],
+    ref_policy: Policy | None,
+    nll_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """One micro-batch's share of the minibatch loss (scalar, differentiable), its log-probs and entropies [b, T]
+    (detached) and its metrics (token means over the micro-batch)."""
+    w_loss, w_nll = weights
+    positions = mb.loss_mask != 0  # [b, T]: the tokens any term reads
+    if w_nll is not None:
+        positions = positions | (w_nll != 0)
+    logprobs, entropy = sequence_logprobs(policy, mb.input_ids, cfg.temperature, True, mb.images, positions,
+                                          cfg.logprob_chunk)  # [b, T], [b, T]
+    loss_tok, m = LOSSES[cfg.loss](logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, params)  # [b, T]
+    metrics = {f"loss/{k}": float(v) for k, v in m.items()}
+    if cfg.kl_coef > 0 and ref_policy is not None:
+        ref_logprobs, _ = sequence_logprobs(ref_policy, mb.input_ids, cfg.temperature, images=mb.images,
+                                            positions=mb.loss_mask, chunk=cfg.logprob_chunk)
+        kl = KL_ESTIMATORS[cfg.kl_estimator](logprobs, ref_logprobs.detach())  # [b, T]
+        loss_tok = loss_tok + cfg.kl_coef * kl
+        metrics["loss/kl"] = float(masked_mean(kl.detach(), mb.loss_mask))
+    loss = (loss_tok * w_loss).sum()
+    if w_nll is not None:
+        nll = -(logprobs * w_nll).sum()  # this micro-batch's share of rethink_nll_loss (a minus-weighted sum)
+        loss = loss + nll_coef * nll
+        metrics["loss/rethink_nll"] = float(nll.detach())
+    metrics["loss/entropy"] = float(masked_mean(entropy, mb.loss_mask))
+    return loss, logprobs.detach(), entropy, metrics
+
+
+def _minibatch_step(
+    policy: Policy,
+    mb: Batch,
+    cfg: RLConfig,
+    params: LossParams,
+    ref_policy: Policy | None,
+    nll_coef: float,
+) -> tuple[float, dict[str, float], torch.Tensor]:
+    """Forward and backward of one minibatch as micro-batches (gradients accumulate in `.grad`); returns the
+    loss, the metrics (micro-batch metrics weighted by their trained tokens; loss/rethink_nll summed) and the
+    detached log-probs [b, T]."""
+    w_loss = loss_weights(lambda x: aggregate(x, mb.loss_mask.cpu(), cfg.aggregation, cfg.max_new_tokens),
+                          mb.loss_mask.shape).to(mb.loss_mask.device)  # [b, T]
+    w_nll = None
+    if nll_coef > 0 and "nll" in mb.token_masks:
+        nll_mask = mb.token_masks["nll"].float().cpu()
+        w_nll = -loss_weights(lambda x: rethink_nll_loss(x, nll_mask), nll_mask.shape).to(mb.loss_mask.device)
+    logprobs, entropy = torch.zeros_like(mb.old_logprobs), torch.zeros_like(mb.old_logprobs)
+    total = 0.0
+    sums: dict[str, float] = {}
+    n_tokens = float(mb.loss_mask.sum().clamp_min(1))
+    for rows in microbatch_rows(mb, cfg.max_tokens_per_microbatch):
+        micro = _trim(mb.select(rows))
+        T = micro.input_ids.shape[1]
+        ws = (w_loss[rows, :T], None if w_nll is None else w_nll[rows, :T])
+        loss, lp, ent, m = _microbatch_loss(policy, micro, cfg, params, ws, ref_policy, nll_coef)
+        loss.backward()
+        total += float(loss.detach())
+        logprobs[rows, :T], entropy[rows, :T] = lp, ent
+        share = float(micro.loss_mask.sum()) / n_tokens
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + (v if k == "loss/rethink_nll" else share * v)
+    if mb.planning_mask is not None:
+        sums.update(entropy_split(entropy, mb.planning_mask, mb.loss_mask))
+    return total, sums, logprobs
+
+
 def policy_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -41,47 +184,45 @@ def policy_update(
     ref_policy: Policy | None = None,
     nll_coef: float = 0.0,
 ) -> dict[str, float]:
-    """Run `cfg.ppo_epochs` passes of `cfg.minibatches` optimizer steps; return averaged `loss/` metrics.
+    """Run `cfg.ppo_epochs` passes of `cfg.minibatches` optimizer steps; return averaged `loss/` metrics and the
+    sampler/trainer mismatch `rollout/logprob_diff` (mean |Δ log p|) and `rollout/logprob_kl` (k3).
 
     A minibatch whose loss or gradient is not finite is skipped (no optimizer step) and counted in
-    `loss/skipped`; the caller decides when too many skips must stop the run.
+    `loss/skipped`; the caller decides when too many skips must stop the run. A minibatch without a learning
+    signal (`has_signal`) is skipped without a forward pass, counted in `loss/skipped_zero_adv`.
+
+    π_old: the sampler's log-probs, or the trainer's own (`recompute_old_logprobs`) when `rl.recompute_old_logprobs`
+    is set or the policy computes below float32. The mismatch is measured where π_θ = π_old exactly: on the
+    recomputed batch, else on the first trained minibatch before any optimizer step (exact for on-policy data;
+    SSR's replayed samples carry an older policy's log-probs).
 
     Token masks the batch carries: "nll" adds `nll_coef` × the mean NLL over its tokens (Forced Rethinking's
-    auxiliary loss on positive rethinking samples); "planning" splits the logged token entropy into planning
+    auxiliary loss on positive rethinking samples); `planning_mask` splits the logged token entropy into planning
     and execution tokens (HICRA's diagnostic).
     """
     params = LossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, clip_ratio_c=cfg.clip_ratio_c)
-    loss_fn = LOSSES[cfg.loss]
-    kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     B = len(batch)
     device = next(iter(policy.parameters())).device
     n_mb = max(1, min(cfg.minibatches, B))
     sums: dict[str, float] = {}
-    n_steps = skipped = 0
+    n_steps = skipped = skipped_zero = 0
+    diff: dict[str, float] = {}
+    if (cfg.recompute_old_logprobs or low_precision(policy)) and has_signal(batch, cfg, ref_policy, nll_coef):
+        sampler_logprobs = batch.old_logprobs
+        batch = recompute_old_logprobs(policy, batch, cfg)
+        diff = _diff_metrics(batch.old_logprobs, sampler_logprobs, batch.loss_mask)
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B, generator=generator)
         for idx in perm.chunk(n_mb):
             mb = _trim(batch.select(idx)).to(device)
-            logprobs, entropy = sequence_logprobs(policy, mb.input_ids, cfg.temperature, True, mb.images)
-            loss_tok, m = loss_fn(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, params)  # [b, T]
-            metrics = {f"loss/{k}": float(v) for k, v in m.items()}
-            if cfg.kl_coef > 0 and ref_policy is not None:
-                with torch.no_grad():
-                    ref_logprobs, _ = sequence_logprobs(ref_policy, mb.input_ids, cfg.temperature, images=mb.images)
-                kl = kl_fn(logprobs, ref_logprobs)  # [b, T]
-                loss_tok = loss_tok + cfg.kl_coef * kl
-                metrics["loss/kl"] = float(masked_mean(kl.detach(), mb.loss_mask))
-            loss = aggregate(loss_tok, mb.loss_mask, cfg.aggregation, norm_len=cfg.max_new_tokens)
-            if nll_coef > 0 and "nll" in mb.token_masks:
-                nll = rethink_nll_loss(logprobs, mb.token_masks["nll"].to(logprobs.dtype))
-                loss = loss + nll_coef * nll
-                metrics["loss/rethink_nll"] = float(nll.detach())
-            if "planning" in mb.token_masks:
-                metrics.update(entropy_split(entropy.detach(), mb.token_masks["planning"], mb.loss_mask))
+            if not has_signal(mb, cfg, ref_policy, nll_coef):
+                skipped_zero += 1
+                continue
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value, metrics, logprobs = _minibatch_step(policy, mb, cfg, params, ref_policy, nll_coef)
+            if not diff and n_steps == 0:  # θ is still θ_old: the sampler's log-probs against the trainer's
+                diff = _diff_metrics(logprobs, mb.old_logprobs, mb.loss_mask)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
-            loss_value = loss.item()
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -91,10 +232,16 @@ def policy_update(
             n_steps += 1
             metrics["loss/policy"] = loss_value
             metrics["loss/grad_norm"] = grad_norm
-            metrics["loss/entropy"] = float(masked_mean(entropy, mb.loss_mask))
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
+    optimizer.zero_grad(set_to_none=True)
     out = {k: v / max(1, n_steps) for k, v in sums.items()}
     out["loss/skipped"] = float(skipped)
+    out["loss/skipped_zero_adv"] = float(skipped_zero)
     out["loss/optimizer_steps"] = float(n_steps)
-    return out
+    return {**out, **diff}
+
+
+def _diff_metrics(logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    abs_diff, kl = logprob_diff(logprobs.cpu(), sampler_logprobs.cpu(), mask.cpu())
+    return {"rollout/logprob_diff": float(abs_diff), "rollout/logprob_kl": float(kl)}
