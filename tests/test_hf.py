@@ -96,7 +96,8 @@ def test_dtype_and_gradient_checkpointing_options(hf_dir):
     from credo.trainer.config import ModelConfig
 
     policy, _ = load_policy(hf_dir, ModelConfig(dtype="bfloat16", gradient_checkpointing=True))
-    assert next(policy.parameters()).dtype == torch.bfloat16
+    assert next(policy.parameters()).dtype == torch.float32  # fp32 master weights, bf16 compute (issue 15)
+    assert policy.compute_dtype == torch.bfloat16
     m = policy.model
     assert getattr(m, "is_activation_checkpointing", None) or m.is_gradient_checkpointing
     with pytest.raises(ValueError, match="model.dtype"):

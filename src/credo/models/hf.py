@@ -9,8 +9,15 @@ The native sampler drives it step by step through `new_cache` / `step`, never th
   inference-engine split of verl/OpenRLHF (trainer weights → rollout engine) inside one process.
 - Any other architecture decodes through the model's own forward and `DynamicCache`.
 
-Either way the trainer recomputes log-probs with the Hugging Face `forward`; tests hold the sampler's
-log-probs to the trainer's within 1e-4 for both paths.
+Either way the trainer recomputes log-probs with the Hugging Face model; tests hold the sampler's
+log-probs to the trainer's within 1e-4 for both paths. The trainer runs the decoder body (`hidden_states`)
+and applies the LM head a few positions at a time (`output_logits`, see `trainer.logprobs`), so the
+`[B, T, V]` logits are never held at once.
+
+Precision: the parameters are always float32 (the optimizer's master weights); `model.dtype` = bfloat16 /
+float16 names the compute dtype: the trainer's forward runs under `torch.autocast` (each matmul reads its
+weight rounded to the compute dtype) and the native decoding engine holds its copy of the weights in it.
+Loading bfloat16 parameters and updating them in bfloat16 would round a 1e-6 AdamW step away.
 
 Left padding: the sampler left-pads prompts into one block. `step` keeps the running attention mask and
 derives each row's position ids from it (`cumsum(mask) - 1`), so a padded row is scored exactly like the
@@ -19,6 +26,7 @@ unpadded one; the trainer's right-padded `forward` uses the default positions 0.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +83,28 @@ def native_config(config: Any) -> TinyConfig | None:
 
 
 @torch.no_grad()
+def plain_lm_head(model: Any) -> bool:
+    """Whether the model's logits are its output embedding applied to its decoder's hidden states, nothing more:
+    a text model (no vision tower) whose `forward` on two tokens equals the head on `get_decoder()`'s output.
+    False for heads that rescale or soft-cap (Gemma 2, Cohere, Granite) and for anything that fails the check;
+    the trainer then takes the full logits from `forward`."""
+    if getattr(model.config, "vision_config", None) is not None or model.get_output_embeddings() is None:
+        return False
+    training = model.training
+    model.eval()  # no dropout in the comparison
+    try:
+        ids = torch.tensor([[0, 1]], device=next(model.parameters()).device)
+        full = model(input_ids=ids, use_cache=False).logits.float()
+        hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        split = model.get_output_embeddings()(hidden).float()
+    except Exception:  # an architecture without a plain decoder: fall back to full logits
+        return False
+    finally:
+        model.train(training)
+    return full.shape == split.shape and bool(torch.allclose(full, split, rtol=1e-4, atol=1e-4))
+
+
+@torch.no_grad()
 def copy_into_native(model: Any, engine: TinyLM) -> None:
     """Copy a Llama-family Hugging Face model's weights into `engine` (fusing q/k/v and gate/up)."""
     base = model.model
@@ -97,15 +127,18 @@ def copy_into_native(model: Any, engine: TinyLM) -> None:
 class HFPolicy(torch.nn.Module):
     """A `transformers` causal LM behind the `Policy` protocol (see the module docstring)."""
 
-    def __init__(self, model: Any, native: bool = True) -> None:
+    def __init__(self, model: Any, native: bool = True, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = model
+        p = next(model.parameters())
+        self.compute_dtype = compute_dtype or p.dtype  # autocast dtype of the forward (the parameters' if none)
+        self.chunkable = plain_lm_head(model)  # `output_logits(hidden_states(x))` equals `forward(x)`
         cfg = native_config(model.config) if native else None
         # kept out of the module tree: not trained, not in state_dict, not in .parameters()
         self._engine: list[TinyLM] = []
         if cfg is not None:
-            p = next(model.parameters())
-            self._engine.append(TinyLM(cfg).to(device=p.device, dtype=p.dtype).eval().requires_grad_(False))
+            engine = TinyLM(cfg).to(device=p.device, dtype=self.compute_dtype)
+            self._engine.append(engine.eval().requires_grad_(False))
         self._synced: int | None = None
 
     @property
@@ -123,9 +156,28 @@ class HFPolicy(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def autocast(self) -> Any:
+        """`torch.autocast` to the compute dtype, or a no-op context when the compute dtype is the parameters'."""
+        if self.compute_dtype == next(self.model.parameters()).dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T, V] of right-padded sequences."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        """Logits [B, T, V] of right-padded sequences, in the compute dtype."""
+        with self.autocast():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def hidden_states(self, input_ids: torch.Tensor, images: list | None = None) -> torch.Tensor:
+        """The decoder body's last hidden states [B, T, D] of right-padded sequences (after the final norm)."""
+        if images is not None and any(images):
+            raise ValueError("this model takes no image input")
+        with self.autocast():
+            return self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states [..., D] → logits [..., V] (valid when `chunkable`)."""
+        with self.autocast():
+            return self.model.get_output_embeddings()(hidden)
 
     def new_cache(self, batch_size: int, max_len: int) -> HFCache | KVCache:
         engine = self.engine
@@ -223,11 +275,15 @@ def load_hf(
     path: str | Path,
     dtype: str = "float32",
     device: str = "cpu",
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool = True,
     chat: bool = True,
     native: bool = True,
 ) -> tuple[HFPolicy, HFTokenizer]:
-    """Load model and tokenizer from a local directory (`local_files_only`: never a hub download)."""
+    """Load model and tokenizer from a local directory (`local_files_only`: never a hub download).
+
+    The parameters load in float32 whatever `dtype` says; `dtype` is the compute dtype (module docstring).
+    Gradient (activation) checkpointing recomputes each decoder layer in the backward pass (train mode only).
+    Raises ValueError for an unknown dtype, OSError for a directory without a loadable model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
 
@@ -240,7 +296,7 @@ def load_hf(
         pass
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).to(device)
     if gradient_checkpointing:  # transformers >= 5.x names it activation checkpointing
         enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
         enable()
@@ -253,4 +309,5 @@ def load_hf(
         extra = [eos] if isinstance(eos, int) else list(eos or [])
     except OSError:  # no generation_config.json
         pass
-    return HFPolicy(model, native=native), HFTokenizer(tokenizer, chat=chat, extra_eos=extra)
+    policy = HFPolicy(model, native=native, compute_dtype=DTYPES[dtype])
+    return policy, HFTokenizer(tokenizer, chat=chat, extra_eos=extra)
