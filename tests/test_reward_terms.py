@@ -9,7 +9,7 @@ import reward_helpers as rh
 import torch
 
 from credo.data import Example, Sample, Score
-from credo.envs.runner import is_batched_function
+from credo.envs.functions import is_batched_function
 from credo.rewards.perception import ProgramReasoner
 from credo.rewards.terms import TERMS, RewardModel, TermContext, TermResult, term_weights
 from credo.trainer.config import Config
