@@ -16,7 +16,8 @@ reading keep a number fragment (`2` of `2\\sqrt{3}`, `4` of `4*sqrt(2)`, the `10
 **Numbers** (also inside sets, tuples and intervals) compare by `normalize.close`: integers exactly, others within
 a relative 1e-6, an absolute 1e-12 only against an exact zero; a percentage "10\\%" equals 10 and 0.1. math_verify's
 own numeric test (rounding to 6 decimals, `evalf(chop=True)`) would make all tiny values equal. Everything else
-(equations, symbolic expressions, matrices) is math_verify's `verify`. An equation answers a number only as an
+(equations, symbolic expressions, matrices) is math_verify's `verify`; its 6-decimal rounding still applies to the
+entries of a matrix (a known limit: `[[1e-7]]` equals `[[2e-7]]`). An equation answers a number only as an
 assignment (`x = 2` for 2, not `a+b = 10` for 10).
 
 math_verify's own timeouts use `signal.alarm`, which works only on the main thread; they are switched off here
