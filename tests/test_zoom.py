@@ -58,10 +58,15 @@ def test_canvas_colours_and_options_from_config():
 
 def test_warm_start_diagnostics_on_a_tiny_vlm():
     import math
+    import sys
+    from pathlib import Path
 
     import torch
 
-    from credo.envs.zoom import box_iou, warm_start_diagnostics
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from zoom_diagnostics import warm_start_diagnostics
+
+    from credo.envs.zoom import box_iou
     from credo.models import build_policy
     from credo.trainer.config import ModelConfig
 

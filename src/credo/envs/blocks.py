@@ -76,4 +76,26 @@ def block_contents(text: str, kind: str) -> list[str]:
     return out
 
 
-__all__ = ["KINDS", "block_contents", "block_spans"]
+PV_TEMPLATE = (  # Perception Verification: the blindfolded reasoner's prompt (question + perception, no image)
+    "{question}\n"
+    "You cannot see the image. What was seen in it:\n{perception}\n"
+    "Give your final answer in <answer></answer> tags.\n"
+)
+
+
+def extract_perception(text: str, tag: str = "perception") -> str:
+    """All `<perception>…</perception>` blocks of `text`, stripped and joined by newlines.
+
+    Blocks are read by `block_spans`, the same parser that labels perception tokens: a block ends
+    at its closing tag, at an opening tag of another kind, or (unclosed) at the end of the text.
+
+    >>> extract_perception("<perception>a red cube</perception><think>x</think><perception>2 balls")
+    'a red cube\\n2 balls'
+    >>> extract_perception("no perception here")
+    ''
+    """
+    parts = (p.strip() for b in block_contents(text, tag) for p in b.split(f"<{tag}>"))  # a repeated opening tag
+    return "\n".join(p for p in parts if p)
+
+
+__all__ = ["KINDS", "PV_TEMPLATE", "block_contents", "block_spans", "extract_perception"]

@@ -356,17 +356,22 @@ class VerifyRunner:
                         for j in w.chunk or []:
                             finish(j, (ERROR, None, body))
                         w.chunk = None
-            now = time.monotonic()
-            for i, w in enumerate(self._pool):
-                started = w.slot[0]
-                if w.chunk is not None and started > 0 and now - started > self.timeout_s:
-                    w.proc.kill()
-                    w.proc.wait(5)
-                    lost(i, TIMEOUT, f"timed out after {self.timeout_s:g} s")
-                elif not w.ready and now - w.t_start > START_TIMEOUT_S:
-                    self.close()
-                    raise RuntimeError(f"verify worker did not start within {START_TIMEOUT_S:g} s")
+            self._enforce_deadlines(lost)
         return results
+
+    def _enforce_deadlines(self, lost: Callable[[int, str, str], None]) -> None:
+        """Kill a worker whose current item ran past `timeout_s` (`lost` reschedules the rest of its chunk);
+        give up when a worker has not started within START_TIMEOUT_S."""
+        now = time.monotonic()
+        for i, w in enumerate(self._pool):
+            started = w.slot[0]
+            if w.chunk is not None and started > 0 and now - started > self.timeout_s:
+                w.proc.kill()
+                w.proc.wait(5)
+                lost(i, TIMEOUT, f"timed out after {self.timeout_s:g} s")
+            elif not w.ready and now - w.t_start > START_TIMEOUT_S:
+                self.close()
+                raise RuntimeError(f"verify worker did not start within {START_TIMEOUT_S:g} s")
 
     def _wake_in(self) -> float:
         """Seconds until the earliest deadline: a running item's timeout or a worker's start-up limit."""

@@ -36,31 +36,10 @@ import torch
 
 from credo.data import Example, Sample
 from credo.envs.base import Environment
+from credo.envs.blocks import PV_TEMPLATE as TEMPLATE  # the blindfolded prompt, shared with the scenes env
+from credo.envs.blocks import extract_perception
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.rollout.backend import GenerationRequest, Generator, SamplingParams, as_generator, make_generator
-
-TEMPLATE = (
-    "{question}\n"
-    "You cannot see the image. What was seen in it:\n{perception}\n"
-    "Give your final answer in <answer></answer> tags.\n"
-)
-
-
-def extract_perception(text: str, tag: str = "perception") -> str:
-    """All `<perception>…</perception>` blocks of `text`, stripped and joined by newlines.
-
-    Blocks are read by `envs.blocks.block_spans`, the same parser that labels perception tokens: a block ends
-    at its closing tag, at an opening tag of another kind, or (unclosed) at the end of the text.
-
-    >>> extract_perception("<perception>a red cube</perception><think>x</think><perception>2 balls")
-    'a red cube\\n2 balls'
-    >>> extract_perception("no perception here")
-    ''
-    """
-    from credo.envs.blocks import block_contents  # the parser the segment labels use: both read tags alike
-
-    parts = (p.strip() for b in block_contents(text, tag) for p in b.split(f"<{tag}>"))  # a repeated opening tag
-    return "\n".join(p for p in parts if p)
 
 
 def question_text(example: Example) -> str:

@@ -132,24 +132,33 @@ def evaluate(
             out.update(tool_eval_metrics(greedy, [bool(v.correct) for v in verdicts.scores]))
         if n_samples > 0 and pass_k:
             g = torch.Generator().manual_seed(seed)
-            params = SamplingParams(max_new_tokens, temperature=temperature)
-            sampled = roll(n_samples, params, g)
+            sampled = roll(n_samples, SamplingParams(max_new_tokens, temperature=temperature), g)
             verdicts = runner.run([(s.scored_text, examples[i // n_samples]) for i, s in enumerate(sampled)])
             errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
-            hits = torch.tensor([bool(v.correct) for v in verdicts.scores]).view(len(examples), n_samples)
-            n_correct = hits.sum(1)
-            answer_of = getattr(env, "answer_key", extract_answer)
-            votes = [_vote_classes([answer_of(s.text) for s in sampled[i * n_samples : (i + 1) * n_samples]],
-                                   hits[i].tolist()) for i in range(len(examples))]
-            for k in pass_k:
-                if k <= n_samples:
-                    out[f"eval/pass@{k}"] = float(pass_at_k_batch(n_correct, n_samples, k).mean())
-                    out[f"eval/maj@{k}"] = sum(maj_at_k(c, ok, k) for c, ok in votes) / len(examples)
+            out.update(sampled_metrics(env, sampled, [bool(v.correct) for v in verdicts.scores], n_samples, pass_k))
         out["eval/verify_errors"] = float(errors)
         out["eval/verify_timeouts"] = float(timeouts)
     finally:
         if own:
             runner.close()
+    return out
+
+
+def sampled_metrics(env: Environment, sampled: list, correct: list[bool], n_samples: int,
+                    pass_k: list[int]) -> dict[str, float]:
+    """`eval/pass@k` (Chen et al.'s unbiased estimator, `core.stats.pass_at_k_batch`) and `eval/maj@k`
+    (`core.stats.maj_at_k`) from `n_samples` consecutive samples per example and their verdicts."""
+    n_examples = len(sampled) // n_samples
+    hits = torch.tensor(correct).view(n_examples, n_samples)  # [N, n]
+    n_correct = hits.sum(1)
+    answer_of = getattr(env, "answer_key", extract_answer)
+    votes = [_vote_classes([answer_of(s.text) for s in sampled[i * n_samples : (i + 1) * n_samples]],
+                           hits[i].tolist()) for i in range(n_examples)]
+    out = {}
+    for k in pass_k:
+        if k <= n_samples:
+            out[f"eval/pass@{k}"] = float(pass_at_k_batch(n_correct, n_samples, k).mean())
+            out[f"eval/maj@{k}"] = sum(maj_at_k(c, ok, k) for c, ok in votes) / n_examples
     return out
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from credo.data import Example
 from credo.envs.base import Score
+from credo.envs.blocks import PV_TEMPLATE as TEMPLATE
 from credo.envs.scenes.attribution import attribute, attribution_metrics, judge_perception
 from credo.envs.scenes.claims import claim_scores, format_claims, parse_claims, perception_text
 from credo.envs.scenes.questions import FAMILIES, make_question
@@ -48,7 +49,6 @@ from credo.envs.scenes.scene import make_scene, perturb
 from credo.envs.scenes.solver import explain, format_answer, solve
 from credo.envs.verifiers.answer_tag import extract_answer
 from credo.envs.verifiers.typed import typed_key, verify_typed
-from credo.rewards.perception import TEMPLATE
 
 YESNO_FAMILIES = ("compare", "spatial", "exists")
 DEFAULT_INSTRUCTION = ("List the objects in <perception></perception>, reason in <think></think>, "
