@@ -12,7 +12,8 @@ from credo.data import collate  # noqa: E402
 from credo.models import load_policy, save_policy  # noqa: E402
 from credo.models.hf import HFPolicy, HFTokenizer, load_hf  # noqa: E402
 from credo.models.tiny_hf import make_tiny_hf  # noqa: E402
-from credo.rollout.sampler import SamplingParams, generate  # noqa: E402
+from credo.rollout.backend import GenerationRequest, SamplingParams  # noqa: E402
+from credo.rollout.native import NativeGenerator  # noqa: E402
 from credo.trainer.logprobs import sequence_logprobs  # noqa: E402
 
 ARCHS = ["qwen2", "llama"]
@@ -36,7 +37,9 @@ def test_load_gives_hf_policy_and_chat_prompt(hf_dir):
 @pytest.mark.parametrize("native", [True, False])
 def test_cached_step_matches_full_forward_with_left_padding(hf_dir, native):
     policy, tok = load_hf(hf_dir, native=native)
-    assert (policy.engine is not None) == native  # both tiny archs are Llama-family
+    gen = NativeGenerator(policy, tok)
+    assert (gen.engine is not None) == native  # both tiny archs are Llama-family
+    decoder = gen.decoder
     policy.eval()
     a, b = tok.encode_prompt("12+7=19 then"), tok.encode_prompt("3")
     P = max(len(a), len(b))
@@ -47,9 +50,9 @@ def test_cached_step_matches_full_forward_with_left_padding(hf_dir, native):
         mask[i, P - len(p):] = True
     nxt = torch.tensor([[5], [9]])
     with torch.no_grad():
-        cache = policy.new_cache(2, P + 1)
-        first = policy.step(ids, cache, mask)[:, -1]
-        second = policy.step(nxt, cache)[:, -1]
+        cache = decoder.new_cache(2, P + 1)
+        first = decoder.step(ids, cache, mask)[:, -1]
+        second = decoder.step(nxt, cache)[:, -1]
         for i, p in enumerate((a, b)):
             full = policy.forward(torch.tensor([p + [int(nxt[i])]]))[0]
             torch.testing.assert_close(first[i], full[-2], atol=1e-5, rtol=0)
@@ -66,9 +69,9 @@ def test_sampler_logprobs_equal_trainer_logprobs(hf_dir, temperature, top_p, nat
     prompts = [tok.encode_prompt(t) for t in ("1+1", "what is 17+25?", "first 3*4")] * 2
     g = torch.Generator().manual_seed(0)
     params = SamplingParams(max_new_tokens=24, temperature=temperature, top_p=top_p)
-    comps = generate(policy, prompts, params, tok.eos_ids, tok.pad_id, generator=g)
+    comps = [c for (c,) in NativeGenerator(policy, tok).generate([GenerationRequest(p) for p in prompts], params, g)]
     samples = [
-        Sample(example_id=str(i), group_id=i, prompt_ids=torch.tensor(c.prompt_ids), completion_ids=c.completion_ids,
+        Sample(example_id=str(i), group_id=i, prompt_ids=torch.tensor(prompts[i]), completion_ids=c.completion_ids,
                loss_mask=torch.ones(len(c.completion_ids)), segment_ids=torch.zeros(len(c.completion_ids)).long(),
                sampler_logprobs=c.logprobs, finish_reason=c.finish_reason, text="")
         for i, c in enumerate(comps)
@@ -104,18 +107,28 @@ def test_dtype_and_gradient_checkpointing_options(hf_dir):
         load_policy(hf_dir, ModelConfig(dtype="float8"))
 
 
-def test_native_engine_follows_trainer_updates(hf_dir):
-    """After an optimizer step on the Hugging Face model, the engine decodes with the new weights."""
+def test_native_engine_follows_trainer_updates_after_sync(hf_dir):
+    """After an optimizer step on the Hugging Face model, the engine decodes with the old weights until the loop's
+    explicit `sync_weights`, then with the new ones."""
     policy, tok = load_hf(hf_dir)
+    gen = NativeGenerator(policy, tok)
     ids = torch.tensor([tok.encode_prompt("7*8")])
+
+    def engine_logits():
+        with torch.no_grad():
+            return gen.decoder.step(ids, gen.decoder.new_cache(1, ids.shape[1]))[0, -1]
+
+    with torch.no_grad():
+        before = policy.forward(ids)[0, -1]
     opt = torch.optim.SGD(policy.parameters(), lr=0.5)
     policy.forward(ids).logsumexp(-1).mean().backward()
     opt.step()
     with torch.no_grad():
-        cache = policy.new_cache(1, ids.shape[1])
-        fast = policy.step(ids, cache)[0, -1]
-        slow = policy.forward(ids)[0, -1]
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+        after = policy.forward(ids)[0, -1]
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(engine_logits(), before, atol=1e-5, rtol=0)  # no implicit sync
+    gen.sync_weights(policy)
+    torch.testing.assert_close(engine_logits(), after, atol=1e-5, rtol=0)
 
 
 def test_unsupported_features_fall_back_to_generic_decoding(hf_dir):

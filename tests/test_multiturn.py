@@ -164,13 +164,12 @@ def test_vlm_crop_observation_images_in_placeholder_order_and_image_limit():
 
 
 def test_tool_use_metrics_split_accuracy():
-    from credo.data import Sample
+    from credo.data import Sample, Score
     from credo.rollout.multiturn import tool_use_metrics
 
-    def s(calls, ok):
+    def s(calls, ok):  # accuracy reads the verdict's `correct` (issue 12, kind 10)
         z = torch.zeros(1)
-        return Sample("e", 0, z.long(), z.long(), z, z.long(), z, "stop", n_tool_calls=calls,
-                      reward_parts={"outcome": ok})
+        return Sample("e", 0, z.long(), z.long(), z, z.long(), z, "stop", n_tool_calls=calls, verdict=Score(ok))
 
     m = tool_use_metrics([s(1, 1.0), s(2, 0.0), s(0, 1.0), s(0, 1.0)])
     assert m == {"tools/acc_with_tools": 0.5, "tools/acc_without_tools": 1.0, "tools/share_with_tools": 0.5}

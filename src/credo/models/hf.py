@@ -1,13 +1,15 @@
 """Hugging Face causal LMs as credo policies: `HFPolicy` (model) and `HFTokenizer` (tokenizer + chat template).
 
 Any `transformers` causal LM saved in a local directory loads with `load_hf(path)`; nothing is downloaded.
-The native sampler drives it step by step through `new_cache` / `step`, never through `generate`:
+The native generation backend (`rollout.native.NativeGenerator`) decodes it step by step, never through
+`generate`:
 
 - Llama-family models (llama, qwen2, mistral with default RoPE) decode on a native engine: a `TinyLM` with
-  grouped-query attention and SwiGLU whose weights are copied from the Hugging Face model whenever the
-  trainer has changed them (detected through the parameters' in-place version counters). This is the
-  inference-engine split of verl/OpenRLHF (trainer weights → rollout engine) inside one process.
-- Any other architecture decodes through the model's own forward and `DynamicCache`.
+  grouped-query attention and SwiGLU (`build_native_engine`) whose weights are copied from the Hugging Face model
+  by `copy_into_native`, at construction and at every `sync_weights` the loop calls after an update stage. This
+  is the inference-engine split of verl/OpenRLHF (trainer weights → rollout engine) inside one process.
+- Any other architecture decodes through the model's own forward and `DynamicCache` (`HFPolicy.new_cache` /
+  `step`, the `models.policy.Decoder` protocol).
 
 Either way the trainer recomputes log-probs with the Hugging Face model; tests hold the sampler's
 log-probs to the trainer's within 1e-4 for both paths. The trainer runs the decoder body (`hidden_states`)
@@ -33,7 +35,7 @@ from typing import Any
 
 import torch
 
-from credo.models.tiny import KVCache, TinyConfig, TinyLM
+from credo.models.tiny import TinyConfig, TinyLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -104,28 +106,65 @@ def plain_lm_head(model: Any) -> bool:
     return full.shape == split.shape and bool(torch.allclose(full, split, rtol=1e-4, atol=1e-4))
 
 
+def native_weight_map(engine: TinyLM) -> list[tuple[str, list[str]]]:
+    """(engine parameter, Hugging Face parameters concatenated into it) for a Llama-family model: q/k/v fuse into
+    `qkv`, gate/up into `up`; the output head is the input embedding when the model ties them."""
+    pairs = [("embed.weight", ["model.embed_tokens.weight"]), ("ln_f.weight", ["model.norm.weight"])]
+    if engine.head is not None:
+        pairs.append(("head.weight", ["lm_head.weight"]))
+    for i, blk in enumerate(engine.blocks):
+        h, e = f"model.layers.{i}.", f"blocks.{i}."
+        pairs += [
+            (e + "ln1.weight", [h + "input_layernorm.weight"]),
+            (e + "ln2.weight", [h + "post_attention_layernorm.weight"]),
+            (e + "qkv.weight", [h + f"self_attn.{x}_proj.weight" for x in "qkv"]),
+            (e + "proj.weight", [h + "self_attn.o_proj.weight"]),
+            (e + "up.weight", [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"]),
+            (e + "down.weight", [h + "mlp.down_proj.weight"]),
+        ]
+        if blk.qkv.bias is not None:
+            pairs.append((e + "qkv.bias", [h + f"self_attn.{x}_proj.bias" for x in "qkv"]))
+    return pairs
+
+
 @torch.no_grad()
 def copy_into_native(model: Any, engine: TinyLM) -> None:
-    """Copy a Llama-family Hugging Face model's weights into `engine` (fusing q/k/v and gate/up)."""
-    base = model.model
-    engine.embed.weight.copy_(base.embed_tokens.weight)
-    engine.ln_f.weight.copy_(base.norm.weight)
-    if engine.head is not None:
-        engine.head.weight.copy_(model.lm_head.weight)
-    for blk, layer in zip(engine.blocks, base.layers, strict=True):
-        att, mlp = layer.self_attn, layer.mlp
-        blk.ln1.weight.copy_(layer.input_layernorm.weight)
-        blk.ln2.weight.copy_(layer.post_attention_layernorm.weight)
-        blk.qkv.weight.copy_(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]))
-        if blk.qkv.bias is not None:
-            blk.qkv.bias.copy_(torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]))
-        blk.proj.weight.copy_(att.o_proj.weight)
-        blk.up.weight.copy_(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        blk.down.weight.copy_(mlp.down_proj.weight)
+    """Copy a Llama-family Hugging Face model's weights into `engine` (fusing q/k/v and gate/up), cast to the
+    engine's dtype. All or nothing: every engine parameter must receive a tensor and every model parameter must be
+    read (`native_weight_map`), with matching shapes, or RuntimeError is raised before anything is written."""
+    src = dict(model.named_parameters())  # tied weights appear once, under their first name
+    dst = dict(engine.named_parameters())
+    plan = native_weight_map(engine)
+    missing = [n for _, names in plan for n in names if n not in src]
+    unread = sorted(set(src) - {n for _, names in plan for n in names})
+    unwritten = sorted(set(dst) - {d for d, _ in plan})
+    if missing or unread or unwritten:
+        raise RuntimeError(f"native engine weight sync incomplete: model tensors missing {missing}, model tensors "
+                           f"not copied {unread}, engine tensors not written {unwritten}")
+    tensors = [(dst[d], [src[n] for n in names]) for d, names in plan]
+    bad = [d for (d, _), (t, parts) in zip(plan, tensors, strict=True)
+           if t.shape[0] != sum(p.shape[0] for p in parts) or any(p.shape[1:] != t.shape[1:] for p in parts)]
+    if bad:
+        raise RuntimeError(f"native engine weight sync: shapes differ for {bad}")
+    for t, parts in tensors:
+        t.copy_(parts[0] if len(parts) == 1 else torch.cat(parts))
+
+
+def build_native_engine(policy: HFPolicy) -> TinyLM | None:
+    """A native decoding engine (`TinyLM`) holding `policy`'s weights in its compute dtype, on its device; None when
+    the architecture has a feature the engine lacks (`native_config`)."""
+    cfg = native_config(policy.model.config)
+    if cfg is None:
+        return None
+    engine = TinyLM(cfg).to(device=policy.device, dtype=policy.compute_dtype).eval().requires_grad_(False)
+    copy_into_native(policy.model, engine)
+    return engine
 
 
 class HFPolicy(torch.nn.Module):
-    """A `transformers` causal LM behind the `Policy` protocol (see the module docstring)."""
+    """A `transformers` causal LM behind the `Policy` protocol, and the `Decoder` of architectures the native
+    engine does not cover (see the module docstring). `native_decode` tells the native backend whether to decode
+    on a `build_native_engine` copy (the `model.native_decode` option)."""
 
     def __init__(self, model: Any, native: bool = True, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -133,24 +172,7 @@ class HFPolicy(torch.nn.Module):
         p = next(model.parameters())
         self.compute_dtype = compute_dtype or p.dtype  # autocast dtype of the forward (the parameters' if none)
         self.chunkable = plain_lm_head(model)  # `output_logits(hidden_states(x))` equals `forward(x)`
-        cfg = native_config(model.config) if native else None
-        # kept out of the module tree: not trained, not in state_dict, not in .parameters()
-        self._engine: list[TinyLM] = []
-        if cfg is not None:
-            engine = TinyLM(cfg).to(device=p.device, dtype=self.compute_dtype)
-            self._engine.append(engine.eval().requires_grad_(False))
-        self._synced: int | None = None
-
-    @property
-    def engine(self) -> TinyLM | None:
-        """The native decoding engine, with the current weights, or None for the generic path."""
-        if not self._engine:
-            return None
-        version = sum(p._version for p in self.model.parameters())  # bumped by every in-place update
-        if version != self._synced:
-            copy_into_native(self.model, self._engine[0])
-            self._synced = version
-        return self._engine[0]
+        self.native_decode = native  # decode on a native engine copy when the architecture allows it
 
     @property
     def device(self) -> torch.device:
@@ -179,10 +201,8 @@ class HFPolicy(torch.nn.Module):
         with self.autocast():
             return self.model.get_output_embeddings()(hidden)
 
-    def new_cache(self, batch_size: int, max_len: int) -> HFCache | KVCache:
-        engine = self.engine
-        if engine is not None:
-            return engine.new_cache(batch_size, max_len)
+    def new_cache(self, batch_size: int, max_len: int) -> HFCache:
+        """An empty `DynamicCache` (it grows as `step` fills it; `max_len` is not needed)."""
         from transformers import DynamicCache
 
         return HFCache(
@@ -191,28 +211,28 @@ class HFPolicy(torch.nn.Module):
         )
 
     def step(
-        self, input_ids: torch.Tensor, cache: HFCache | KVCache, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, cache: HFCache, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Append `input_ids` [B, t] and return the logits of the LAST position only, [B, 1, V].
+        """Append `input_ids` [B, t] and return the logits of the LAST position only, [B, 1, V], computed in the
+        compute dtype as the trainer's forward is.
 
         Only the last position is computed: a prompt block over a real model's vocabulary (B × P × 150k
         floats) would otherwise dominate memory. The sampler reads only `[:, -1]`.
         """
-        if isinstance(cache, KVCache):
-            return self._engine[0].step(input_ids, cache, attention_mask, last_only=True)
         B, t = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones(B, t, dtype=torch.bool, device=input_ids.device)
         cache.mask = torch.cat([cache.mask, attention_mask.bool()], dim=1)
         positions = (cache.mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=cache.mask.long(),
-            position_ids=positions,
-            past_key_values=cache.past,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with self.autocast():
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=cache.mask.long(),
+                position_ids=positions,
+                past_key_values=cache.past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         cache.past = out.past_key_values
         return out.logits
 

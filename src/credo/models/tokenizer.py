@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+class Tokenizer(Protocol):
+    """What rollouts and generation backends need from a tokenizer (`CharTokenizer`, `VLMTokenizer`,
+    `models.hf.HFTokenizer`, `models.hf_vlm.HFVLMTokenizer`).
+
+    `encode(text)` gives ids without BOS; `encode_prompt(text)` frames a prompt as the policy expects (BOS + text, or
+    the chat template's user turn and generation prompt); `decode(ids)` drops special tokens by default; `pad_id` fills
+    batches; `eos_ids` lists every id that ends a completion. A vision tokenizer also has `with_images(ids, n_images)`
+    (checked with `hasattr`: vision is optional).
+    """
+
+    pad_id: int
+    eos_ids: list[int]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_prompt(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str: ...
 DEFAULT_CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
 
 
@@ -22,6 +43,7 @@ class CharTokenizer:
         self.itos: list[str] = list(SPECIALS) + list(chars)
         self.stoi: dict[str, int] = {c: i + len(SPECIALS) for i, c in enumerate(chars)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = 0, 1, 2, 3
+        self.eos_ids: list[int] = [self.eos_id]  # every id that ends a completion (the `Tokenizer` protocol)
 
     @property
     def vocab_size(self) -> int:

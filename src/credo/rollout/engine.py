@@ -1,18 +1,18 @@
-"""Turn `Example`s into `Sample`s: render and encode prompts, sample G completions each, decode."""
+"""Turn `Example`s into `Sample`s: render and encode prompts, sample G completions each through a `Generator`,
+decode."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
 from credo.data import SEGMENTS, Example, Sample
 from credo.envs.base import Environment
-from credo.models.policy import Policy
-from credo.rollout.sampler import SamplingParams, cut_at_stop_text, generate
+from credo.models.policy import Decoder
+from credo.models.tokenizer import Tokenizer
+from credo.rollout.backend import GenerationRequest, Generator, SamplingParams, as_generator
 
 
-def encode_prompt(tokenizer: Any, env: Environment, example: Example) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, env: Environment, example: Example) -> list[int]:
     """The rendered prompt's tokens as the tokenizer frames a prompt (BOS + text, or a chat template), with the
     tokenizer's image placeholders when the example has images."""
     ids = tokenizer.encode_prompt(env.render_prompt(example))
@@ -25,46 +25,36 @@ def encode_prompt(tokenizer: Any, env: Environment, example: Example) -> list[in
 
 
 def rollout(
-    policy: Policy,
-    tokenizer: Any,
+    generator: Generator | Decoder,
+    tokenizer: Tokenizer,
     env: Environment,
     examples: list[Example],
     group_size: int,
     params: SamplingParams,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     first_group_id: int = 0,
-    max_batch: int = 512,
 ) -> list[Sample]:
-    """`group_size` samples per example, one group id per example, decoded in batches of at most
-    `max_batch` rows (the KV cache grows with the batch: 512 rows keep a 1M-parameter model under 0.5 GB)."""
-    prompts = [encode_prompt(tokenizer, env, ex) for ex in examples for _ in range(group_size)]
-    stop_ids = [tokenizer.encode(s) for s in params.stop]
-    eos_ids = getattr(tokenizer, "eos_ids", tokenizer.eos_id)
-    images = [ex.images for ex in examples for _ in range(group_size)]
-    has_images = any(images)
-    completions = []
-    for i in range(0, len(prompts), max_batch):
-        chunk = prompts[i : i + max_batch]
-        imgs = images[i : i + max_batch] if has_images else None
-        completions += generate(policy, chunk, params, eos_ids, tokenizer.pad_id, stop_ids, generator, imgs)
-    if params.stop:
-        completions = [cut_at_stop_text(c, tokenizer.decode, params.stop) for c in completions]
+    """`group_size` samples per example (one request with n = group_size), one group id per example, in example
+    order. `generator`: the run's generation backend (a bare model is wrapped by `backend.as_generator`); `rng`:
+    the shared random stream of the sampling."""
+    gen = as_generator(generator, tokenizer)
+    requests = [GenerationRequest(encode_prompt(tokenizer, env, ex), ex.images, group_size) for ex in examples]
     samples = []
-    for i, c in enumerate(completions):
-        ex = examples[i // group_size]
-        n = len(c.completion_ids)
-        samples.append(
-            Sample(
-                example_id=ex.id,
-                group_id=first_group_id + i // group_size,
-                prompt_ids=torch.tensor(c.prompt_ids, dtype=torch.long),
-                completion_ids=c.completion_ids,
-                loss_mask=torch.ones(n),
-                segment_ids=torch.full((n,), SEGMENTS["reasoning"], dtype=torch.long),
-                sampler_logprobs=c.logprobs,
-                finish_reason=c.finish_reason,
-                text=tokenizer.decode(c.completion_ids.tolist()),
-                images=ex.images,
+    for g, (ex, req, outs) in enumerate(zip(examples, requests, gen.generate(requests, params, rng), strict=True)):
+        for c in outs:
+            n = len(c.completion_ids)
+            samples.append(
+                Sample(
+                    example_id=ex.id,
+                    group_id=first_group_id + g,
+                    prompt_ids=torch.tensor(req.prompt_ids, dtype=torch.long),
+                    completion_ids=c.completion_ids,
+                    loss_mask=torch.ones(n),
+                    segment_ids=torch.full((n,), SEGMENTS["reasoning"], dtype=torch.long),
+                    sampler_logprobs=c.logprobs,
+                    finish_reason=c.finish_reason,
+                    text=tokenizer.decode(c.completion_ids.tolist()),
+                    images=ex.images,
+                )
             )
-        )
     return samples

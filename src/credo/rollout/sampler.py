@@ -1,34 +1,30 @@
-"""The native batched sampler: KV-cached decoding for any `Policy`.
+"""The native batched sampler: KV-cached decoding of any `Decoder` (a model with `new_cache` / `step`).
 
 Prompts are left-padded into one [B, P] block and prefilled once; then every step appends one token per row.
-Returned log-probs are those of the sampling distribution before top-p truncation, log softmax(logits / T),
-which is exactly what the trainer recomputes (`trainer.logprobs`), so the two agree to float precision.
+Returned log-probs are those of the sampling distribution before top-k / top-p truncation, log softmax(logits / T),
+which is exactly what the trainer recomputes (`trainer.logprobs`), so the two agree to float precision. This is the
+kernel of the native generation backend (`rollout.native.NativeGenerator`); callers go through the backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from credo.models.policy import Policy
+from credo.models.policy import Decoder
+from credo.rollout.backend import SamplingParams
 
 
 @dataclass
-class SamplingParams:
-    max_new_tokens: int = 128  # hard cap on generated tokens per row
-    temperature: float = 1.0  # 0 means greedy (argmax); log-probs are then those of the raw logits
-    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with mass >= top_p
-    stop: tuple[str, ...] = ()  # stop strings; generation ends after the string's last token
+class Decoded:
+    """One row of a `generate` call."""
 
-
-@dataclass
-class Completion:
     prompt_ids: list[int]
-    completion_ids: torch.Tensor  # [C] long (includes EOS / the stop string when it ended the row)
+    completion_ids: torch.Tensor  # [C] long (includes EOS / the stop string's tokens when it ended the row)
     logprobs: torch.Tensor  # [C] float
     finish_reason: str  # "stop" (EOS or stop string) | "length"
+    prompt_logprobs: torch.Tensor | None = None  # [K] float: the prompt's last K tokens (`score_last`)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -38,6 +34,12 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def _top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Set to -inf every token below the k-th largest logit of its row (ties with it are kept)."""
+    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -51,9 +53,54 @@ def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return tok.clamp_(max=probs.shape[-1] - 1)  # u·total can round up to the last cdf value
 
 
+def _log_softmax_at(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature) [B, V]."""
+    return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded into ids [B, P] and their real-token mask [B, P] bool."""
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, P, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = True
+    return ids.to(dev), mask.to(dev)
+
+
+def _prefill(
+    decoder: Decoder, prompts: list[list[int]], score_last: list[int], pad_id: int, dev: torch.device, N: int,
+    images: list | None, lp_temperature: float,
+) -> tuple[object, torch.Tensor, torch.Tensor | None]:
+    """A new cache holding the prompts, the next-token logits [B, V], and the log-probs [B, K] of each row's last
+    k_i = `score_last[i]` prompt tokens (K = max k_i; row i's are its last k_i columns).
+
+    Without scoring (all k_i = 0) the prompts are left-padded into one block and fed at once. With scoring, each
+    row's head (all but its last k_i tokens, images included) is fed as one left-padded block, then the tails,
+    left-padded to K, one column at a time: a pad in a tail column is masked (decoders take interior padding) and
+    leaves the row's logits as they were, so each scored token is read from the logits after the row's previous
+    real token."""
+    K = max(score_last, default=0)
+    heads = [p[: len(p) - k] for p, k in zip(prompts, score_last, strict=True)]
+    ids, mask = _left_pad(heads, pad_id, dev)
+    cache = decoder.new_cache(len(prompts), ids.shape[1] + K + N)
+    kw = {} if images is None else {"images": images}
+    logits = decoder.step(ids, cache, mask, **kw)[:, -1].float()  # [B, V]
+    if K == 0:
+        return cache, logits, None
+    tails, tmask = _left_pad([p[len(p) - k :] for p, k in zip(prompts, score_last, strict=True)], pad_id, dev)
+    scored = []
+    for c in range(K):
+        scored.append(_log_softmax_at(logits, lp_temperature).gather(-1, tails[:, c : c + 1])[:, 0])  # [B]
+        nxt = decoder.step(tails[:, c : c + 1], cache, tmask[:, c : c + 1])[:, -1].float()
+        logits = torch.where(tmask[:, c : c + 1], nxt, logits)
+    return cache, logits, torch.stack(scored, 1)  # [B, K]
+
+
 @torch.inference_mode()
 def generate(
-    policy: Policy,
+    decoder: Decoder,
     prompts: list[list[int]],
     params: SamplingParams,
     eos_id: int | list[int],
@@ -61,41 +108,42 @@ def generate(
     stop_ids: list[list[int]] | None = None,
     generator: torch.Generator | None = None,
     images: list | None = None,
-) -> list[Completion]:
+    score_last: list[int] | None = None,
+) -> list[Decoded]:
     """Sample one completion per prompt. `eos_id` is one id or a list (any of them ends a row); `stop_ids` are
-    the token sequences of the stop strings; `images`, per row, the row's images (read once, at the prefill)."""
-    dev = next(iter(policy.parameters())).device
+    the token sequences of the stop strings; `images`, per row, the row's images (read once, at the prefill, their
+    placeholders outside the scored tail); `score_last[i]` = k: also return the log-probs of prompt i's last k
+    tokens (0 <= k < len(prompt i); `Decoded.prompt_logprobs` then holds K = max k values, row i's the last k)."""
+    dev = next(iter(decoder.parameters())).device
     eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=dev)
-    B = len(prompts)
-    P = max(len(p) for p in prompts)
-    N = params.max_new_tokens
-    ids = torch.full((B, P), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, P, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, P - len(p) :] = True
-    ids, mask = ids.to(dev), mask.to(dev)
-    cache = policy.new_cache(B, P + N)
-    prefill = policy.step(ids, cache, mask) if images is None else policy.step(ids, cache, mask, images=images)
-    logits = prefill[:, -1].float()  # [B, V]
+    B, N = len(prompts), params.max_new_tokens
+    greedy = params.temperature <= 0
+    sample_t = 1.0 if greedy else params.temperature  # greedy: log-probs of the raw logits
+    lp_t = sample_t if params.logprob_temperature is None else params.logprob_temperature
+    cache, logits, prompt_lp = _prefill(decoder, prompts, score_last or [0] * B, pad_id, dev, N, images, lp_t)
 
     out = torch.full((B, N), pad_id, dtype=torch.long, device=dev)
     out_lp = torch.zeros(B, N, device=dev)
     hits = torch.zeros(B, N, dtype=torch.bool, device=dev)  # token t is an EOS or ends a stop string
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     stops = [torch.tensor(s, dtype=torch.long, device=dev) for s in (stop_ids or []) if s]
-    greedy = params.temperature <= 0
     for t in range(N):
-        scaled = logits if greedy or params.temperature == 1.0 else logits / params.temperature
-        logp = scaled.log_softmax(-1)  # [B, V]: the returned log-probs, and the probs when nothing is cut
+        logp = _log_softmax_at(logits, sample_t)  # [B, V]: the sampling distribution before truncation
         if greedy:
-            tok = scaled.argmax(-1)
+            tok = logits.argmax(-1)
+        elif params.top_k > 0 or params.top_p < 1.0:
+            scaled = logits if sample_t == 1.0 else logits / sample_t
+            if params.top_k > 0:
+                scaled = _top_k_filter(scaled, params.top_k)
+            if params.top_p < 1.0:
+                scaled = _top_p_filter(scaled, params.top_p)
+            tok = _sample(scaled.softmax(-1), generator)
         else:
-            probs = _top_p_filter(scaled, params.top_p).softmax(-1) if params.top_p < 1.0 else logp.exp()
-            tok = _sample(probs, generator)
+            tok = _sample(logp.exp(), generator)
         tok = tok.masked_fill_(done, pad_id)
         out[:, t] = tok
-        out_lp[:, t] = logp.gather(-1, tok[:, None])[:, 0]
+        ret = logp if lp_t == sample_t else _log_softmax_at(logits, lp_t)
+        out_lp[:, t] = ret.gather(-1, tok[:, None])[:, 0]
         hit = (tok == eos) if len(eos) == 1 else torch.isin(tok, eos)
         for s in stops:
             L = len(s)
@@ -105,34 +153,29 @@ def generate(
         done |= hit
         if t == N - 1 or bool(done.all()):
             break
-        logits = policy.step(tok[:, None], cache)[:, -1].float()
+        logits = decoder.step(tok[:, None], cache)[:, -1].float()
+    return _rows(prompts, out, out_lp, hits, prompt_lp, N)
 
-    stopped = hits.any(1)  # a row ends at its first hit ("stop") or runs to the cap ("length")
+
+def _rows(
+    prompts: list[list[int]], out: torch.Tensor, out_lp: torch.Tensor, hits: torch.Tensor,
+    prompt_lp: torch.Tensor | None, N: int,
+) -> list[Decoded]:
+    """Each row cut at its first hit ("stop") or at the cap N ("length")."""
+    stopped = hits.any(1)
     length = torch.where(stopped, hits.int().argmax(1) + 1, N)
     out, out_lp, length, stopped = out.cpu(), out_lp.cpu(), length.cpu(), stopped.cpu()
+    prompt_lp = prompt_lp.float().cpu() if prompt_lp is not None else None
     results = []
-    for i in range(B):
+    for i in range(len(prompts)):
         n = int(length[i])
         results.append(
-            Completion(
+            Decoded(
                 prompt_ids=list(prompts[i]),
                 completion_ids=out[i, :n].clone(),
                 logprobs=out_lp[i, :n].clone(),
                 finish_reason="stop" if bool(stopped[i]) else "length",
+                prompt_logprobs=prompt_lp[i].clone() if prompt_lp is not None else None,
             )
         )
     return results
-
-
-def cut_at_stop_text(c: Completion, decode: Callable[[list[int]], str], stops: tuple[str, ...]) -> Completion:
-    """End `c` at the first token whose text completes a stop string.
-
-    The sampler stops on the stop strings' token sequences, which is exact for a character tokenizer; a BPE
-    tokenizer can spell the same text with other tokens (`"\n\n"` as one token or two), so the decoded text
-    is checked too and the completion cut after the shortest prefix that contains a stop string.
-    """
-    ids = c.completion_ids.tolist()
-    if not any(s in decode(ids) for s in stops):
-        return c
-    n = next(k for k in range(1, len(ids) + 1) if any(s in decode(ids[:k]) for s in stops))
-    return Completion(c.prompt_ids, c.completion_ids[:n].clone(), c.logprobs[:n].clone(), "stop")

@@ -1,0 +1,160 @@
+"""The native generation backend: credo's KV-cached batched sampler (`rollout.sampler`) behind the `Generator`
+protocol (`rollout.backend`).
+
+What decodes:
+- `TinyLM` / `TinyVLM`: the trainer's module itself (no copy; `sync_weights` has nothing to move).
+- Hugging Face Llama-family models (`model.native_decode`, the default): a native engine, a `TinyLM` copy of the
+  weights in the compute dtype (`models.hf.build_native_engine`); `sync_weights` copies the trainer's weights into
+  it, all tensors or none (`models.hf.copy_into_native`).
+- Any other model with `new_cache` / `step` (a `models.policy.Decoder`: other Hugging Face architectures through
+  their own cache, Qwen2-VL): the model itself.
+
+Requests are expanded into rows (a request's `n` rows side by side) and decoded in batches of at most `max_batch`
+rows (the KV cache grows with the batch: 512 rows keep a 1M-parameter model under 0.5 GB). Rows of requests without
+a seed share the `rng` of the call, drawn in row order exactly as the sampler always drew it, so a run that moved
+onto this backend keeps its random stream; a request with a seed is decoded in a batch of its own from
+`torch.Generator().manual_seed(seed)`. The decoder is put in eval mode while it decodes and its mode restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from credo.models.policy import Decoder
+from credo.models.tiny import KVCache, TinyLM
+from credo.models.tokenizer import Tokenizer
+from credo.rollout.backend import Completion, GenerationRequest, SamplingParams, cut_at_stop_text
+from credo.rollout.sampler import Decoded, generate
+
+
+class NativeGenerator:
+    """The native backend (module docstring). `policy` is the trainer's model, `tokenizer` its tokenizer.
+
+    `native`: decode a Hugging Face Llama-family model on a native engine copy (None: the policy's
+    `native_decode`, off for other models); `max_batch`: rows per decode batch; `max_len` / `image_size`: override
+    the model's (`policy.cfg.max_len`, `policy.cfg.image_size`; no limit / 48 when it has none).
+    Raises TypeError when neither the policy nor an engine for it can step-decode.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        tokenizer: Tokenizer,
+        *,
+        native: bool | None = None,
+        max_batch: int = 512,
+        max_len: int | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        self.policy, self.tokenizer, self.max_batch = policy, tokenizer, max_batch
+        cfg = getattr(policy, "cfg", None)
+        self.max_len: int | None = max_len if max_len is not None else getattr(cfg, "max_len", None)
+        self.image_size: int = image_size or getattr(cfg, "image_size", 48)
+        self.engine = None  # a separate copy of the weights that `sync_weights` refreshes, or None
+        if getattr(policy, "native_decode", False) if native is None else native:
+            from credo.models.hf import HFPolicy, build_native_engine
+
+            if isinstance(policy, HFPolicy):
+                self.engine = build_native_engine(policy)
+        self.decoder: Decoder = _LastPosition(self.engine) if self.engine is not None else policy
+        if not (callable(getattr(self.decoder, "new_cache", None)) and callable(getattr(self.decoder, "step", None))):
+            raise TypeError(f"{type(policy).__name__} cannot step-decode (no new_cache/step): the native backend "
+                            "cannot generate with it")
+
+    def sync_weights(self, policy: Any) -> None:
+        """Make the engine decode with `policy`'s current weights: copy them into the native engine (all tensors or
+        RuntimeError before any is written); nothing to do when the decoder is the policy's own module. A different
+        policy than the one this generator was built on raises ValueError (its module would be overwritten)."""
+        if policy is not self.policy:
+            raise ValueError("sync_weights: this generator was built on another policy object; build a new one")
+        if self.engine is not None:
+            from credo.models.hf import copy_into_native
+
+            copy_into_native(policy.model, self.engine)
+
+    def generate(
+        self, requests: list[GenerationRequest], params: SamplingParams, rng: torch.Generator | None = None
+    ) -> list[list[Completion]]:
+        """`result[i]`: `requests[i].n` completions (the `Generator` contract, `rollout.backend`)."""
+        rows = [r for r in requests for _ in range(r.n)]
+        for r in requests:
+            if not 0 <= r.prompt_logprobs < len(r.prompt_ids):
+                raise ValueError(f"prompt_logprobs={r.prompt_logprobs}: needs 0 <= k < len(prompt_ids) = "
+                                 f"{len(r.prompt_ids)}")
+        done: list[Completion | None] = [None] * len(rows)
+        with self._eval_mode():
+            for idx, g in self._batches(rows, rng):
+                for k, d in zip(idx, self._decode([rows[k] for k in idx], params, g), strict=True):
+                    done[k] = self._completion(d, rows[k], params)
+        out, k = [], 0
+        for r in requests:
+            out.append(done[k : k + r.n])
+            k += r.n
+        return out
+
+    def _batches(
+        self, rows: list[GenerationRequest], rng: torch.Generator | None
+    ) -> Iterator[tuple[list[int], torch.Generator | None]]:
+        """Row indices per decode batch and its random stream: unseeded rows in order, `max_batch` at a time, on
+        `rng`; then each seeded request's rows on their own stream."""
+        shared = [k for k, r in enumerate(rows) if r.seed is None]
+        for i in range(0, len(shared), self.max_batch):
+            yield shared[i : i + self.max_batch], rng
+        seeded: dict[int, list[int]] = {}
+        for k, r in enumerate(rows):
+            if r.seed is not None:
+                seeded.setdefault(id(r), []).append(k)
+        for idx in seeded.values():
+            yield idx, torch.Generator().manual_seed(rows[idx[0]].seed)
+
+    def _decode(
+        self, rows: list[GenerationRequest], params: SamplingParams, g: torch.Generator | None
+    ) -> list[Decoded]:
+        tok = self.tokenizer
+        images = [r.images for r in rows] if any(r.images for r in rows) else None
+        stop_ids = [tok.encode(s) for s in params.stop]
+        return generate(self.decoder, [list(r.prompt_ids) for r in rows], params, list(tok.eos_ids), tok.pad_id,
+                        stop_ids, g, images, [r.prompt_logprobs for r in rows])
+
+    def _completion(self, d: Decoded, r: GenerationRequest, params: SamplingParams) -> Completion:
+        k = r.prompt_logprobs
+        plp = d.prompt_logprobs[-k:].clone() if k and d.prompt_logprobs is not None else None
+        c = Completion(d.completion_ids, d.logprobs, d.finish_reason, plp)
+        return cut_at_stop_text(c, self.tokenizer.decode, params.stop)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """The decoder in eval mode (no dropout) while decoding; its mode restored after."""
+        module = self.decoder if isinstance(self.decoder, torch.nn.Module) else None
+        was = module.training if module is not None else False
+        if module is not None:
+            module.eval()
+        try:
+            yield
+        finally:
+            if module is not None:
+                module.train(was)
+
+
+class _LastPosition:
+    """The native engine as a `Decoder` whose `step` computes only the last position's logits [B, 1, V]: a prompt
+    block over a real model's vocabulary (B × P × 150k floats) would otherwise dominate memory."""
+
+    def __init__(self, engine: TinyLM) -> None:
+        self.engine = engine
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return self.engine.new_cache(batch_size, max_len)
+
+    def step(self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.engine.step(input_ids, cache, attention_mask, last_only=True)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.engine.parameters()
+
+
+__all__ = ["NativeGenerator"]

@@ -1,0 +1,144 @@
+"""The native generation backend (`rollout.native.NativeGenerator`): the random stream of the sampler kept draw for
+draw, per-request seeds, prompt log-probs and log-prob temperature in the trainer's convention, top-k, the
+explicit, all-or-nothing weight sync of the Hugging Face native engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from credo.data import Sample, collate
+from credo.models import build_policy
+from credo.rollout.backend import Completion, GenerationRequest, SamplingParams, as_generator, cut_at_stop_text
+from credo.rollout.native import NativeGenerator
+from credo.rollout.sampler import generate
+from credo.trainer.config import ModelConfig
+from credo.trainer.logprobs import sequence_logprobs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    policy, tok = build_policy(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=96))
+    return policy.eval(), tok
+
+
+def _prompts(tok):
+    return [tok.encode_prompt("12+7="), tok.encode_prompt("3*4-1=")]
+
+
+def test_requests_keep_the_samplers_random_stream(tiny):
+    """n samples per request, decoded max_batch rows at a time on the shared rng, give exactly the rows of the
+    sampler kernel called on the expanded prompts in the same chunks with the same seed."""
+    policy, tok = tiny
+    params = SamplingParams(20, temperature=1.0)
+    gen = NativeGenerator(policy, tok, max_batch=3)
+    outs = gen.generate([GenerationRequest(p, n=4) for p in _prompts(tok)], params, torch.Generator().manual_seed(7))
+    rows = [p for p in _prompts(tok) for _ in range(4)]
+    g = torch.Generator().manual_seed(7)
+    ref = [d for i in range(0, 8, 3) for d in generate(policy, rows[i : i + 3], params, tok.eos_ids, tok.pad_id, [], g)]
+    got = [c for per_request in outs for c in per_request]
+    assert [len(o) for o in outs] == [4, 4]
+    for c, d in zip(got, ref, strict=True):
+        assert torch.equal(c.completion_ids, d.completion_ids) and torch.equal(c.logprobs, d.logprobs)
+        assert c.finish_reason == d.finish_reason
+    assert len({tuple(c.completion_ids.tolist()) for c in got}) > 2  # it really sampled
+
+
+def test_a_seeded_request_draws_from_its_own_stream(tiny):
+    policy, tok = tiny
+    gen, params = NativeGenerator(policy, tok), SamplingParams(16, temperature=1.0)
+    a, b = _prompts(tok)
+    alone = gen.generate([GenerationRequest(a, n=2, seed=3)], params)[0]
+    mixed = gen.generate([GenerationRequest(b, n=3), GenerationRequest(a, n=2, seed=3)], params,
+                         torch.Generator().manual_seed(0))[1]
+    other = gen.generate([GenerationRequest(a, n=2, seed=4)], params)[0]
+    assert [c.completion_ids.tolist() for c in alone] == [c.completion_ids.tolist() for c in mixed]
+    assert [c.completion_ids.tolist() for c in alone] != [c.completion_ids.tolist() for c in other]
+
+
+def test_prompt_logprobs_and_logprob_temperature_are_the_trainers(tiny):
+    """Sampled at 1.0, returned at 0.7: completion and the prompts' last k tokens' log-probs equal the trainer's
+    recomputation at 0.7 (rows of different k in one batch)."""
+    policy, tok = tiny
+    params = SamplingParams(12, temperature=1.0, logprob_temperature=0.7)
+    prompts, ks = _prompts(tok), [3, 5]
+    requests = [GenerationRequest(p, prompt_logprobs=k) for p, k in zip(prompts, ks, strict=True)]
+    outs = NativeGenerator(policy, tok).generate(requests, params, torch.Generator().manual_seed(1))
+    samples = [Sample("x", 0, torch.tensor(p), c.completion_ids, torch.ones(len(c.completion_ids)),
+                      torch.ones(len(c.completion_ids)).long(), c.logprobs, c.finish_reason)
+               for p, (c,) in zip(prompts, outs, strict=True)]
+    batch = collate(samples, tok.pad_id)
+    with torch.no_grad():
+        lp, _ = sequence_logprobs(policy, batch.input_ids, 0.7)
+    for i, ((c,), p, k) in enumerate(zip(outs, prompts, ks, strict=True)):
+        P, C = len(p), len(c.completion_ids)
+        assert c.prompt_logprobs.shape == (k,)
+        torch.testing.assert_close(c.prompt_logprobs, lp[i, P - k : P], atol=1e-5, rtol=0)
+        torch.testing.assert_close(c.logprobs, lp[i, P : P + C], atol=1e-5, rtol=0)
+
+
+def test_top_k_one_is_greedy_with_untruncated_logprobs(tiny):
+    policy, tok = tiny
+    gen = NativeGenerator(policy, tok)
+    req = [GenerationRequest(p) for p in _prompts(tok)]
+    greedy = gen.generate(req, SamplingParams(10, temperature=0.0))
+    top1 = gen.generate(req, SamplingParams(10, temperature=1.0, top_k=1), torch.Generator().manual_seed(0))
+    for (g,), (t,) in zip(greedy, top1, strict=True):
+        assert torch.equal(g.completion_ids, t.completion_ids)
+        torch.testing.assert_close(g.logprobs, t.logprobs)  # log softmax(logits / 1), before truncation
+        assert (t.logprobs < 0).all()
+
+
+def test_as_generator_wraps_a_model_and_passes_a_generator_through(tiny):
+    policy, tok = tiny
+    gen = as_generator(policy, tok)
+    assert isinstance(gen, NativeGenerator) and gen.decoder is policy and gen.max_len == 96
+    assert as_generator(gen) is gen
+    with pytest.raises(ValueError, match="tokenizer"):
+        as_generator(policy)
+    with pytest.raises(ValueError, match="another policy"):
+        gen.sync_weights(build_policy(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64))[0])
+
+
+def test_text_level_stop_cut_for_bpe_spellings():
+    """A BPE tokenizer can spell a stop string with other tokens than the stop's own: the decoded text decides."""
+    vocab = {0: "a", 1: "\n", 2: "\n\n", 3: "b"}
+    c = Completion(torch.tensor([0, 1, 1, 3, 3]), torch.tensor([-1.0, -2, -3, -4, -5]), "length")
+    cut = cut_at_stop_text(c, lambda ids: "".join(vocab[i] for i in ids), ("\n\n",))
+    assert cut.completion_ids.tolist() == [0, 1, 1] and cut.logprobs.tolist() == [-1, -2, -3]
+    assert cut.finish_reason == "stop"
+
+
+# ---- the Hugging Face native engine: explicit, complete sync ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from credo.models.tiny_hf import make_tiny_hf
+
+    return make_tiny_hf(tmp_path_factory.mktemp("qwen2"), arch="qwen2", hidden_size=64, num_layers=2, num_heads=4,
+                        num_kv_heads=2, intermediate_size=128)
+
+
+def test_sync_that_would_miss_a_tensor_raises_and_writes_nothing(hf_dir):
+    from credo.models.hf import load_hf
+
+    policy, tok = load_hf(hf_dir)
+    gen = NativeGenerator(policy, tok)
+    before = {k: v.clone() for k, v in gen.engine.state_dict().items()}
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    policy.model.model.extra = torch.nn.Parameter(torch.zeros(3))  # a trainer tensor the engine has no place for
+    with pytest.raises(RuntimeError, match=r"not copied \['model.extra'\]"):
+        gen.sync_weights(policy)
+    assert all(torch.equal(before[k], v) for k, v in gen.engine.state_dict().items())  # nothing half-written
+    del policy.model.model.extra
+    gen.engine.register_parameter("stray", torch.nn.Parameter(torch.zeros(2)))  # an engine tensor nothing fills
+    with pytest.raises(RuntimeError, match=r"engine tensors not written \['stray'\]"):
+        gen.sync_weights(policy)
+    del gen.engine.stray
+    gen.sync_weights(policy)
+    assert torch.equal(gen.engine.embed.weight, policy.model.model.embed_tokens.weight)
