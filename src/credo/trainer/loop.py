@@ -26,6 +26,7 @@ from credo.envs.runner import VerifyRunner
 from credo.models import build_policy, load_policy, save_policy
 from credo.rewards.perception import make_reasoner
 from credo.rewards.terms import RewardModel, TermContext, term_weights
+from credo.rollout.backend import make_generator
 from credo.trainer import checkpoint as ckpt
 from credo.trainer import stages
 from credo.trainer.config import Config, to_dict
@@ -78,7 +79,7 @@ def _eval(ctx: stages.StepContext, step: int) -> dict[str, Any]:
     """Held-out evaluation record at `step` (the environment's own verdicts, `eval_runner`)."""
     cfg = ctx.cfg
     m = evaluate(
-        ctx.policy, ctx.tokenizer, ctx.env, ctx.test_examples, cfg.rl.max_new_tokens, cfg.eval.n_samples,
+        ctx.gen, ctx.tokenizer, ctx.env, ctx.test_examples, cfg.rl.max_new_tokens, cfg.eval.n_samples,
         cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=ctx.eval_runner,
         tools=tool_eval_from_config(cfg), extra_verifiers=tuple(cfg.eval.extra_verifiers),
     )
@@ -173,10 +174,12 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     opt = torch.optim.AdamW(
         policy.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay, betas=(0.9, 0.99), eps=cfg.rl.adam_eps
     )
+    gen = make_generator(cfg.rollout.backend, policy, tok, max_batch=cfg.rollout.max_batch)
     ctx = stages.StepContext(
-        cfg=cfg, env=env, policy=policy, tokenizer=tok, generator=g, stream=stream, train_examples=train_examples,
-        test_examples=test_examples, by_id={e.id: e for e in train_examples}, runner=runner, eval_runner=eval_runner,
-        reward_model=_reward_model(cfg, env, policy, tok), timers=Timers(),
+        cfg=cfg, env=env, policy=policy, tokenizer=tok, gen=gen, generator=g, stream=stream,
+        train_examples=train_examples, test_examples=test_examples, by_id={e.id: e for e in train_examples},
+        runner=runner, eval_runner=eval_runner,
+        reward_model=_reward_model(cfg, env, gen, tok), timers=Timers(),
     )
     ctx.providers = stages.make_providers(ctx)
     ctx.selector = stages.SELECTORS["ssr" if cfg.rl.ssr else "group"](ctx)
@@ -195,11 +198,11 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     return run
 
 
-def _reward_model(cfg: Config, env: Any, policy: Any, tok: Any) -> RewardModel:
+def _reward_model(cfg: Config, env: Any, gen: Any, tok: Any) -> RewardModel:
     """The enabled reward terms (`rewards.terms.term_weights`), with MoCA's blindfolded reasoner when PV is on."""
     reasoner = None
     if cfg.reward.perception > 0:
-        reasoner = make_reasoner(cfg.reward.perception_reasoner, env, policy, tok, cfg.model,
+        reasoner = make_reasoner(cfg.reward.perception_reasoner, env, gen, tok, cfg.model,
                                  cfg.reward.perception_reasoner_tokens)
         if cfg.reward.perception_reasoner == "policy":
             print("perception verification: the blindfolded reasoner is the live policy itself (the paper uses a "
@@ -223,6 +226,8 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
                                          cfg.rethink.nll_coef)
         else:  # nothing survived selection: no update this step (not a failure)
             loss_metrics = {"loss/optimizer_steps": 0.0, "loss/skipped": 0.0, "loss/empty_batch": 1.0}
+    with ctx.timers("sync"):  # the engine decodes with the updated weights from the next rollout on
+        ctx.gen.sync_weights(ctx.policy)
     n_used = len(batch) if batch is not None else 0
     return {
         "phase": "rl", "step": step + 1, **record, **loss_metrics,

@@ -49,6 +49,7 @@ class StepContext:
     env: Any
     policy: Any
     tokenizer: Any
+    gen: Any  # rollout.backend.Generator on the policy: every rollout, rethink, evaluation and PV reasoner
     generator: torch.Generator
     stream: Any  # loop.PromptStream
     train_examples: list
@@ -84,13 +85,13 @@ def rollout_stage(ctx: StepContext, n_prompts: int, first_group: int, record: di
     ctx.policy.eval()
     if cfg.rl.multiturn:  # tool calls executed between turns; observations get loss_mask 0
         tools = {name: TOOLS[name] for name in cfg.rl.tools}
-        samples, m = multiturn_rollout(ctx.policy, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g,
+        samples, m = multiturn_rollout(ctx.gen, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g,
                                        cfg.rl.max_turns, cfg.rl.max_images, tools, first_group)
         merge(record, m)
     else:
-        samples = rollout(ctx.policy, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g, first_group)
+        samples = rollout(ctx.gen, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g, first_group)
     if cfg.rethink.enabled:
-        samples, m = forced_rethink(ctx.policy, ctx.tokenizer, ctx.env, samples, ctx.by_id, cfg.rethink, params, g,
+        samples, m = forced_rethink(ctx.gen, ctx.tokenizer, ctx.env, samples, ctx.by_id, cfg.rethink, params, g,
                                     runner=ctx.eval_runner)
         merge(record, m)
     if cfg.rl.segments:  # perception / reasoning / answer labels from the completion's tags
