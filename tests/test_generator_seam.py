@@ -131,7 +131,7 @@ def test_multiturn_call_observation_answer_through_the_seam(scripted):
     assert s.n_tool_calls == 1 and s.finish_reason == "stop" and m["tools/turns"] == 2.0
     (first, p1), (second, p2) = gen.calls
     assert "</tool_call>" in p1.stop and second[0].prompt_ids == first[0].prompt_ids + call + obs  # token-in/out
-    assert scored_text(s, TOK) == "I am not sure."
+    assert scored_text(s, TOK) == s.policy_text == s.scored_text == "I am not sure."  # what the verifier reads
     assert verify_numeric(scored_text(s, TOK), 391).value == 0.0
     assert verify_numeric(s.text, 391).value == 1.0  # the trap: the observation holds the right number
 
@@ -157,6 +157,26 @@ def test_forced_rethink_through_the_seam(scripted):
         assert s.sampler_logprobs.tolist() == [LOGPROB] * 18 + [PROMPT_LOGPROB] * 6 + [LOGPROB] * len(tail)
         assert s.loss_mask.eq(1).all()
     assert (m["rethink/rate"], m["rethink/accepted"], m["rethink/acc_before"], m["rethink/acc_after"]) == (1, 1, 0, 1)
+    assert all(s.policy_text is None and s.scored_text == s.text for s in new)  # no observation: the whole text
+
+
+def test_forced_rethink_of_a_multiturn_sample_keeps_its_observation_unscored(scripted):
+    def reply(prompt: str, k: int) -> str:
+        if prompt.endswith("Wait"):
+            return ", the tool said so."
+        return "I am not sure." if "<observation>" in prompt else CALL
+
+    gen = scripted(reply)
+    env = CalcEnv()
+    ex = env.examples("train")[0]
+    samples, _ = multiturn_rollout(gen, TOK, env, [ex], 1, SamplingParams(200), max_turns=3,
+                                   tools={"calculator": TOOLS["calculator"]})
+    cfg = RethinkConfig(enabled=True, triggers=["\n\nWait"] * 4, skip_prob=0.0, truncate_prob=0.0, reserve_tokens=8,
+                        min_continuation=0, require_correct=False)
+    (new,), _ = forced_rethink(gen, TOK, env, samples, {ex.id: ex}, cfg, SamplingParams(200))
+    assert new.rethought and "391" in new.text  # the observation is still in the trajectory ...
+    assert new.scored_text == "I am not sure.\n\nWait, the tool said so."  # ... but not in what is scored
+    assert verify_numeric(new.scored_text, 391).value == 0.0
 
 
 def test_policy_pv_reasoner_through_the_seam(scripted):

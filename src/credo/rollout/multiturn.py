@@ -33,7 +33,6 @@ wording) and is counted; it never ends the rollout.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +45,8 @@ from credo.models.policy import Decoder
 from credo.models.tokenizer import Tokenizer
 from credo.rollout.backend import Completion, GenerationRequest, Generator, SamplingParams, as_generator
 from credo.rollout.engine import encode_prompt
-from credo.rollout.tool_turns import (  # noqa: F401  (parse_tool_call … observation_tokens: re-exported)
+from credo.rollout.tool_turns import (  # noqa: F401  (parse_tool_call … scored_text: re-exported)
+    ANSWER_MARKERS,
     CALL_END,
     CALL_START,
     DISABLED,
@@ -58,7 +58,11 @@ from credo.rollout.tool_turns import (  # noqa: F401  (parse_tool_call … obser
     image_placeholders,
     observation_tokens,
     parse_tool_call,
+    policy_text,
+    policy_turns,
     run_tool,
+    scored_text,
+    strip_tool_calls,
 )
 
 
@@ -196,7 +200,8 @@ def _add_observation(t: _Trajectory, res: TurnResult, model_len: int | None, max
 
 
 def _sample(t: _Trajectory, tokenizer: Tokenizer) -> Sample:
-    return Sample(
+    """The trajectory as a `Sample`; `policy_text` holds what the verifier reads (observations left out)."""
+    s = Sample(
         example_id=t.example.id,
         group_id=t.group_id,
         prompt_ids=torch.tensor(t.prompt_ids, dtype=torch.long),
@@ -210,6 +215,8 @@ def _sample(t: _Trajectory, tokenizer: Tokenizer) -> Sample:
         n_tool_calls=t.n_calls,
         n_tool_errors=t.n_malformed,
     )
+    s.policy_text = policy_text(s, tokenizer)
+    return s
 
 
 def _metrics(trajs: list[_Trajectory]) -> dict[str, float]:
@@ -297,48 +304,3 @@ def tool_use_metrics(samples: list[Sample]) -> dict[str, float]:
         "tools/acc_without_tools": acc(unused),
         "tools/share_with_tools": len(used) / n,
     }
-
-
-# ---- what the verifier reads (issue 12, kind 4) ------------------------------------------------------------
-
-ANSWER_MARKERS = ("<answer>", "\\boxed")  # a tagged answer: the answer tag, or a boxed answer (math)
-_CALL_BLOCK = re.compile(re.escape(CALL_START) + r".*?(?:" + re.escape(CALL_END) + r"|\Z)", re.DOTALL)
-
-
-def policy_turns(sample: Sample, tokenizer: Tokenizer) -> list[str]:
-    """The decoded text of each maximal run of completion tokens not labelled `observation`, in order: the policy's
-    turns of a multi-turn trajectory (one turn for a single-turn sample)."""
-    runs: list[list[int]] = [[]]
-    for tok, seg in zip(sample.completion_ids.tolist(), sample.segment_ids.tolist(), strict=True):
-        if seg == SEGMENTS["observation"]:
-            if runs[-1]:
-                runs.append([])
-        else:
-            runs[-1].append(tok)
-    return [tokenizer.decode(r) for r in runs if r]
-
-
-def strip_tool_calls(text: str) -> str:
-    """`text` without its `<tool_call>…</tool_call>` blocks (an unclosed one runs to the end).
-
-    >>> strip_tool_calls('so <tool_call>{"name": "calculator", "arguments": {"expression": "17*23"}}</tool_call> hm')
-    'so  hm'
-    """
-    return _CALL_BLOCK.sub("", text)
-
-
-def scored_text(sample: Sample, tokenizer: Tokenizer) -> str:
-    """The text the verifier reads: only what the policy wrote (DESIGN.md, reliability; issue 12, kind 4).
-
-    A sample without observations is scored on its whole `text`. With observations (a multi-turn trajectory that
-    called a tool): when a policy turn holds a tagged answer (`ANSWER_MARKERS`), the policy turns joined by newlines,
-    observations removed, so an answer tag inside an observation is never read; otherwise the last policy turn with
-    its tool-call blocks removed, so neither an observation's numbers nor a call's arguments (`17*23`) are read as
-    an untagged answer.
-    """
-    if not bool((sample.segment_ids == SEGMENTS["observation"]).any()):
-        return sample.text
-    turns = policy_turns(sample, tokenizer)
-    if any(m in t for t in turns for m in ANSWER_MARKERS):
-        return "\n".join(turns)
-    return strip_tool_calls(turns[-1]) if turns else ""

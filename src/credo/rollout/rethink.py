@@ -58,6 +58,7 @@ from credo.rollout.rethink_rules import (  # noqa: F401  (the rules are re-expor
     truncate_before_last_answer,
     truncate_text,
 )
+from credo.rollout.tool_turns import policy_text
 
 
 @dataclass
@@ -149,11 +150,11 @@ def _join(samples: list[Sample], rows: list[_Row], continuations: list[Completio
     return out
 
 
-def _rethought(s: Sample, r: _Row, j: _Joined, cfg: Any) -> Sample:
+def _rethought(s: Sample, r: _Row, j: _Joined, cfg: Any, tokenizer: Tokenizer) -> Sample:
     """The round-0 sample `s` replaced by its accepted rethink (rewards unset: score after this)."""
     n_new = len(r.trigger) + len(j.cont)
     trigger_mask = torch.full((len(r.trigger),), 1.0 if cfg.train_trigger else 0.0)
-    return dataclasses.replace(
+    new = dataclasses.replace(
         s,
         completion_ids=j.ids,
         loss_mask=torch.cat([s.loss_mask[: r.keep].float(), trigger_mask, torch.ones(len(j.cont))]),
@@ -165,6 +166,8 @@ def _rethought(s: Sample, r: _Row, j: _Joined, cfg: Any) -> Sample:
         reward_parts={},
         rethought=True,
     )
+    new.policy_text = policy_text(new, tokenizer)  # a multi-turn sample's kept observations stay unscored
+    return new
 
 
 def forced_rethink(
@@ -221,7 +224,7 @@ def forced_rethink(
             drops[reason] = drops.get(reason, 0) + 1
             continue
         per_group[s.group_id] = per_group.get(s.group_id, 0) + 1
-        out[r.i] = _rethought(s, r, j, cfg)
+        out[r.i] = _rethought(s, r, j, cfg, tokenizer)
         n_accepted += 1
     metrics = _metrics(out, [correct0[r.i] for r in rows], correct1, n_accepted, n_truncated, drops)
     metrics["verify/errors"] = float(counts.get("errors", 0))

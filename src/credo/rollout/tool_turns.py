@@ -1,5 +1,6 @@
 """One tool turn of a multi-turn rollout: parse the call a policy turn ends with, run the tool, format its
-observation as tokens (`execute_turn`), and label the turn's tokens (`call_segments`).
+observation as tokens (`execute_turn`), and label the turn's tokens (`call_segments`); and what a verifier reads of
+a trajectory with tool turns (`scored_text`: only what the policy wrote, issue 12 kind 4).
 
 The call format (Pixel Reasoner, Qwen style) and the observation block are described in `rollout.multiturn`, which
 drives these pieces; the multi-turn SFT builder (`multiturn.reference_trajectory`) uses the same `execute_turn`, so
@@ -9,10 +10,11 @@ rollouts and SFT rows agree token for token.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from credo.data import SEGMENTS
+from credo.data import SEGMENTS, Sample
 from credo.envs.tools import Observation, Tool, ToolContext, ToolError
 from credo.models.tokenizer import Tokenizer
 
@@ -149,3 +151,56 @@ def execute_turn(
         obs, valid = Observation(f"Execution error:\n{e}\n"), False
         ids = observation_tokens(tokenizer, obs)
     return TurnResult(obs, ids, valid, image_limited=limited)
+
+
+# ---- what the verifier reads (issue 12, kind 4) ------------------------------------------------------------
+
+ANSWER_MARKERS = ("<answer>", "\\boxed")  # a tagged answer: the answer tag, or a boxed answer (math)
+_CALL_BLOCK = re.compile(re.escape(CALL_START) + r".*?(?:" + re.escape(CALL_END) + r"|\Z)", re.DOTALL)
+
+
+def policy_turns(sample: Sample, tokenizer: Tokenizer) -> list[str]:
+    """The decoded text of each maximal run of completion tokens not labelled `observation`, in order: the policy's
+    turns of a multi-turn trajectory (one turn for a single-turn sample)."""
+    runs: list[list[int]] = [[]]
+    for tok, seg in zip(sample.completion_ids.tolist(), sample.segment_ids.tolist(), strict=True):
+        if seg == SEGMENTS["observation"]:
+            if runs[-1]:
+                runs.append([])
+        else:
+            runs[-1].append(tok)
+    return [tokenizer.decode(r) for r in runs if r]
+
+
+def strip_tool_calls(text: str) -> str:
+    """`text` without its `<tool_call>…</tool_call>` blocks (an unclosed one runs to the end).
+
+    >>> strip_tool_calls('so <tool_call>{"name": "calculator", "arguments": {"expression": "17*23"}}</tool_call> hm')
+    'so  hm'
+    """
+    return _CALL_BLOCK.sub("", text)
+
+
+def scored_text(sample: Sample, tokenizer: Tokenizer) -> str:
+    """The text the verifier reads: only what the policy wrote (DESIGN.md, reliability; issue 12, kind 4).
+
+    A sample without observations is scored on its whole `text`. With observations (a multi-turn trajectory that
+    called a tool): when a policy turn holds a tagged answer (`ANSWER_MARKERS`), the policy turns joined by newlines,
+    observations removed, so an answer tag inside an observation is never read; otherwise the last policy turn with
+    its tool-call blocks removed, so neither an observation's numbers nor a call's arguments (`17*23`) are read as
+    an untagged answer.
+    """
+    if not bool((sample.segment_ids == SEGMENTS["observation"]).any()):
+        return sample.text
+    turns = policy_turns(sample, tokenizer)
+    if any(m in t for t in turns for m in ANSWER_MARKERS):
+        return "\n".join(turns)
+    return strip_tool_calls(turns[-1]) if turns else ""
+
+
+def policy_text(sample: Sample, tokenizer: Tokenizer) -> str | None:
+    """What a rollout stores in `Sample.policy_text` (read by `Sample.scored_text`, the verifier's input):
+    `scored_text` when the completion holds observations, None otherwise (the verifier then reads `text`)."""
+    if not bool((sample.segment_ids == SEGMENTS["observation"]).any()):
+        return None
+    return scored_text(sample, tokenizer)

@@ -3,6 +3,7 @@ rollouts) or with tools forbidden, and tool-use metrics."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 from credo.core.stats import maj_at_k, pass_at_k_batch
-from credo.data import Example
+from credo.data import Example, Sample
 from credo.envs.base import Environment, sample_metrics
 from credo.envs.runner import VerifyRunner
 from credo.envs.tools import TOOLS, Tool
@@ -109,14 +110,8 @@ def evaluate(
     own = runner is None
     if runner is None:  # started before the rollouts, so the workers' start-up overlaps with generation
         runner = VerifyRunner(env.verify, workers=workers, timeout_s=timeout_s)
-    gen = as_generator(generator, tokenizer)
+    roll = functools.partial(_rollouts, as_generator(generator, tokenizer), tokenizer, env, examples, tools)
     try:
-        def roll(group: int, params: SamplingParams, g: torch.Generator | None = None) -> list:
-            if tools is None:
-                return rollout(gen, tokenizer, env, examples, group, params, g)
-            return multiturn_rollout(gen, tokenizer, env, examples, group, params, g, tools.max_turns,
-                                     tools.max_images, tools.tools, tools_enabled=tools.enabled)[0]
-
         greedy = roll(1, SamplingParams(max_new_tokens, temperature=0.0))
         verdicts = runner.run([(s.scored_text, ex) for s, ex in zip(greedy, examples, strict=True)])
         errors, timeouts = verdicts.errors, verdicts.timeouts
@@ -142,6 +137,15 @@ def evaluate(
         if own:
             runner.close()
     return out
+
+
+def _rollouts(gen: Generator, tokenizer: Any, env: Environment, examples: list[Example], tools: ToolEval | None,
+              group: int, params: SamplingParams, g: torch.Generator | None = None) -> list[Sample]:
+    """`group` rollouts per example through `gen`: multi-turn with `tools` when given, else single-turn."""
+    if tools is None:
+        return rollout(gen, tokenizer, env, examples, group, params, g)
+    return multiturn_rollout(gen, tokenizer, env, examples, group, params, g, tools.max_turns, tools.max_images,
+                             tools.tools, tools_enabled=tools.enabled)[0]
 
 
 def sampled_metrics(env: Environment, sampled: list, correct: list[bool], n_samples: int,
