@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from credo.data import Batch
 from credo.models.tiny import TinyConfig, TinyLM
 from credo.trainer.config import RLConfig
 from credo.trainer.logprobs import sequence_logprobs
-from credo.trainer.update import n_microbatches, policy_update, recompute_old_logprobs
+from credo.trainer.update import n_microbatches, policy_update, recompute_old_logprobs, return_freed_memory
 
 V = 40
 
@@ -157,3 +158,9 @@ def test_logprob_diff_hand_computed():
     assert float(k3) == pytest.approx((math.exp(0.5) - 1.0 - 0.5) / 2)  # r = e^{0.5}, then r = 1
     empty = logprob_diff(lp, sampler, torch.zeros(1, 3))
     assert float(empty[0]) == 0.0 and float(empty[1]) == 0.0
+
+
+def test_return_freed_memory_applies_on_glibc_once():
+    applied = return_freed_memory()
+    assert applied == sys.platform.startswith("linux")  # mallopt returns 1 on success
+    assert return_freed_memory() is applied  # cached: set once per process

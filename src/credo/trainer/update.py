@@ -9,12 +9,18 @@ Memory and work, decided the same way on every rank (so that data-parallel ranks
   neither a backward pass nor an optimizer step (a zero-gradient AdamW step would still move the weights by its
   momentum), counted in `loss/skipped_zero_adv`.
 - Log-probs are scored on the trained tokens only, with the LM head in chunks (`trainer.logprobs`).
+- On glibc (Linux), large buffers are always mmapped and unmapped when freed (`return_freed_memory`): with its
+  default the threshold rises to 32 MiB after the first free, so a step's activations (~16 MiB tensors for a 135M
+  model) stay in the heap, fragmented: SmolLM2-135M, 64 rows × 109 tokens, peak RSS 5.8 GB → 2.9 GB (fused AdamW).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import math
+import sys
 from collections.abc import Callable
 
 import torch
@@ -43,6 +49,22 @@ def _warmup(optimizer: torch.optim.Optimizer, cfg: RLConfig) -> None:
     scale = min(1.0, (done + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr * scale
+
+
+@functools.cache
+def return_freed_memory(threshold: int = 128 * 1024) -> bool:
+    """Fix glibc's mmap threshold at `threshold` bytes (its initial value) so that every larger buffer is mmapped
+    and given back to the system when freed, instead of the threshold growing to 32 MiB and large tensors
+    fragmenting the heap (mallopt M_MMAP_THRESHOLD; the same as MALLOC_MMAP_THRESHOLD_ in the environment).
+    Process-wide, once; returns whether it was applied (False off glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_MMAP_THRESHOLD = -3  # malloc.h
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def n_microbatches(rows: int, padded_len: int, max_tokens: int) -> int:
@@ -200,6 +222,7 @@ def policy_update(
     auxiliary loss on positive rethinking samples); `planning_mask` splits the logged token entropy into planning
     and execution tokens (HICRA's diagnostic).
     """
+    return_freed_memory()
     params = LossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, clip_ratio_c=cfg.clip_ratio_c)
     B = len(batch)
     device = next(iter(policy.parameters())).device
