@@ -31,13 +31,15 @@ N_PROMPTS, GROUP, NEW_TOKENS, LR = 8, 8, 64, 1e-6
 def rollout_race(model_dir: Path, prompts: list[str]) -> tuple[float, float]:
     """Tokens/s of credo's sampler and of `generate` on the same rows."""
     from credo.models.hf import load_hf
+    from credo.rollout.native import NativeGenerator
     from credo.rollout.sampler import SamplingParams, generate
 
     policy, tok = load_hf(model_dir)
     policy.eval()
+    decoder = NativeGenerator(policy, tok).decoder  # the native engine (Qwen2 is Llama-family); EOS off below
     rows = [tok.encode_prompt(p) for p in prompts for _ in range(GROUP)]
     g = torch.Generator().manual_seed(0)
-    credo_s = best_of(lambda: generate(policy, rows, SamplingParams(NEW_TOKENS, 1.0), [-1], tok.pad_id, generator=g),
+    credo_s = best_of(lambda: generate(decoder, rows, SamplingParams(NEW_TOKENS, 1.0), [-1], tok.pad_id, generator=g),
                       repeats=3)
     P = max(map(len, rows))
     ids = torch.full((len(rows), P), tok.pad_id)
