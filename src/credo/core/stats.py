@@ -5,6 +5,8 @@ Masks are 0/1 tensors (bool or float) broadcastable to the data; a zero count gi
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -84,6 +86,21 @@ def logprob_diff(logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor) -> tu
     log_r = delta.clamp(-20.0, 20.0)  # [B, T]
     k3 = torch.exp(log_r) - 1.0 - log_r  # [B, T]
     return masked_mean(delta.abs(), mask), masked_mean(k3, mask)
+
+
+def truncated_is_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling (TIS) weights of the sampled tokens: w = min(π_old / π_sampler, C), with π_old
+    the trainer's recomputed log-probs and π_sampler the rollout engine's (Yao et al. 2025, "Your efficient RL
+    framework secretly brings you off-policy RL training"; verl ``rollout_is``, TRL ``vllm_importance_sampling_cap``).
+    Multiplying each token's policy loss by w corrects the gradient for the engine/trainer mismatch; the cap bounds
+    the variance. Computed as exp(min(log π_old − log π_sampler, log C)), so no ratio overflows.
+
+    Shapes: old_logprobs, sampler_logprobs [B, T] → weights [B, T] (detached, > 0). Raises ValueError for C ≤ 0.
+    """
+    if cap <= 0:
+        raise ValueError(f"TIS cap must be > 0, got {cap}")
+    log_ratio = (old_logprobs.detach() - sampler_logprobs.detach()).clamp(max=math.log(cap))  # [B, T]
+    return torch.exp(log_ratio)  # [B, T]
 
 
 def _check_pass_at_k_args(n: int, k: int) -> None:

@@ -109,6 +109,7 @@ class RLConfig:
     overlong_cache: int = 0  # DAPO soft overlong punishment window L_cache, tokens (0 = off; paper 4096 of 20480)
     hicra_alpha: float = 0.2  # HICRA planning-token amplification α (rl.credit = "hicra"; paper: 0.2)
     hicra_refresh: int = 10  # HICRA: steps between re-mining strategic grams from correct rollouts (0: seeds only)
+    tis_cap: float = 0.0  # truncated importance sampling: token loss × min(π_old/π_sampler, C=tis_cap); 0: off
     hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
     hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
     mask_truncated: bool = False  # leave completions cut at max_new_tokens out of the loss (DAPO overlong filter,

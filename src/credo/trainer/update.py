@@ -29,7 +29,7 @@ from credo.analysis.strategic_grams import entropy_split
 from credo.core.aggregation import aggregate
 from credo.core.kl import KL_ESTIMATORS
 from credo.core.losses import LOSSES, LossParams
-from credo.core.stats import logprob_diff, masked_mean
+from credo.core.stats import logprob_diff, masked_mean, truncated_is_weights
 from credo.data import Batch
 from credo.models.policy import Policy
 from credo.rollout.rethink import rethink_nll_loss
@@ -214,9 +214,11 @@ def policy_update(
     signal (`has_signal`) is skipped without a forward pass, counted in `loss/skipped_zero_adv`.
 
     π_old: the sampler's log-probs, or the trainer's own (`recompute_old_logprobs`) when `rl.recompute_old_logprobs`
-    is set or the policy computes below float32. The mismatch is measured where π_θ = π_old exactly: on the
-    recomputed batch, else on the first trained minibatch before any optimizer step (exact for on-policy data;
-    SSR's replayed samples carry an older policy's log-probs).
+    or `rl.tis_cap` is set or the policy computes below float32. With `rl.tis_cap` = C > 0 each token's policy loss
+    is weighted by min(π_old / π_sampler, C) (`core.stats.truncated_is_weights`; applied to the advantages, which
+    every loss in `LOSSES` is positively homogeneous in), logged as `rollout/tis_weight` and `rollout/tis_capped`.
+    The mismatch is measured where π_θ = π_old exactly: on the recomputed batch, else on the first trained minibatch
+    before any optimizer step (exact for on-policy data; SSR's replayed samples carry an older policy's log-probs).
 
     Token masks the batch carries: "nll" adds `nll_coef` × the mean NLL over its tokens (Forced Rethinking's
     auxiliary loss on positive rethinking samples); `planning_mask` splits the logged token entropy into planning
@@ -230,10 +232,14 @@ def policy_update(
     sums: dict[str, float] = {}
     n_steps = skipped = skipped_zero = 0
     diff: dict[str, float] = {}
-    if (cfg.recompute_old_logprobs or low_precision(policy)) and has_signal(batch, cfg, ref_policy, nll_coef):
+    recompute = cfg.recompute_old_logprobs or cfg.tis_cap > 0 or low_precision(policy)
+    if recompute and has_signal(batch, cfg, ref_policy, nll_coef):
         sampler_logprobs = batch.old_logprobs
         batch = recompute_old_logprobs(policy, batch, cfg)
         diff = _diff_metrics(batch.old_logprobs, sampler_logprobs, batch.loss_mask)
+        if cfg.tis_cap > 0:
+            batch, tis = _truncated_is(batch, sampler_logprobs, cfg.tis_cap)
+            diff.update(tis)
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B, generator=generator)
         for idx in perm.chunk(n_mb):
@@ -263,6 +269,17 @@ def policy_update(
     out["loss/skipped_zero_adv"] = float(skipped_zero)
     out["loss/optimizer_steps"] = float(n_steps)
     return {**out, **diff}
+
+
+def _truncated_is(batch: Batch, sampler_logprobs: torch.Tensor, cap: float) -> tuple[Batch, dict[str, float]]:
+    """The batch with its advantages [B, T] weighted by the TIS weights min(π_old / π_sampler, cap) (π_old: the
+    batch's recomputed `old_logprobs`), and the weights' mean and capped share on the trained tokens."""
+    w = truncated_is_weights(batch.old_logprobs, sampler_logprobs, cap)  # [B, T]
+    mask = batch.loss_mask
+    capped = (batch.old_logprobs - sampler_logprobs >= math.log(cap)).float()  # [B, T]
+    metrics = {"rollout/tis_weight": float(masked_mean(w, mask)),
+               "rollout/tis_capped": float(masked_mean(capped, mask))}
+    return dataclasses.replace(batch, advantages=batch.advantages * w), metrics
 
 
 def _diff_metrics(logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

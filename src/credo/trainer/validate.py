@@ -18,7 +18,7 @@ def _check_names_and_ranges(cfg: Config) -> None:
     from credo.rollout.backend import BACKENDS
 
     choices = {
-        "rollout.backend": (cfg.rollout.backend, BACKENDS),
+        "rollout.backend": (cfg.rollout.backend, {*BACKENDS, "auto"}),
         "rl.advantage": (cfg.rl.advantage, ADVANTAGES),
         "rl.loss": (cfg.rl.loss, LOSSES),
         "rl.aggregation": (cfg.rl.aggregation, AGGREGATIONS),
@@ -46,7 +46,7 @@ def _check_names_and_ranges(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
     for key, value in {"rl.ssr_alpha": cfg.rl.ssr_alpha, "rl.ssr_eps": cfg.rl.ssr_eps,
                        "rl.ssr_buffer": cfg.rl.ssr_buffer, "rl.dynamic_max_rounds": cfg.rl.dynamic_max_rounds,
-                       "rl.overlong_cache": cfg.rl.overlong_cache}.items():
+                       "rl.overlong_cache": cfg.rl.overlong_cache, "rl.tis_cap": cfg.rl.tis_cap}.items():
         if value < 0:
             raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
 
