@@ -104,6 +104,7 @@ class Sample:
     policy_text: str | None = None  # what the policy wrote, when `text` also holds tool observations (multi-turn)
     perception_ok: bool | None = None  # MoCA's R_P verdict (the blindfolded reasoner answered right), set by PV
     token_advantages: torch.Tensor | None = None  # [C] after credit; SSR replays keep the values of their own step
+    reference_sigma: float | None = None  # R3: max_j σ_j of the group's reference log-probs (variance filter input)
 
     @property
     def scored_text(self) -> str:

@@ -44,12 +44,17 @@ class TermResult:
 @dataclass
 class TermContext:
     """What terms may need at construction: the run's config (a `credo.trainer.config.Config`), the environment,
-    the tokenizer, and a blindfolded reasoner for Perception Verification (None when PV is off)."""
+    the tokenizer, a blindfolded reasoner for Perception Verification (None when PV is off), and for terms that
+    score with the policy (R3): the trainer's `policy`, its log-prob function `logprobs` (`trainer.logprobs.
+    sequence_logprobs`: the rewards layer never imports the trainer) and the `start_model` directory of the run."""
 
     cfg: Any
     env: Environment
     tokenizer: Any = None
     reasoner: Any = None
+    policy: Any = None
+    logprobs: Any = None
+    start_model: str = ""
 
 
 class RewardTerm(Protocol):
@@ -219,6 +224,36 @@ class Function:
         return TermResult(torch.tensor(values, dtype=torch.float), {"reward/function_errors": float(errors)})
 
 
+def _r3(ctx: TermContext) -> RewardTerm:
+    from credo.rewards.r3 import R3
+
+    return R3(ctx)
+
+
+def _r3_aggregate(ctx: TermContext) -> RewardTerm:
+    from credo.rewards.r3 import R3Aggregate
+
+    return R3Aggregate(ctx)
+
+
+def _r3_length(ctx: TermContext) -> RewardTerm:
+    from credo.rewards.r3 import R3Length
+
+    return R3Length(ctx)
+
+
+def _memory_exploit(ctx: TermContext) -> RewardTerm:
+    from credo.rewards.memory import MemoryExploit
+
+    return MemoryExploit(ctx)
+
+
+def _memory_explore(ctx: TermContext) -> RewardTerm:
+    from credo.rewards.memory import MemoryExplore
+
+    return MemoryExplore(ctx)
+
+
 TERMS: dict[str, Callable[[TermContext], RewardTerm]] = {
     "outcome": Outcome,
     "format": Format,
@@ -228,6 +263,11 @@ TERMS: dict[str, Callable[[TermContext], RewardTerm]] = {
     "rethink_shaping": RethinkShaping,
     "overlong": Overlong,
     "function": Function,
+    "r3": _r3,  # DRO's R3 (rewards/r3.py), imported when chosen
+    "r3_aggregate": _r3_aggregate,
+    "r3_length": _r3_length,
+    "memory_exploit": _memory_exploit,  # Memory-R+ (rewards/memory.py), imported when chosen
+    "memory_explore": _memory_explore,
 }
 
 
@@ -236,7 +276,8 @@ def term_weights(cfg: Any, trl_function: bool = False) -> dict[str, float]:
     outcome `reward.outcome`, format `reward.format`, perception λ = `reward.perception` (with its length
     penalty at weight 1), curiosity 1 when `curiosity.variant` is set, rethink shaping 1 when
     `rethink.reward_shaping`, overlong 1 when `rl.overlong_cache` > 0, a TRL-signature `reward.function` at
-    `reward.function_weight`."""
+    `reward.function_weight`; R3, its aggregate-certainty variant and its length term at `reward.r3`,
+    `reward.r3_aggregate`, `reward.r3_length`; Memory-R+ at `reward.memory_exploit`, `reward.memory_explore`."""
     pv = cfg.reward.perception
     weights = {
         "outcome": cfg.reward.outcome,
@@ -247,6 +288,7 @@ def term_weights(cfg: Any, trl_function: bool = False) -> dict[str, float]:
         "rethink_shaping": 1.0 if cfg.rethink.enabled and cfg.rethink.reward_shaping else 0.0,
         "overlong": 1.0 if cfg.rl.overlong_cache > 0 else 0.0,
         "function": cfg.reward.function_weight if trl_function else 0.0,
+        **{k: getattr(cfg.reward, k) for k in ("r3", "r3_aggregate", "r3_length", "memory_exploit", "memory_explore")},
     }
     return {k: w for k, w in weights.items() if w != 0}
 

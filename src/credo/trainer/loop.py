@@ -31,6 +31,7 @@ from credo.trainer import checkpoint as ckpt
 from credo.trainer import stages
 from credo.trainer.config import Config, to_dict
 from credo.trainer.evaluate import evaluate, tool_eval_from_config
+from credo.trainer.logprobs import sequence_logprobs
 from credo.trainer.metrics import MultiSink, Timers, format_line, make_sink, peak_rss_mb
 from credo.trainer.sft import sft
 from credo.trainer.update import policy_update
@@ -179,11 +180,12 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
         cfg=cfg, env=env, policy=policy, tokenizer=tok, gen=gen, generator=g, stream=stream,
         train_examples=train_examples, test_examples=test_examples, by_id={e.id: e for e in train_examples},
         runner=runner, eval_runner=eval_runner,
-        reward_model=_reward_model(cfg, env, gen, tok), timers=Timers(),
+        reward_model=_reward_model(cfg, env, gen, tok, policy, run_dir), timers=Timers(),
     )
     ctx.providers = stages.make_providers(ctx)
-    ctx.selector = stages.SELECTORS["ssr" if cfg.rl.ssr else "group"](ctx)
-    methods = {**ctx.providers, "selector": ctx.selector}
+    ctx.selector = stages.make_selector(ctx)
+    terms = {f"reward/{name}": term for name, term in ctx.reward_model.terms.items()}  # R3, Memory-R+ state
+    methods = {**ctx.providers, "selector": ctx.selector, **terms}
     methods = {k: v for k, v in methods.items() if hasattr(v, "state_dict")}
     run = Run(cfg, ctx, opt, ref_policy, sink, run_dir, 0, 0.0, t_start, methods)
     if state is not None:
@@ -198,8 +200,9 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     return run
 
 
-def _reward_model(cfg: Config, env: Any, gen: Any, tok: Any) -> RewardModel:
-    """The enabled reward terms (`rewards.terms.term_weights`), with MoCA's blindfolded reasoner when PV is on."""
+def _reward_model(cfg: Config, env: Any, gen: Any, tok: Any, policy: Any, run_dir: Path) -> RewardModel:
+    """The enabled reward terms (`rewards.terms.term_weights`), with MoCA's blindfolded reasoner when PV is on and
+    the policy, its log-prob function and the start model for the terms that score with it (R3)."""
     reasoner = None
     if cfg.reward.perception > 0:
         reasoner = make_reasoner(cfg.reward.perception_reasoner, env, gen, tok, cfg.model,
@@ -208,7 +211,9 @@ def _reward_model(cfg: Config, env: Any, gen: Any, tok: Any) -> RewardModel:
             print("perception verification: the blindfolded reasoner is the live policy itself (the paper uses a "
                   "separate 14B text model): R_P is not faithful to MoCA")
     trl = bool(cfg.reward.function) and is_batched_function(cfg.reward.function)
-    return RewardModel(term_weights(cfg, trl), TermContext(cfg=cfg, env=env, tokenizer=tok, reasoner=reasoner))
+    return RewardModel(term_weights(cfg, trl), TermContext(cfg=cfg, env=env, tokenizer=tok, reasoner=reasoner,
+                                                           policy=policy, logprobs=sequence_logprobs,
+                                                           start_model=str(run_dir / "start_model")))
 
 
 def rl_step(run: Run, step: int) -> dict[str, Any]:

@@ -247,6 +247,63 @@ class SSRSelector:
 SELECTORS: dict[str, Any] = {"group": GroupSelector, "ssr": SSRSelector}
 
 
+def sigma_keep(sigmas: list[float | None], group_ids: list[int], min_sigma: float, drop_frac: float) -> list[int]:
+    """Indices (ascending) of the samples whose group survives R3's variance filter: groups whose σ_max (the
+    group's max_j σ_j, `Sample.reference_sigma`) is below `min_sigma` go, then the lowest ⌊drop_frac · #groups⌋ of
+    the rest by σ_max (ties: the later group first). A sample without a σ (None) is kept.
+
+    >>> sigma_keep([0.1, 0.1, 0.5, 0.5, None], [0, 0, 1, 1, 2], min_sigma=0.2, drop_frac=0.0)
+    [2, 3, 4]
+    """
+    sig: dict[int, float] = {}
+    for s, g in zip(sigmas, group_ids, strict=True):
+        if s is not None:
+            sig[g] = s
+    alive = [g for g in sig if sig[g] >= min_sigma]
+    alive.sort(key=lambda g: (sig[g], -g))
+    dropped = {g for g in sig if sig[g] < min_sigma} | set(alive[: int(drop_frac * len(sig))])
+    return [i for i, g in enumerate(group_ids) if g not in dropped]
+
+
+class SigmaFilter:
+    """DRO's variance-based prompt filter (arXiv 2506.13351 v3) in front of another selector: groups with too
+    little comparative signal (`sigma_keep` on `Sample.reference_sigma`, set by the R3 terms) leave the step's
+    batch, the wrapped selector chooses among the rest. Metric `select/sigma_dropped_groups` (share of groups).
+    Departure: the paper filters its prompt set once per training round (N = 16 or 32 CoTs per prompt, plus a
+    top-k rank filter and a 10% carry-over); here the filter acts per step on each group's own samples."""
+
+    def __init__(self, inner: Any, min_sigma: float, drop_frac: float) -> None:
+        if not 0 <= drop_frac < 1 or min_sigma < 0:
+            raise ValueError(f"r3.filter_drop_frac must be in [0, 1) and r3.filter_min_sigma >= 0, got {drop_frac} "
+                             f"and {min_sigma}")
+        self.inner, self.min_sigma, self.drop_frac = inner, min_sigma, drop_frac
+
+    def __call__(self, samples: list[Sample], adv: Tensor, g: torch.Generator) -> tuple[list[Sample], dict]:
+        gids = [s.group_id for s in samples]
+        keep = sigma_keep([s.reference_sigma for s in samples], gids, self.min_sigma, self.drop_frac)
+        n_groups = len(set(gids))
+        kept_groups = len({gids[i] for i in keep})
+        used, m = self.inner([samples[i] for i in keep], adv[keep], g) if keep else ([], {})
+        return used, {**m, "select/sigma_dropped_groups": (n_groups - kept_groups) / max(1, n_groups)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if hasattr(self.inner, "load_state_dict"):
+            self.inner.load_state_dict(state)
+
+
+def make_selector(ctx: StepContext) -> Any:
+    """The run's selector: SSR (`rl.ssr`) or GroupSelector, behind R3's variance filter when `r3.filter_min_sigma`
+    or `r3.filter_drop_frac` is set."""
+    sel = SELECTORS["ssr" if ctx.cfg.rl.ssr else "group"](ctx)
+    r3 = ctx.cfg.r3
+    if r3.filter_min_sigma > 0 or r3.filter_drop_frac > 0:
+        sel = SigmaFilter(sel, r3.filter_min_sigma, r3.filter_drop_frac)
+    return sel
+
+
 def selection_stage(ctx: StepContext, samples: list[Sample], adv: Tensor, record: dict) -> Batch | None:
     """The batch to train on: unscorable samples dropped (and truncated ones with `rl.mask_truncated`), the
     selector's choice, collated with the samples' own token advantages; None when nothing is left (no update
