@@ -29,6 +29,7 @@ unpadded one; the trainer's right-padded `forward` uses the default positions 0.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,14 @@ def native_weight_map(engine: TinyLM) -> list[tuple[str, list[str]]]:
 
 
 @torch.no_grad()
-def copy_into_native(model: Any, engine: TinyLM) -> None:
+def copy_into_native(weights: Mapping[str, torch.Tensor] | Any, engine: TinyLM) -> None:
     """Copy a Llama-family Hugging Face model's weights into `engine` (fusing q/k/v and gate/up), cast to the
-    engine's dtype. All or nothing: every engine parameter must receive a tensor and every model parameter must be
-    read (`native_weight_map`), with matching shapes, or RuntimeError is raised before anything is written."""
-    src = dict(model.named_parameters())  # tied weights appear once, under their first name
+    engine's dtype. `weights`: a state dict under the model's parameter names (`HFPolicy.engine_weights`, e.g. a
+    LoRA policy's merged weights) or the model itself (its `named_parameters()`). All or nothing: every engine
+    parameter must receive a tensor and every model parameter must be read (`native_weight_map`), with matching
+    shapes, or RuntimeError is raised before anything is written."""
+    # tied weights appear once, under their first name
+    src = dict(weights) if isinstance(weights, Mapping) else dict(weights.named_parameters())
     dst = dict(engine.named_parameters())
     plan = native_weight_map(engine)
     missing = [n for _, names in plan for n in names if n not in src]
@@ -157,7 +161,7 @@ def build_native_engine(policy: HFPolicy) -> TinyLM | None:
     if cfg is None:
         return None
     engine = TinyLM(cfg).to(device=policy.device, dtype=policy.compute_dtype).eval().requires_grad_(False)
-    copy_into_native(policy.model, engine)
+    copy_into_native(policy.engine_weights(), engine)
     return engine
 
 
@@ -177,6 +181,11 @@ class HFPolicy(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def engine_weights(self) -> dict[str, torch.Tensor]:
+        """The weights a generation engine loads after an update, under the model's own parameter names (tied
+        weights once): the parameters themselves here; a LoRA policy's merged weights (`models.lora`)."""
+        return dict(self.model.named_parameters())
 
     def autocast(self) -> Any:
         """`torch.autocast` to the compute dtype, or a no-op context when the compute dtype is the parameters'."""

@@ -5,7 +5,8 @@ What decodes:
 - `TinyLM` / `TinyVLM`: the trainer's module itself (no copy; `sync_weights` has nothing to move).
 - Hugging Face Llama-family models (`model.native_decode`, the default): a native engine, a `TinyLM` copy of the
   weights in the compute dtype (`models.hf.build_native_engine`); `sync_weights` copies the trainer's weights into
-  it, all tensors or none (`models.hf.copy_into_native`).
+  it, all tensors or none (`models.hf.copy_into_native`): `policy.engine_weights()`, which for a LoRA policy are the
+  merged weights W + (α/r)·B A (`models.lora`).
 - Any other model with `new_cache` / `step` (a `models.policy.Decoder`: other Hugging Face architectures through
   their own cache, Qwen2-VL): the model itself.
 
@@ -74,7 +75,7 @@ class NativeGenerator:
         if self.engine is not None:
             from credo.models.hf import copy_into_native
 
-            copy_into_native(policy.model, self.engine)
+            copy_into_native(policy.engine_weights(), self.engine)  # merged weights for a LoRA policy
 
     def generate(
         self, requests: list[GenerationRequest], params: SamplingParams, rng: torch.Generator | None = None

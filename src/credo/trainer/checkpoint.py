@@ -40,3 +40,19 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 def load(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def model_state(policy: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of the model: the adapter tensors of a LoRA policy (its base weights never change
+    and are `start_model/`), the whole `state_dict()` otherwise."""
+    adapters = getattr(policy, "adapter_state_dict", None)
+    return adapters() if adapters is not None else policy.state_dict()
+
+
+def load_model_state(policy: Any, state: dict[str, Any]) -> None:
+    """Load `model_state` output back into a policy built the same way (LoRA adapters already applied)."""
+    load_adapters = getattr(policy, "load_adapter_state_dict", None)
+    if load_adapters is not None:
+        load_adapters(state)
+    else:
+        policy.load_state_dict(state)

@@ -21,6 +21,18 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through peft (models/lora.py): only the adapters train; the engines sample W + (α/r)·B A."""
+
+    rank: int = 0  # r, the adapters' rank (0: off, full fine-tuning)
+    alpha: float = 16.0  # α: the adapted layer adds (α/r)·B A x
+    dropout: float = 0.0  # dropout on the adapters' input (train mode only)
+    target_modules: list[str] = field(default_factory=lambda: [  # Llama/Qwen2/Mistral linear layers; or ["all-linear"]
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    ])
+
+
+@dataclass
 class ModelConfig:
     path: str = ""  # load a saved model directory instead of building a fresh TinyLM
     kind: str = "tinylm"  # the fresh model: "tinylm" (text) or "tinyvlm" (TinyLM + patch embedding of images)
@@ -36,6 +48,7 @@ class ModelConfig:
     gradient_checkpointing: bool = True  # Hugging Face models: recompute activations in the backward pass
     chat_template: bool = True  # Hugging Face models: frame prompts with the tokenizer's chat template
     native_decode: bool = True  # Hugging Face Llama/Qwen2/Mistral: decode on credo's native engine
+    lora: LoraConfig = field(default_factory=LoraConfig)  # Hugging Face text models: LoRA adapters (rank 0: off)
 
 
 @dataclass

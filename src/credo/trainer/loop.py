@@ -24,6 +24,7 @@ from credo.envs.filters import filter_overlong
 from credo.envs.functions import is_batched_function, make_runner
 from credo.envs.runner import VerifyRunner
 from credo.models import build_policy, load_policy, save_policy
+from credo.models.lora import LoraPolicy, apply_lora
 from credo.rewards.perception import make_reasoner
 from credo.rewards.terms import RewardModel, TermContext, term_weights
 from credo.rollout.backend import make_generator
@@ -156,10 +157,12 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     if state is not None:  # exact resume: model, optimizer, RNG, data position, step, metrics so far
         sink = make_sink(run_dir, cfg.run.loggers, state["history"], name=cfg.run.name, config=to_dict(cfg))
         policy, tok = load_policy(run_dir / "start_model", cfg.model)
-        policy.load_state_dict(state["model"])
+        policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # the same adapters, then the saved tensors
+        ckpt.load_model_state(policy, state["model"])
     else:
         sink = make_sink(run_dir, cfg.run.loggers, name=cfg.run.name, config=to_dict(cfg))
         policy, tok = _warm_start(cfg, env, run_dir, sink)
+        policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # model.lora.rank > 0: peft adapters
     train_examples, n_long = filter_overlong(env.examples("train"), env, tok, cfg.env.max_prompt_tokens)
     test_examples, n_long_test = filter_overlong(env.examples("test"), env, tok, cfg.env.max_prompt_tokens)
     if (n_long or n_long_test) and state is None:  # verl's filter_overlong_prompts, on both splits
@@ -170,10 +173,13 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
                   "data/test_prompts": len(test_examples)})
     stream = PromptStream(len(train_examples), cfg.run.seed, state["data_pos"] if state is not None else 0)
     ref_policy = None
-    if cfg.rl.kl_coef > 0:
+    if cfg.rl.kl_coef > 0 and isinstance(policy, LoraPolicy):  # the base model = the adapters off, no copy
+        ref_policy = policy.reference()
+    elif cfg.rl.kl_coef > 0:
         ref_policy = load_policy(run_dir / "start_model", cfg.model)[0].eval().requires_grad_(False)
-    opt = torch.optim.AdamW(
-        policy.parameters(), lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay, betas=(0.9, 0.99), eps=cfg.rl.adam_eps
+    opt = torch.optim.AdamW(  # the trainable parameters only (LoRA: the adapters)
+        [p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay,
+        betas=(0.9, 0.99), eps=cfg.rl.adam_eps,
     )
     gen = make_generator(cfg.rollout.backend, policy, tok, max_batch=cfg.rollout.max_batch)
     ctx = stages.StepContext(
@@ -246,13 +252,15 @@ def save(run: Run, step: int) -> None:
     ctx = run.ctx
     ckpt.save_atomic(
         {
-            "model": ctx.policy.state_dict(), "optimizer": run.opt.state_dict(), "step": step,
+            "model": ckpt.model_state(ctx.policy), "optimizer": run.opt.state_dict(), "step": step,
             "data_pos": ctx.stream.pos, "rng": ckpt.rng_state(ctx.generator), "history": run.sink.records,
             "config": to_dict(run.cfg), "wall_s": run.wall_before + time.perf_counter() - run.t_start,
             "methods": {name: obj.state_dict() for name, obj in run.methods.items()},
         },
         run.run_dir / "checkpoint.pt",
     )
+    if isinstance(ctx.policy, LoraPolicy):  # the adapters in peft's own format too, beside the run
+        ctx.policy.save_adapter(run.run_dir / "adapter")
 
 
 def run_loop(run: Run) -> dict[str, float]:

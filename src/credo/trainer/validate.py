@@ -108,6 +108,11 @@ def _check_model_and_run(cfg: Config) -> None:
 
     if unknown := [x for x in cfg.run.loggers if x not in LOGGERS]:
         raise ConfigError(f"config key 'run.loggers': unknown {unknown}; choose from {list(LOGGERS)}")
+    lora = cfg.model.lora
+    if lora.rank < 0 or (lora.rank > 0 and (lora.alpha <= 0 or not 0 <= lora.dropout < 1 or not cfg.model.path)):
+        raise ConfigError(f"config keys 'model.lora.*': rank >= 0 (0 = off); with rank > 0, alpha > 0, dropout in "
+                          f"[0, 1) and a Hugging Face model.path; got rank={lora.rank}, alpha={lora.alpha}, "
+                          f"dropout={lora.dropout}, model.path={cfg.model.path!r}")
     if cfg.env.max_prompt_tokens < 0:
         raise ConfigError(f"config key 'env.max_prompt_tokens': must be >= 0, got {cfg.env.max_prompt_tokens}")
     if cfg.model.d_model % cfg.model.n_heads:
