@@ -208,16 +208,17 @@ def _run(tmp_path, hf_dir, name: str, steps: int) -> list[str]:
 
 
 def test_resume_continues_exactly_and_saves_adapters_and_merged_model(hf_dir, tmp_path):
+    """k = 1 step, a checkpoint, a resumed step: the adapters equal an uninterrupted 2-step run's exactly."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from credo.trainer.loop import train
 
-    train(load_config(None, _run(tmp_path, hf_dir, "full", 3)))
-    train(load_config(None, _run(tmp_path, hf_dir, "part", 2)))  # stops after step 2 (checkpoint)
-    train(load_config(None, _run(tmp_path, hf_dir, "part", 3)))  # resumes: step 3
+    train(load_config(None, _run(tmp_path, hf_dir, "full", 2)))
+    train(load_config(None, _run(tmp_path, hf_dir, "part", 1)))  # stops after step 1 (checkpoint)
+    train(load_config(None, _run(tmp_path, hf_dir, "part", 2)))  # resumes: step 2
     full, part = ckpt.load(tmp_path / "full" / "checkpoint.pt"), ckpt.load(tmp_path / "part" / "checkpoint.pt")
-    assert part["step"] == 3 and set(full["model"]) == set(part["model"])
+    assert part["step"] == 2 and set(full["model"]) == set(part["model"])
     assert all(".lora_A." in k or ".lora_B." in k for k in full["model"])  # the checkpoint keeps the adapters only
     for k in full["model"]:
         assert torch.equal(full["model"][k], part["model"][k]), k
@@ -235,3 +236,6 @@ def test_resume_continues_exactly_and_saves_adapters_and_merged_model(hf_dir, tm
         assert (p - again[n]).abs().max() <= 1e-6, n
     policy, _ = load_policy(tmp_path / "full" / "final_model")
     assert type(policy).__name__ == "HFPolicy"  # loads back with no adapters
+    from credo.cli import main
+
+    assert main(["eval", str(tmp_path / "full" / "checkpoint.pt")]) == 0  # start_model + the checkpoint's adapters

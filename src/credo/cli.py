@@ -44,6 +44,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from credo.envs import make_env
     from credo.models import load_policy
+    from credo.models.lora import apply_lora
     from credo.trainer import checkpoint as ckpt
     from credo.trainer.config import from_dict
     from credo.trainer.evaluate import evaluate, tool_eval_from_config
@@ -53,7 +54,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         state = ckpt.load(target)
         cfg = apply_overrides(from_dict(state["config"]), args.overrides)
         policy, tok = load_policy(target.parent / "start_model", cfg.model)
-        policy.load_state_dict(state["model"])
+        policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # a LoRA run's checkpoint holds the adapters
+        ckpt.load_model_state(policy, state["model"])
     else:  # a model directory (credo TinyLM or Hugging Face) and the environment from --config / overrides
         cfg = load_config(args.config, args.overrides)
         policy, tok = load_policy(target, cfg.model)
