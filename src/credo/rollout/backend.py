@@ -32,6 +32,7 @@ never imports a heavy engine. A backend class is built as `Class(policy, tokeniz
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -97,20 +98,37 @@ class Generator(Protocol):
 
 BACKENDS: dict[str, str] = {
     "native": "credo.rollout.native:NativeGenerator",
+    "vllm": "credo.rollout.vllm:VLLMGenerator",
 }
+
+
+def resolve_backend(name: str, policy: Any) -> str:
+    """The backend `rollout.backend` names; "auto" is a fixed rule, no probing: "vllm" when the policy is a Hugging
+    Face text model on a CUDA device and vLLM is installed (`importlib.util.find_spec`, nothing imported), else
+    "native". Measured on 2 CPU cores (SmolLM2-135M, 64 × 128 tokens; DESIGN.md): native 308 tok/s fp32 / 545
+    bf16, vLLM's CPU build 236 / 586 after ≈ 21 s of import + engine start, so the CPU stays native; on GPUs
+    vLLM is the engine every peer uses."""
+    if name != "auto":
+        return name
+    model = getattr(policy, "model", None)
+    text_hf = model is not None and hasattr(model, "config") and getattr(model.config, "vision_config", None) is None
+    on_cuda = text_hf and next(model.parameters()).is_cuda
+    return "vllm" if on_cuda and importlib.util.find_spec("vllm") is not None else "native"
 
 
 def make_generator(name: str, policy: Any, tokenizer: Tokenizer, **options: Any) -> Generator:
     """The backend `name` (a `BACKENDS` key) built on `policy` and `tokenizer`; `options` go to its constructor
-    (native: `max_batch`, `native`). Raises ValueError for an unknown name, ImportError (one line naming what to
-    install) when the backend's module cannot be imported."""
+    (native: `max_batch`, `native`). `name` "auto" picks one by `resolve_backend`. Raises ValueError for an unknown
+    name, ImportError (one line naming what to install) when the backend's module cannot be imported."""
+    name = resolve_backend(name, policy)
     if name not in BACKENDS:
         raise ValueError(f"rollout.backend: unknown value {name!r}; choose one of {sorted(BACKENDS)}")
     module, _, cls = BACKENDS[name].partition(":")
     try:
         backend = getattr(importlib.import_module(module), cls)
-    except ImportError as e:
-        raise ImportError(f"rollout.backend={name!r} needs {module} importable: {e}") from e
+    except ImportError as e:  # the backend's own message when it names the install command
+        msg = str(e) if str(e).startswith("rollout.backend=") else f"rollout.backend={name!r} needs {module}: {e}"
+        raise ImportError(msg) from e
     return backend(policy, tokenizer, **options)
 
 
@@ -145,4 +163,4 @@ def cut_at_stop_text(c: Completion, decode: Callable[[list[int]], str], stops: t
 
 
 __all__ = ["BACKENDS", "Completion", "GenerationRequest", "Generator", "SamplingParams", "as_generator",
-           "cut_at_stop_text", "is_generator", "make_generator"]
+           "cut_at_stop_text", "is_generator", "make_generator", "resolve_backend"]

@@ -109,6 +109,7 @@ class RLConfig:
     adam_eps: float = 1e-8  # AdamW epsilon; larger values damp the normalised steps of tiny, noisy gradients
     max_grad_norm: float = 1.0  # gradient clipping
     recompute_old_logprobs: bool = False  # π_old from the trainer's forward, not the sampler's (on when dtype≠fp32)
+    tis_cap: float = 0.0  # truncated importance sampling: token loss × min(π_old/π_sampler, C=tis_cap); 0: off
     max_tokens_per_microbatch: int = 0  # split minibatches into micro-batches of ≤ this many padded tokens (0: off)
     logprob_chunk: int = 512  # positions whose LM head + log-softmax run at once (trainer.logprobs)
     ssr: bool = False  # VL-Rethinker Selective Sample Replay in place of rl.selection (trainer.replay.ssr_select)
@@ -122,7 +123,6 @@ class RLConfig:
     overlong_cache: int = 0  # DAPO soft overlong punishment window L_cache, tokens (0 = off; paper 4096 of 20480)
     hicra_alpha: float = 0.2  # HICRA planning-token amplification α (rl.credit = "hicra"; paper: 0.2)
     hicra_refresh: int = 10  # HICRA: steps between re-mining strategic grams from correct rollouts (0: seeds only)
-    tis_cap: float = 0.0  # truncated importance sampling: token loss × min(π_old/π_sampler, C=tis_cap); 0: off
     hicra_min_support: float = 0.2  # HICRA: a gram is strategic when this share of correct solutions holds it
     hicra_ngram: list[int] = field(default_factory=lambda: [3, 4, 5])  # HICRA: strategic-gram lengths, in words
     mask_truncated: bool = False  # leave completions cut at max_new_tokens out of the loss (DAPO overlong filter,
@@ -258,7 +258,7 @@ class RethinkConfig:
 class RolloutConfig:
     """The generation backend every rollout, evaluation and generating reward term goes through (rollout.backend)."""
 
-    backend: str = "native"  # rollout.backend.BACKENDS key: "native" (credo's KV-cached engine)
+    backend: str = "native"  # "native" (credo's KV-cached engine), "vllm" (rollout/vllm.py) or "auto" (resolve_backend)
     max_batch: int = 512  # native: rows decoded at once (the KV cache grows with the batch)
 
 
