@@ -57,8 +57,26 @@ def aggregate(loss: Tensor, loss_mask: Tensor, mode: str, norm_len: int | None =
     return fn(loss, loss_mask, norm_len)  # []
 
 
+def denominator(loss_mask: Tensor, mode: str, norm_len: int | None = None) -> float:
+    """The normaliser D of mode ``mode``: ``aggregate(loss, mask) = N / D`` where N is a sum over rows, so a batch
+    split across data-parallel ranks aggregates as Σ_r N_r / Σ_r D_r (verl's and TRL's global normalisation).
+
+    token_mean: D = Σ m (trained tokens); seq_mean_token_mean: D = G' (rows with a trained token);
+    seq_mean_token_sum_norm: D = B · L_max (exact across ranks when ``norm_len`` is given: T differs per rank).
+    Raises KeyError naming the valid modes when ``mode`` is unknown.
+    """
+    if mode not in DENOMINATORS:
+        raise KeyError(f"unknown aggregation mode {mode!r}; valid modes: {sorted(AGGREGATIONS)}")
+    return float(DENOMINATORS[mode](loss_mask.float(), norm_len))
+
+
 AGGREGATIONS = {
     "token_mean": token_mean,
     "seq_mean_token_mean": seq_mean_token_mean,
     "seq_mean_token_sum_norm": seq_mean_token_sum_norm,
+}
+DENOMINATORS = {  # (loss_mask [B, T] float, norm_len) -> D, see `denominator`
+    "token_mean": lambda m, L: m.sum(),
+    "seq_mean_token_mean": lambda m, L: (m.sum(-1) > 0).sum(),
+    "seq_mean_token_sum_norm": lambda m, L: m.shape[0] * (L if L is not None else m.shape[-1]),
 }

@@ -9,6 +9,12 @@ Memory and work, decided the same way on every rank (so that data-parallel ranks
   neither a backward pass nor an optimizer step (a zero-gradient AdamW step would still move the weights by its
   momentum), counted in `loss/skipped_zero_adv`.
 - Log-probs are scored on the trained tokens only, with the LM head in chunks (`trainer.logprobs`).
+- Data parallel (`torchrun`, `trainer.distributed`): each rank holds its share of the global batch; minibatches
+  are drawn from the global batch by one shared permutation, each rank's loss is normalised by the global count of
+  its aggregation mode (`core.aggregation.denominator`, all-reduced), the zero-advantage skip and the non-finite
+  skip are decided over all ranks, and a rank with fewer micro-batches than another runs zero-weight ghost
+  micro-batches (`ghost_microbatch`), so every rank takes the same collectives and optimizer steps and one update
+  equals one process's update of the global batch.
 - On glibc (Linux), large buffers are always mmapped and unmapped when freed (`return_freed_memory`): with its
   default the threshold rises to 32 MiB after the first free, so a step's activations (~16 MiB tensors for a 135M
   model) stay in the heap, fragmented: SmolLM2-135M, 64 rows × 109 tokens, peak RSS 5.8 GB → 2.9 GB (fused AdamW).
@@ -26,20 +32,21 @@ from collections.abc import Callable
 import torch
 
 from credo.analysis.strategic_grams import entropy_split
-from credo.core.aggregation import aggregate
+from credo.core.aggregation import aggregate, denominator
 from credo.core.kl import KL_ESTIMATORS
 from credo.core.losses import LOSSES, LossParams
 from credo.core.stats import logprob_diff, masked_mean, truncated_is_weights
 from credo.data import Batch
 from credo.models.policy import Policy
 from credo.rollout.rethink import rethink_nll_loss
+from credo.trainer import distributed as dist
 from credo.trainer.config import RLConfig
 from credo.trainer.logprobs import sequence_logprobs
 
 
 def _trim(batch: Batch) -> Batch:
-    """Drop padding columns beyond the longest row."""
-    return batch.columns(int(batch.attention_mask.sum(1).max()))
+    """Drop padding columns beyond the longest row (an empty batch stays as it is)."""
+    return batch.columns(int(batch.attention_mask.sum(1).max())) if len(batch) else batch
 
 
 def _warmup(optimizer: torch.optim.Optimizer, cfg: RLConfig) -> None:
@@ -86,6 +93,35 @@ def microbatch_rows(batch: Batch, max_tokens: int) -> list[torch.Tensor]:
     return list(torch.tensor_split(order, n))
 
 
+def empty_batch() -> Batch:
+    """A batch of no rows: what a data-parallel rank whose samples were all dropped brings to the update."""
+    z = torch.zeros(0, 1)
+    return Batch(input_ids=z.long(), attention_mask=z.bool(), loss_mask=z, segment_ids=z.long(), old_logprobs=z,
+                 advantages=z, group_ids=torch.zeros(0, dtype=torch.long), rewards=torch.zeros(0))
+
+
+def ghost_microbatch(batch: Batch) -> Batch:
+    """A one-row micro-batch that trains no token (batch's first row, or two pad tokens when it has none): a rank
+    with fewer micro-batches than another runs its forward and backward with zero weights, so that every rank takes
+    part in the same FSDP collectives and adds nothing to the gradient."""
+    if len(batch):
+        row = _trim(batch.select(torch.zeros(1, dtype=torch.long)))
+    else:
+        z = torch.zeros(1, 2)
+        row = Batch(input_ids=z.long(), attention_mask=z.bool() | True, loss_mask=z, segment_ids=z.long(),
+                    old_logprobs=z, advantages=z, group_ids=torch.zeros(1, dtype=torch.long), rewards=torch.zeros(1))
+    zero = torch.zeros_like(row.loss_mask)
+    return dataclasses.replace(row, loss_mask=zero, advantages=zero, token_masks={}, planning_mask=None)
+
+
+def aligned_microbatches(batch: Batch, max_tokens: int) -> list[torch.Tensor | None]:
+    """`microbatch_rows` (empty ones dropped), then `None` (a ghost micro-batch) until the list is as long as on
+    the rank with most micro-batches: the same number of forwards and backwards on every rank."""
+    rows = [r for r in microbatch_rows(batch, max_tokens) if len(r)]
+    n = int(dist.all_reduce([float(len(rows))], "max")[0])
+    return rows + [None] * (n - len(rows))
+
+
 def loss_weights(fn: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size) -> torch.Tensor:
     """The weights w [b, T] of a loss that is linear in a per-token tensor x [b, T]: fn(x) = Σ w ⊙ x. Every
     aggregation mode (`core.aggregation`) and the rethink NLL are linear in the per-token loss / log-prob, so a
@@ -118,11 +154,12 @@ def recompute_old_logprobs(policy: Policy, batch: Batch, cfg: RLConfig) -> Batch
     ratio is 1 at the first minibatch of on-policy data (verl recomputes π_old the same way)."""
     device = next(iter(policy.parameters())).device
     old = torch.zeros_like(batch.old_logprobs)
-    for rows in microbatch_rows(batch, cfg.max_tokens_per_microbatch):
-        mb = _trim(batch.select(rows)).to(device)
+    for rows in aligned_microbatches(batch, cfg.max_tokens_per_microbatch):
+        mb = (_trim(batch.select(rows)) if rows is not None else ghost_microbatch(batch)).to(device)
         lp, _ = sequence_logprobs(policy, mb.input_ids, cfg.temperature, False, mb.images, mb.loss_mask,
                                   cfg.logprob_chunk)
-        old[rows, : lp.shape[1]] = lp.to(old.device)
+        if rows is not None:
+            old[rows, : lp.shape[1]] = lp.to(old.device)
     return dataclasses.replace(batch, old_logprobs=old)
 
 
@@ -170,18 +207,30 @@ def _minibatch_step(
 ) -> tuple[float, dict[str, float], torch.Tensor]:
     """Forward and backward of one minibatch as micro-batches (gradients accumulate in `.grad`); returns the
     loss, the metrics (micro-batch metrics weighted by their trained tokens; loss/rethink_nll summed) and the
-    detached log-probs [b, T]."""
-    w_loss = loss_weights(lambda x: aggregate(x, mb.loss_mask.cpu(), cfg.aggregation, cfg.max_new_tokens),
+    detached log-probs [b, T]. Data parallel: `mb` is this rank's share of the minibatch, its weights scaled to
+    the global normaliser (`dist.global_fraction`), the returned loss this rank's share of the global loss."""
+    mask = mb.loss_mask.cpu()
+    w_loss = loss_weights(lambda x: aggregate(x, mask, cfg.aggregation, cfg.max_new_tokens),
                           mb.loss_mask.shape).to(mb.loss_mask.device)  # [b, T]
+    if dist.is_distributed():  # N_r / D_r → N_r / Σ D
+        w_loss = w_loss * dist.global_fraction(denominator(mask, cfg.aggregation, cfg.max_new_tokens))
     w_nll = None
     if nll_coef > 0 and "nll" in mb.token_masks:
         nll_mask = mb.token_masks["nll"].float().cpu()
         w_nll = -loss_weights(lambda x: rethink_nll_loss(x, nll_mask), nll_mask.shape).to(mb.loss_mask.device)
+    if nll_coef > 0 and dist.is_distributed():  # every rank joins the NLL's all-reduce, with or without the mask
+        share = dist.global_fraction(float(nll_mask.sum()) if w_nll is not None else 0.0)
+        w_nll = w_nll * share if w_nll is not None else None
     logprobs, entropy = torch.zeros_like(mb.old_logprobs), torch.zeros_like(mb.old_logprobs)
     total = 0.0
     sums: dict[str, float] = {}
     n_tokens = float(mb.loss_mask.sum().clamp_min(1))
-    for rows in microbatch_rows(mb, cfg.max_tokens_per_microbatch):
+    for rows in aligned_microbatches(mb, cfg.max_tokens_per_microbatch):
+        if rows is None:  # a ghost: the collectives of a micro-batch, zero gradient
+            ghost = ghost_microbatch(mb).to(mb.loss_mask.device)
+            zero = torch.zeros_like(ghost.loss_mask)
+            _microbatch_loss(policy, ghost, cfg, params, (zero, None), ref_policy, nll_coef)[0].backward()
+            continue
         micro = _trim(mb.select(rows))
         T = micro.input_ids.shape[1]
         ws = (w_loss[rows, :T], None if w_nll is None else w_nll[rows, :T])
@@ -220,6 +269,9 @@ def policy_update(
     The mismatch is measured where π_θ = π_old exactly: on the recomputed batch, else on the first trained minibatch
     before any optimizer step (exact for on-policy data; SSR's replayed samples carry an older policy's log-probs).
 
+    Data parallel (module docstring): `batch` is this rank's share (possibly `empty_batch()`); the returned loss
+    metrics are the same on every rank (loss/policy the global loss, others token-weighted over ranks).
+
     Token masks the batch carries: "nll" adds `nll_coef` × the mean NLL over its tokens (Forced Rethinking's
     auxiliary loss on positive rethinking samples); `planning_mask` splits the logged token entropy into planning
     and execution tokens (HICRA's diagnostic).
@@ -227,13 +279,15 @@ def policy_update(
     return_freed_memory()
     params = LossParams(eps_low=cfg.eps_low, eps_high=cfg.eps_high, clip_ratio_c=cfg.clip_ratio_c)
     B = len(batch)
+    offset, B_all = dist.row_offset(B)  # this rank's rows of the global batch; (0, B) in one process
     device = next(iter(policy.parameters())).device
-    n_mb = max(1, min(cfg.minibatches, B))
+    n_mb = max(1, min(cfg.minibatches, B_all))
     sums: dict[str, float] = {}
     n_steps = skipped = skipped_zero = 0
+    n_tokens = 0.0  # trained tokens of this rank's stepped minibatches: the weight of its metrics
     diff: dict[str, float] = {}
     recompute = cfg.recompute_old_logprobs or cfg.tis_cap > 0 or low_precision(policy)
-    if recompute and has_signal(batch, cfg, ref_policy, nll_coef):
+    if recompute and dist.any_true(has_signal(batch, cfg, ref_policy, nll_coef)):
         sampler_logprobs = batch.old_logprobs
         batch = recompute_old_logprobs(policy, batch, cfg)
         diff = _diff_metrics(batch.old_logprobs, sampler_logprobs, batch.loss_mask)
@@ -241,17 +295,19 @@ def policy_update(
             batch, tis = _truncated_is(batch, sampler_logprobs, cfg.tis_cap)
             diff.update(tis)
     for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, generator=generator)
+        perm = dist.shared_permutation(B_all, generator)
         for idx in perm.chunk(n_mb):
-            mb = _trim(batch.select(idx)).to(device)
-            if not has_signal(mb, cfg, ref_policy, nll_coef):
+            mb = _trim(batch.select(dist.local_rows(idx, offset, B))).to(device)
+            if not dist.any_true(has_signal(mb, cfg, ref_policy, nll_coef)):
                 skipped_zero += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
             loss_value, metrics, logprobs = _minibatch_step(policy, mb, cfg, params, ref_policy, nll_coef)
             if not diff and n_steps == 0:  # θ is still θ_old: the sampler's log-probs against the trainer's
                 diff = _diff_metrics(logprobs, mb.old_logprobs, mb.loss_mask)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
+            if dist.is_distributed():  # the global loss: the ranks' shares add up
+                loss_value = dist.all_reduce([loss_value])[0]
+            grad_norm = dist.clip_grad_norm(policy.parameters(), cfg.max_grad_norm)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -259,6 +315,7 @@ def policy_update(
             _warmup(optimizer, cfg)
             optimizer.step()
             n_steps += 1
+            n_tokens += float(mb.loss_mask.sum())
             metrics["loss/policy"] = loss_value
             metrics["loss/grad_norm"] = grad_norm
             for k, v in metrics.items():
@@ -268,7 +325,7 @@ def policy_update(
     out["loss/skipped"] = float(skipped)
     out["loss/skipped_zero_adv"] = float(skipped_zero)
     out["loss/optimizer_steps"] = float(n_steps)
-    return {**out, **diff}
+    return dist.reduce_metrics({**out, **diff}, n_tokens, sums=("loss/rethink_nll",))
 
 
 def _truncated_is(batch: Batch, sampler_logprobs: torch.Tensor, cap: float) -> tuple[Batch, dict[str, float]]:
