@@ -254,6 +254,12 @@ def _memory_explore(ctx: TermContext) -> RewardTerm:
     return MemoryExplore(ctx)
 
 
+def _judge(ctx: TermContext) -> RewardTerm:
+    from credo.rewards.judge import JudgeTerm
+
+    return JudgeTerm(ctx)
+
+
 TERMS: dict[str, Callable[[TermContext], RewardTerm]] = {
     "outcome": Outcome,
     "format": Format,
@@ -268,6 +274,7 @@ TERMS: dict[str, Callable[[TermContext], RewardTerm]] = {
     "r3_length": _r3_length,
     "memory_exploit": _memory_exploit,  # Memory-R+ (rewards/memory.py), imported when chosen
     "memory_explore": _memory_explore,
+    "judge": _judge,  # critique-then-score judge (rewards/judge.py), its model loaded when chosen
 }
 
 
@@ -277,7 +284,8 @@ def term_weights(cfg: Any, trl_function: bool = False) -> dict[str, float]:
     penalty at weight 1), curiosity 1 when `curiosity.variant` is set, rethink shaping 1 when
     `rethink.reward_shaping`, overlong 1 when `rl.overlong_cache` > 0, a TRL-signature `reward.function` at
     `reward.function_weight`; R3, its aggregate-certainty variant and its length term at `reward.r3`,
-    `reward.r3_aggregate`, `reward.r3_length`; Memory-R+ at `reward.memory_exploit`, `reward.memory_explore`."""
+    `reward.r3_aggregate`, `reward.r3_length`; Memory-R+ at `reward.memory_exploit`, `reward.memory_explore`; the
+    critique-then-score judge at `reward.judge`."""
     pv = cfg.reward.perception
     weights = {
         "outcome": cfg.reward.outcome,
@@ -288,7 +296,8 @@ def term_weights(cfg: Any, trl_function: bool = False) -> dict[str, float]:
         "rethink_shaping": 1.0 if cfg.rethink.enabled and cfg.rethink.reward_shaping else 0.0,
         "overlong": 1.0 if cfg.rl.overlong_cache > 0 else 0.0,
         "function": cfg.reward.function_weight if trl_function else 0.0,
-        **{k: getattr(cfg.reward, k) for k in ("r3", "r3_aggregate", "r3_length", "memory_exploit", "memory_explore")},
+        **{k: getattr(cfg.reward, k) for k in ("r3", "r3_aggregate", "r3_length", "memory_exploit", "memory_explore",
+                                                "judge")},
     }
     return {k: w for k, w in weights.items() if w != 0}
 

@@ -156,6 +156,7 @@ class RewardConfig:
     r3_length: float = 0.0  # weight of R3's length term r_len = 1 − β·||y*| − |ŷ||/|y*|
     memory_exploit: float = 0.0  # weight of Memory-R+'s exploit reward (rewards/memory.py; options under [memory])
     memory_explore: float = 0.0  # weight of Memory-R+'s explore reward
+    judge: float = 0.0  # weight of the critique-then-score judge reward (rewards/judge.py; options under [judge])
 
 
 @dataclass
@@ -201,6 +202,33 @@ class MemoryConfig:
     explore_phase: int = 500  # explore reward 0 until the explore memory holds this many keys (released code)
     explore_phase_frac: float = 0.0  # > 0: the phase is this share of the run's prompts (rl.steps × prompts_per_step)
     answer_tag: str = "answer"  # the reasoning is the completion before the last <answer_tag>
+
+
+@dataclass
+class JudgeConfig:
+    """A critique-then-score judge (rewards/judge.py; RationalRewards, arXiv 2604.11626): the reward term `judge`
+    (weight `reward.judge`), `credo refine` (Generate–Critique–Refine) and the released RL code's group filter."""
+
+    model: str = ""  # judge model directory or known name ("" = model.path); loaded frozen, never trained
+    backend: str = "native"  # the judge's own generation backend (rollout.backend.BACKENDS), separate from the policy's
+    dimensions: list[str] = field(default_factory=lambda: ["Correctness", "Reasoning", "Clarity"])  # the rubric
+    na_dimensions: list[str] = field(default_factory=list)  # dimensions that may be scored N/A (left out of the mean)
+    scale_min: float = 1.0  # lowest score (released: 1)
+    scale_max: float = 4.0  # highest score (released: 4)
+    with_reference: bool = True  # show the example's reference answer to the judge (off for open-ended tasks)
+    max_new_tokens: int = 256  # judge output cap; a judgement cut before its last score is unscorable
+    temperature: float = 0.0  # judge sampling temperature (0: greedy)
+    batch_size: int = 16  # judge prompts per generate call
+    cache_size: int = 65536  # judgements kept, keyed by (prompt, completion, reference shown)
+    reward: str = "mean"  # mean: (mean − min)/(max − min) (released) | min: weakest dimension, same scale | raw: mean
+    reward_dimensions: list[str] = field(default_factory=list)  # dimensions in the reward ([] = all)
+    correct_threshold: float = 0.5  # judge verdict "correct" when the reward >= this (agreement metrics)
+    shown_samples: int = 4  # critiques kept for the run report at the first step and every eval.every steps
+    group_filter: bool = False  # released RL code: drop groups with reward std < group_min_std or mean > group_max_mean
+    group_min_std: float = 0.05  # group filter: smallest reward std (population) of a kept group
+    group_max_mean: float = 0.9  # group filter: largest reward mean of a kept group
+    refine_rounds: int = 2  # credo refine: critique-and-refine rounds after the first answer (released --round 2)
+    refine_temperature: float = 0.1  # credo refine: judge temperature (released test-time loop: 0.1)
 
 
 @dataclass
@@ -275,6 +303,7 @@ class Config:
     curiosity: CuriosityConfig = field(default_factory=CuriosityConfig)
     r3: R3Config = field(default_factory=R3Config)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 

@@ -10,6 +10,7 @@ def validate(cfg: Config) -> Config:
     _check_names_and_ranges(cfg)
     _check_methods(cfg)
     _check_model_and_run(cfg)
+    _check_judge(cfg)
     return cfg
 
 
@@ -123,3 +124,28 @@ def _check_model_and_run(cfg: Config) -> None:
     if bad := [v for v in cfg.eval.extra_verifiers if v not in VERIFIERS and ":" not in v]:
         raise ConfigError(f"config key 'eval.extra_verifiers': unknown {bad}; choose from {sorted(VERIFIERS)} or "
                           "an import path 'module:function'")
+
+
+def _check_judge(cfg: Config) -> None:
+    """The `[judge]` section: a valid rubric and reward formula, positive sizes, the group filter's thresholds, and
+    a judge model when the judge reward is on."""
+    from credo.rewards.judge import REWARD_FORMULAS, Rubric
+
+    j = cfg.judge
+    try:
+        Rubric(tuple(j.dimensions), j.scale_min, j.scale_max, tuple(j.na_dimensions))
+    except ValueError as e:
+        raise ConfigError(f"config section 'judge': {e}") from e
+    if j.reward not in REWARD_FORMULAS:
+        raise ConfigError(f"config key 'judge.reward': unknown value {j.reward!r}; choose one of {REWARD_FORMULAS}")
+    if bad := [d for d in j.reward_dimensions if d.lower() not in {x.lower() for x in j.dimensions}]:
+        raise ConfigError(f"config key 'judge.reward_dimensions': {bad} are not in judge.dimensions")
+    for key in ("max_new_tokens", "batch_size", "cache_size"):
+        if getattr(j, key) < 1:
+            raise ConfigError(f"config key 'judge.{key}': must be >= 1, got {getattr(j, key)}")
+    if j.temperature < 0 or j.refine_temperature < 0 or j.refine_rounds < 0 or j.group_min_std < 0:
+        raise ConfigError("config keys 'judge.temperature', 'judge.refine_temperature', 'judge.refine_rounds', "
+                          "'judge.group_min_std': must be >= 0")
+    if cfg.reward.judge != 0 and not (j.model or cfg.model.path):
+        raise ConfigError("config key 'reward.judge': the judge reward needs a judge model (judge.model or "
+                          "model.path)")
