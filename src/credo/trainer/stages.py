@@ -294,13 +294,58 @@ class SigmaFilter:
             self.inner.load_state_dict(state)
 
 
+def group_filter_keep(rewards: list[float], group_ids: list[int], min_std: float = 0.05,
+                      max_mean: float = 0.9) -> list[int]:
+    """Indices (ascending) of the samples whose group survives the RationalRewards RL filter (released RL code,
+    methods.md §7): a group goes when the population std of its rewards is < `min_std` (nothing to compare) or
+    their mean is > `max_mean` (already solved). Rewards are the scorable samples' totals.
+
+    >>> group_filter_keep([0.2, 0.2, 0.1, 0.9, 0.95, 0.97], [0, 0, 1, 1, 2, 2])
+    [2, 3]
+    """
+    by_group: dict[int, list[float]] = {}
+    for r, g in zip(rewards, group_ids, strict=True):
+        by_group.setdefault(g, []).append(r)
+    kept = set()
+    for g, rs in by_group.items():
+        t = torch.tensor(rs, dtype=torch.float64)
+        if float(t.std(correction=0)) >= min_std and float(t.mean()) <= max_mean:
+            kept.add(g)
+    return [i for i, g in enumerate(group_ids) if g in kept]
+
+
+class GroupFilter:
+    """The RationalRewards group filter (`group_filter_keep`, `judge.group_filter`) in front of another selector.
+    Metric `select/group_filter_dropped` (share of groups). Choice: the std is the population std (the released
+    code's estimator is not recorded in methods.md)."""
+
+    def __init__(self, inner: Any, min_std: float, max_mean: float) -> None:
+        self.inner, self.min_std, self.max_mean = inner, min_std, max_mean
+
+    def __call__(self, samples: list[Sample], adv: Tensor, g: torch.Generator) -> tuple[list[Sample], dict]:
+        gids = [s.group_id for s in samples]
+        keep = group_filter_keep([s.reward for s in samples], gids, self.min_std, self.max_mean)
+        n_groups, kept = len(set(gids)), len({gids[i] for i in keep})
+        used, m = self.inner([samples[i] for i in keep], adv[keep], g) if keep else ([], {})
+        return used, {**m, "select/group_filter_dropped": (n_groups - kept) / max(1, n_groups)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict() if hasattr(self.inner, "state_dict") else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if hasattr(self.inner, "load_state_dict"):
+            self.inner.load_state_dict(state)
+
+
 def make_selector(ctx: StepContext) -> Any:
     """The run's selector: SSR (`rl.ssr`) or GroupSelector, behind R3's variance filter when `r3.filter_min_sigma`
-    or `r3.filter_drop_frac` is set."""
+    or `r3.filter_drop_frac` is set, and behind the RationalRewards group filter when `judge.group_filter`."""
     sel = SELECTORS["ssr" if ctx.cfg.rl.ssr else "group"](ctx)
     r3 = ctx.cfg.r3
     if r3.filter_min_sigma > 0 or r3.filter_drop_frac > 0:
         sel = SigmaFilter(sel, r3.filter_min_sigma, r3.filter_drop_frac)
+    if ctx.cfg.judge.group_filter:
+        sel = GroupFilter(sel, ctx.cfg.judge.group_min_std, ctx.cfg.judge.group_max_mean)
     return sel
 
 
