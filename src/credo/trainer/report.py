@@ -187,6 +187,7 @@ def write_report(
         rows = [[_fmt(r["step"]), *(_fmt(r.get(k)) for k in eval_keys)] for r in ev]
         parts += ["<h2>Evaluations</h2>", _table(["step", *eval_keys], rows)]
     parts += _samples_section(ev)
+    parts += _judge_section(rl)
     timing = [k for k in _keys(rl, "time/") if k != "time/step"]
     if timing:
         step_mean = _mean(_series(rl, "time/step")[1])
@@ -226,6 +227,37 @@ def _samples_section(ev: list[dict]) -> list[str]:
         parts.append(f"<details{is_open}><summary>step {html.escape(_fmt(r.get('step')))}</summary><table>"
                      "<tr><th>prompt</th><th>completion</th><th>reward</th><th>correct</th></tr>"
                      + "".join(rows) + "</table></details>")
+    return parts
+
+
+def _judge_section(rl: list[dict]) -> list[str]:
+    """"Judge critiques": per RL record with `judge/samples` (the judge term's rows: prompt, completion, critique,
+    scores, reward, error, correct), a collapsible table, the first and last open. All text is HTML-escaped."""
+    shown = [r for r in rl if isinstance(r.get("judge/samples"), list) and r["judge/samples"]]
+    if not shown:
+        return []
+    parts = ["<h2>Judge critiques</h2>", "<p>The judge's critique and per-dimension scores of the first rollouts "
+             "of a step (the first and every eval.every-th), beside the verifier's verdict.</p>"]
+    for i, r in enumerate(shown):
+        rows = []
+        for smp in r["judge/samples"]:
+            smp = smp if isinstance(smp, dict) else {}
+            reward = _num(smp.get("reward"))
+            scores = smp.get("scores") if isinstance(smp.get("scores"), dict) else {}
+            score_text = ", ".join(f"{k}: {'N/A' if v is None else _fmt(v)}" for k, v in scores.items())
+            verdict = f"unscorable ({smp.get('error', '')})" if reward is None else f"{reward:.3g}"
+            rows.append(
+                f'<tr><td class="text">{html.escape(str(smp.get("prompt", "")))}</td>'
+                f'<td class="text">{html.escape(str(smp.get("completion", "")))}</td>'
+                f'<td class="text">{html.escape(str(smp.get("critique", "")))}</td>'
+                f"<td>{html.escape(score_text)}</td><td>{html.escape(verdict)}</td>"
+                f'<td class="{"ok" if smp.get("correct") else "bad"}">{"correct" if smp.get("correct") else "wrong"}'
+                "</td></tr>"
+            )
+        is_open = " open" if i in (0, len(shown) - 1) else ""
+        parts.append(f"<details{is_open}><summary>step {html.escape(_fmt(r.get('step')))}</summary><table>"
+                     "<tr><th>prompt</th><th>completion</th><th>critique</th><th>scores</th><th>judge reward</th>"
+                     "<th>verifier</th></tr>" + "".join(rows) + "</table></details>")
     return parts
 
 
