@@ -1,4 +1,4 @@
-"""`credo train|sft|eval|ablate|models`: the command line over `trainer`."""
+"""`credo train|sft|eval|ablate|refine|models`: the command line over `trainer`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    from credo.trainer.refine import refine_from_config, write_outputs
+
+    cfg = load_config(args.config, args.overrides)
+    result = refine_from_config(cfg, args.model or "", args.n, args.rounds)
+    out = Path(args.out or Path(cfg.run.out_dir) / cfg.run.name / "refine.json")
+    json_path, md_path = write_outputs(result, out)
+    for r in result["rounds"]:
+        print(f"round {r['round']}: accuracy={r['accuracy']:.4f} judge_score={r['judge_score']:.4f} "
+              f"judge_unscorable={r['judge_unscorable']:.3f}")
+    print(f"refine: written to {json_path} and {md_path}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from credo.models import hub
 
@@ -133,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
                    "each run's start accuracy + --target-gain)")
     a.add_argument("--target-gain", type=float, default=0.05, help="gain over the start for steps-to-target")
     a.add_argument("--out", help="ablation folder (default runs/<run.name>-ablate)")
+    rf = sub.add_parser("refine", help="Generate-Critique-Refine: the policy answers, the judge critiques and "
+                        "rewrites the request, K rounds; accuracy and judge score per round")
+    rf.add_argument("config", nargs="?")
+    rf.add_argument("overrides", nargs="*")
+    rf.add_argument("--model", help="policy model directory or known name (default: model.path)")
+    rf.add_argument("--n", type=int, default=50, help="test examples (the first n)")
+    rf.add_argument("--rounds", type=int, help="refinement rounds (default: judge.refine_rounds)")
+    rf.add_argument("--out", help="output JSON (default runs/<run.name>/refine.json; the .md report beside it)")
     mo = sub.add_parser("models", help="pretrained models by name: list them, convert an installed GGUF once")
     mo.add_argument("action", choices=["list", "convert"])
     mo.add_argument("name", nargs="?", default="smollm2-135m-instruct", help="model to convert (credo models list)")
@@ -143,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     if stray:
         p.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides += extra  # `credo eval M --config F rl.steps=1`: overrides may also follow the options
-    if args.command in ("train", "sft", "ablate") and args.config and "=" in args.config:
+    if args.command in ("train", "sft", "ablate", "refine") and args.config and "=" in args.config:
         args.overrides.insert(0, args.config)  # `credo train rl.steps=5`: no preset, only overrides
         args.config = None
     try:
-        commands = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "ablate": cmd_ablate, "models": cmd_models}
+        commands = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "ablate": cmd_ablate, "refine": cmd_refine,
+                    "models": cmd_models}
         return commands[args.command](args)
     except ConfigError as err:
         print(f"credo: config error: {err}", file=sys.stderr)
