@@ -1,0 +1,344 @@
+"""REER: reverse-engineered reasoning (arXiv 2509.06160, "Reverse-Engineered Reasoning for Open-Ended
+Generation"; released data synthesis `multimodal-art-projection/REER_DeepWriter`, reference/methods.md §6).
+
+Given a question x and a known-good answer y, find the thinking trajectory z that makes y most likely,
+`z* = argmin_z PPL(y | x, z)`, by gradient-free local search over the segments of z:
+
+    z0      = Generator(initial-thinking prompt(x, y)), prefilled "<think>\\n" + a pre-trigger
+    segs    = z0 split at blank lines ("\\n\\n", LaTeX \\[…\\] blocks kept whole; "\\n" when that gives one segment)
+    score(z)= − mean_{t ∈ y after its first segment} clip(log p(t | ctx), −2, 0)         (lower is better)
+              ctx = chat(inference prompt(x)) + "<think>\\n" + z + "\\n</think>\\n<answer>\\n" + y's first segment
+    stop when score < 0.25; else for i < min(10, #segs): K = 2 rewrites of segment i (segment-edit prompt,
+    prefilled "Let's find out …\\n<analyze>\\n"; the text of the last <refine>…</refine>), keep the best one
+    when it lowers the score (greedy), stop when the score < 0.25.
+
+The output row is what `credo sft` reads (`envs.dataset`: prompt, answer, solution) with the solution
+`<think>\\n{z*}\\n</think>\\n<answer>\\n{y}\\n</answer>` and the search's record under "reer"; the files, the
+resumable driver and model loading are in `trainer.reer_io` (`credo reer`).
+
+Departures from the released code (each also in docs/algorithms.md):
+- one-segment answers: the released score has nothing to score when y has no blank line (its first segment is
+  context); here the whole of y is scored after "<answer>\\n" instead.
+- an accepted rewrite replaces segment i as one unit (not re-split), so later steps edit the original segments i+1…;
+- a rewrite without a closing tag: the text after the last "<refine>" is used (a small model often stops early);
+  no "<refine>" at all makes the candidate invalid (counted as `invalid`);
+- rewrites stop at "</refine>" (the released run samples on and takes the last block): same text, fewer tokens;
+- English prompts only (the Chinese templates and triggers are not used); the prompts are credo's own wording of
+  the released instructions (methods.md §6.2), not the released text;
+- the token split between context and scored answer: the scored tokens are those after the longest common prefix
+  of the tokenisations of the context and of context + scored text (one tokenisation of the whole row);
+- skipped items (a rollout under `min_init_tokens` tokens or of one segment, as released, or a row too long for
+  the models) go to `<out>.skipped.jsonl`, not into the SFT file; the released code drops them silently.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from credo.rollout.backend import GenerationRequest, Generator, SamplingParams
+from credo.trainer.logprobs import sequence_logprobs
+
+INITIAL_THINKING = (
+    "Below are a request and the response that an expert wrote for it. Write the private thinking the expert "
+    "went through just before writing that response.\n\n"
+    "## Request\n{question}\n\n## Response (written after the thinking)\n{answer}\n\n"
+    "## How to write the thinking\n"
+    "- First person, present and future tense, as if the response does not exist yet: understand what is asked, "
+    "decide what the response needs, plan its parts and their order, work out the details.\n"
+    "- Think like a person: doubt and correct yourself with phrases such as \"Hmm, maybe\", \"Let me think\", "
+    "\"Wait no\", \"But wait\", \"Alternatively\".\n"
+    "- Separate the steps of your thinking by blank lines.\n"
+    "- End with a section headed \"--- Outline (or Draft) ---\" that sketches the response; do not copy the "
+    "response.\n"
+    "Write the whole thinking between <think> and </think>."
+)
+INFERENCE = "{question}"  # the question as a user turn: what the trained model will see at inference time
+SEGMENT_EDIT = (
+    "Below are a request, the response written for it, and the thinking that led to the response, split into the "
+    "part before one segment, the segment, and the part after it. Rewrite the segment so that the thinking leads "
+    "more naturally and more precisely to the response.\n\n"
+    "## Request\n{question}\n\n## Response\n{answer}\n\n"
+    "## Thinking before the segment\n{before}\n\n## Segment to rewrite\n{segment}\n\n"
+    "## Thinking after the segment\n{after}\n\n"
+    "## How to rewrite\n"
+    "- Keep the first-person voice and the present/future tense; keep what the segment does, enrich it with the "
+    "reasoning, checks or planning the response needs; never copy the response.\n"
+    "- First analyse what is missing between <analyze> and </analyze>, then write only the new segment between "
+    "<refine> and </refine>."
+)
+EDIT_PREFILL = "Let's find out what can be improved and enriched to better align with the target text.\n<analyze>\n"
+PRE_TRIGGERS = (("Okay, I am given", 0.2), ("Alright, the user", 0.32), ("Alright", 0.48))  # released (English)
+
+
+@dataclass
+class ReerConfig:
+    """The search's settings; the defaults are the released code's (`config.yaml`, methods.md §6.2)."""
+
+    candidates: int = 2  # K rewrites sampled per segment step (num_expansion)
+    max_steps: int = 10  # segment steps at most (max_step); also at most the number of segments
+    stop_threshold: float = 0.25  # stop as soon as the score (clipped log-PPL of the answer) is below this
+    clip_min: float = -2.0  # per-token log-probs are clipped to [clip_min, clip_max] before the mean
+    clip_max: float = 0.0
+    max_new_tokens: int = 8000  # generator tokens per rollout (initial trajectory and each rewrite)
+    temperature: float = 0.8  # generator sampling (released vLLM settings)
+    top_p: float = 0.85
+    top_k: int = 40
+    min_init_tokens: int = 100  # skip an item whose initial trajectory is shorter (tokens)
+    seed: int = 0  # seeds each item's own random stream (with the item's line number): resumable and repeatable
+    pre_triggers: tuple[tuple[str, float], ...] = PRE_TRIGGERS  # (text, probability) the trajectory starts with
+
+
+class Scorer(Protocol):
+    """Teacher-forced log-probs of scored text: `logprobs(rows)` with rows `(context_ids, target_ids)` gives, per
+    row, log p(target_t | context, target_<t) [len(target_ids)] (nats). `tokenizer` frames the context."""
+
+    tokenizer: Any
+
+    def logprobs(self, rows: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]: ...
+
+
+class PolicyScorer:
+    """A `Scorer` over a credo `Policy` (e.g. a Hugging Face model from `models.load_policy`): the rows are
+    right-padded into one batch [B, T] and scored by `trainer.logprobs.sequence_logprobs` (temperature 1) on the
+    target positions only, `batch` rows at a time, without gradient."""
+
+    def __init__(self, policy: Any, tokenizer: Any, batch: int = 4) -> None:
+        self.policy, self.tokenizer, self.batch = policy, tokenizer, batch
+
+    def logprobs(self, rows: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        dev = next(iter(self.policy.parameters())).device
+        was = self.policy.training
+        self.policy.eval()
+        try:
+            for start in range(0, len(rows), self.batch):
+                out += self._score(rows[start : start + self.batch], dev)
+        finally:
+            self.policy.train(was)
+        return out
+
+    @torch.no_grad()
+    def _score(self, rows: list[tuple[list[int], list[int]]], dev: torch.device) -> list[torch.Tensor]:
+        T = max(len(c) + len(t) for c, t in rows)
+        ids = torch.full((len(rows), T), self.tokenizer.pad_id, dtype=torch.long)
+        positions = torch.zeros(len(rows), T, dtype=torch.bool)
+        for i, (c, t) in enumerate(rows):
+            ids[i, : len(c) + len(t)] = torch.tensor(c + t)
+            positions[i, len(c) : len(c) + len(t)] = True
+        lp, _ = sequence_logprobs(self.policy, ids.to(dev), positions=positions.to(dev))  # [B, T]
+        return [lp[i, len(c) : len(c) + len(t)].float().cpu() for i, (c, t) in enumerate(rows)]
+
+
+# ---- text: segments, the answer's scored part, rewrites -------------------------------------------------------
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """Pieces of `text` at `sep`, a piece inside an open LaTeX display block `\\[` … `\\]` joined to the next."""
+    out, buf = [], []
+    for piece in text.split(sep):
+        buf.append(piece)
+        joined = sep.join(buf)
+        if joined.count("\\[") <= joined.count("\\]"):
+            out.append(joined)
+            buf = []
+    if buf:
+        out.append(sep.join(buf))
+    return [s.strip() for s in out if s.strip()]
+
+
+def segment(text: str) -> list[str]:
+    """The segments of a trajectory: blank-line ("\\n\\n") paragraphs, each stripped, empty ones dropped, a LaTeX
+    display block `\\[…\\]` never cut; single lines ("\\n") when the paragraphs are fewer than two.
+
+    >>> segment("a\\n\\n\\\\[x\\n\\ny\\\\]\\n\\nb")
+    ['a', '\\\\[x\\n\\ny\\\\]', 'b']
+    >>> segment("one\\ntwo")
+    ['one', 'two']
+    """
+    segs = _split(text, "\n\n")
+    return segs if len(segs) > 1 else _split(text, "\n")
+
+
+def answer_parts(answer: str) -> tuple[str, str]:
+    """(context part, scored part) of the answer y: y's first blank-line segment is context, the rest (from the
+    blank line on) is scored, as released. A one-segment y is scored whole (departure: module docstring).
+
+    >>> answer_parts("Plan.\\n\\nStep 1.\\n\\nDone.")
+    ('Plan.', '\\n\\nStep 1.\\n\\nDone.')
+    >>> answer_parts("42")
+    ('', '42')
+    """
+    cut = answer.find("\n\n")
+    if cut <= 0 or not answer[cut:].strip():
+        return "", answer
+    return answer[:cut], answer[cut:]
+
+
+def good_answer(solution: str) -> str:
+    """y from an input solution: the part after `</think>` when it has one (released rule), stripped."""
+    return solution.rsplit("</think>", 1)[-1].strip()
+
+
+def refinement(text: str) -> str | None:
+    """The rewrite in a segment-edit completion: the text of its last `<refine>…</refine>` block; after the last
+    `<refine>` when the block is not closed (departure); None without `<refine>` or when the text is empty.
+
+    >>> refinement("<analyze>..</analyze>\\n<refine>\\nNew step.\\n</refine>"), refinement("no tags")
+    ('New step.', None)
+    """
+    start = text.rfind("<refine>")
+    if start < 0:
+        return None
+    body = text[start + len("<refine>") :].split("</refine>", 1)[0].strip()
+    return body or None
+
+
+def sft_solution(trajectory: str, answer: str) -> str:
+    """The SFT completion `<think>\\n{z}\\n</think>\\n<answer>\\n{y}\\n</answer>` (the scoring context's shape)."""
+    return f"<think>\n{trajectory}\n</think>\n<answer>\n{answer}\n</answer>"
+
+
+# ---- the score -----------------------------------------------------------------------------------------------
+
+
+def clipped_score(logprobs: torch.Tensor, clip_min: float = -2.0, clip_max: float = 0.0) -> float:
+    """− mean_t clip(logprobs_t, clip_min, clip_max): REER's clipped log-perplexity of the scored answer tokens
+    (`logprobs` [N], nats; lower is better). Raises ValueError for N = 0 (nothing to score).
+
+    >>> clipped_score(torch.tensor([-0.5, -3.0, -1.0, -0.5]))
+    1.0
+    """
+    if logprobs.numel() == 0:
+        raise ValueError("no answer tokens to score")
+    return float(-logprobs.float().clamp(clip_min, clip_max).mean())
+
+
+def scoring_row(tokenizer: Any, question: str, trajectory: str, answer: str) -> tuple[list[int], list[int]]:
+    """(context ids, scored ids) of one trajectory: context = the tokenizer's prompt framing of the inference
+    prompt + "<think>\\n" + z + "\\n</think>\\n<answer>\\n" + y's first segment; scored = the rest of y
+    (`answer_parts`). The row is tokenised once; the scored ids follow the longest common prefix of the context's
+    own tokenisation and the row's."""
+    head, scored = answer_parts(answer)
+    prompt = tokenizer.encode_prompt(INFERENCE.format(question=question))
+    text = f"<think>\n{trajectory}\n</think>\n<answer>\n{head}"
+    ctx = tokenizer.encode(text)
+    full = tokenizer.encode(text + scored)
+    k = 0
+    while k < min(len(ctx), len(full)) and ctx[k] == full[k]:
+        k += 1
+    return prompt + full[:k], full[k:]
+
+
+def trajectory_scores(scorer: Scorer, question: str, answer: str, trajectories: list[str],
+                      cfg: ReerConfig) -> list[float]:
+    """The clipped score (`clipped_score`) of the answer after each trajectory, one scorer call for all."""
+    rows = [scoring_row(scorer.tokenizer, question, z, answer) for z in trajectories]
+    return [clipped_score(lp, cfg.clip_min, cfg.clip_max) for lp in scorer.logprobs(rows)]
+
+
+# ---- generation ----------------------------------------------------------------------------------------------
+
+
+def _room(gen: Generator, prompt_len: int, want: int) -> int:
+    """New tokens that fit after a prompt of `prompt_len` tokens: `want`, capped by the generator's `max_len` (or
+    the Hugging Face model's `max_position_embeddings`). Raises ValueError when the prompt leaves no room."""
+    limit = getattr(gen, "max_len", None)
+    model = getattr(getattr(gen, "policy", None), "model", None)
+    limit = limit or getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    n = want if limit is None else min(want, limit - prompt_len)
+    if n < 1:
+        raise ValueError(f"prompt of {prompt_len} tokens leaves no room under the model's {limit} positions")
+    return n
+
+
+def _sample(gen: Generator, prompt: str, prefill: str, n: int, stop: tuple[str, ...], cfg: ReerConfig,
+            rng: torch.Generator) -> list[tuple[str, int]]:
+    """`n` completions (text, token count) of the chat-framed `prompt` followed by the assistant's `prefill`."""
+    tok = gen.tokenizer
+    ids = tok.encode_prompt(prompt) + tok.encode(prefill)
+    params = SamplingParams(_room(gen, len(ids), cfg.max_new_tokens), cfg.temperature, cfg.top_p, stop, cfg.top_k)
+    outs = gen.generate([GenerationRequest(ids, n=n)], params, rng)[0]
+    return [(tok.decode(c.completion_ids.tolist()), len(c.completion_ids)) for c in outs]
+
+
+def initial_trajectory(gen: Generator, question: str, answer: str, cfg: ReerConfig, rng: torch.Generator,
+                       pick: random.Random) -> tuple[str, int, str]:
+    """(z0, its generated token count, the pre-trigger): the pre-trigger (drawn with `pick` from
+    `cfg.pre_triggers`) + the generator's continuation of "<think>\\n" + pre-trigger, cut before "</think>"."""
+    texts, probs = zip(*cfg.pre_triggers, strict=True)
+    trigger = pick.choices(texts, weights=probs)[0]
+    prompt = INITIAL_THINKING.format(question=question, answer=answer)
+    text, n = _sample(gen, prompt, "<think>\n" + trigger, 1, ("</think>",), cfg, rng)[0]
+    return (trigger + text.split("</think>", 1)[0]).strip(), n, trigger
+
+
+def rewrites(gen: Generator, question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig,
+             rng: torch.Generator) -> list[str | None]:
+    """`cfg.candidates` rewrites of segment `i` of `segs` (None for a completion without `<refine>`)."""
+    prompt = SEGMENT_EDIT.format(question=question, answer=answer, before="\n\n".join(segs[:i]) or "(nothing)",
+                                 segment=segs[i], after="\n\n".join(segs[i + 1 :]) or "(nothing)")
+    outs = _sample(gen, prompt, EDIT_PREFILL, cfg.candidates, ("</refine>",), cfg, rng)
+    return [refinement(text) for text, _ in outs]
+
+
+# ---- the search ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReerResult:
+    """One item's search: the final trajectory and its record (scores are `clipped_score`s, lower is better)."""
+
+    status: str  # "done" | "skipped"
+    trajectory: str = ""  # z*: the accepted segments joined by blank lines
+    reason: str = ""  # why an item was skipped
+    score_before: float = float("nan")  # score of z0
+    score_after: float = float("nan")  # score of z*
+    reached_threshold: bool = False  # score_after < stop_threshold
+    steps: int = 0  # segment steps taken (each samples K rewrites)
+    accepted: int = 0  # rewrites kept
+    invalid: int = 0  # rewrites without a <refine> block
+    n_segments: int = 0  # segments of z0
+    init_tokens: int = 0  # generated tokens of z0
+    pre_trigger: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)  # per step: segment, candidate scores, accepted
+
+
+def search(gen: Generator, scorer: Scorer, question: str, answer: str, cfg: ReerConfig, rng: torch.Generator,
+           pick: random.Random) -> ReerResult:
+    """REER's search for one (question, answer) pair (module docstring; methods.md §6.2): z0, its segments, then
+    greedy segment rewrites until the score is below `cfg.stop_threshold` or `min(max_steps, #segments)` steps."""
+    z0, n_tokens, trigger = initial_trajectory(gen, question, answer, cfg, rng, pick)
+    segs = segment(z0)
+    res = ReerResult("done", n_segments=len(segs), init_tokens=n_tokens, pre_trigger=trigger)
+    if n_tokens < cfg.min_init_tokens or len(segs) < 2:
+        res.status, res.reason = "skipped", f"initial trajectory of {n_tokens} tokens, {len(segs)} segment(s)"
+        return res
+    best = trajectory_scores(scorer, question, answer, ["\n\n".join(segs)], cfg)[0]
+    res.score_before = best
+    for i in range(min(cfg.max_steps, len(segs))):
+        if best < cfg.stop_threshold:
+            break
+        res.steps += 1
+        cands = rewrites(gen, question, answer, segs, i, cfg, rng)
+        valid = [c for c in cands if c is not None]
+        res.invalid += len(cands) - len(valid)
+        trajs = ["\n\n".join([*segs[:i], c, *segs[i + 1 :]]) for c in valid]
+        scores = trajectory_scores(scorer, question, answer, trajs, cfg) if trajs else []
+        j = min(range(len(scores)), key=scores.__getitem__) if scores else -1
+        keep = j >= 0 and scores[j] < best
+        if keep:
+            segs[i], best = valid[j], scores[j]
+            res.accepted += 1
+        res.history.append({"segment": i, "scores": [round(s, 4) for s in scores], "accepted": keep})
+    res.trajectory, res.score_after = "\n\n".join(segs), best
+    res.reached_threshold = best < cfg.stop_threshold
+    return res
+
+
+__all__ = ["EDIT_PREFILL", "INFERENCE", "INITIAL_THINKING", "SEGMENT_EDIT", "PolicyScorer", "ReerConfig",
+           "ReerResult", "Scorer", "answer_parts", "clipped_score", "good_answer", "initial_trajectory", "refinement",
+           "rewrites", "scoring_row", "search", "segment", "sft_solution", "trajectory_scores"]
