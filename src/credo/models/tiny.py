@@ -79,6 +79,22 @@ class KVCache:
         valid[:, : self.length] = self.key_valid[:, : self.length]
         self.key_valid = valid
 
+    def select_rows(self, index: torch.Tensor) -> KVCache:
+        """A new cache whose row i is this cache's row `index[i]` (index [B'] long; rows may repeat): the sampler
+        prefills each distinct prompt once and gives its n samples copies of its keys and values. Same
+        `max_len`, `length` and capacity; fresh buffers, so the rows then grow apart."""
+        L, _, Hkv, cap, Dh = self.k.shape
+        Bn = index.shape[0]
+        k_buf, v_buf = self.k_buf.new_empty(L * Bn * Hkv * self.max_len * Dh), self.v_buf.new_empty(
+            L * Bn * Hkv * self.max_len * Dh)
+        k, v = k_buf[: L * Bn * Hkv * cap * Dh].view(L, Bn, Hkv, cap, Dh), v_buf[: L * Bn * Hkv * cap * Dh].view(
+            L, Bn, Hkv, cap, Dh)
+        with torch.no_grad():  # a cache is never differentiated through
+            torch.index_select(self.k, 1, index, out=k)
+            torch.index_select(self.v, 1, index, out=v)
+        return KVCache(k=k, v=v, k_buf=k_buf, v_buf=v_buf, key_valid=self.key_valid[index],
+                       next_pos=self.next_pos[index], max_len=self.max_len, length=self.length, any_pad=self.any_pad)
+
 
 def _widen(x: torch.Tensor, buf: torch.Tensor, cap: int, filled: int) -> torch.Tensor:
     """`x` [L, B, Hkv, S, Dh], a view of the start of `buf`, as the same rows with `cap` > S slots each: the
