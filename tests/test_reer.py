@@ -255,3 +255,11 @@ def test_bad_row_names_file_line_and_field(tmp_path, line, field):
         read_items(src)
     with pytest.raises(DatasetError, match="line 2"):  # before any model runs
         run_reer(src, tmp_path / "out.jsonl", ScriptedGenerator("x"), TableScorer(), CFG, progress=False)
+
+
+def test_cli_reports_a_bad_row_before_loading_a_model(tmp_path, capsys):
+    from credo.cli import main
+
+    src = _write(tmp_path / "in.jsonl", ['{"question": "Q?", "answer": 3}'])
+    code = main(["reer", str(src), "--out", str(tmp_path / "out.jsonl"), "--generator", str(tmp_path / "none")])
+    assert code == 2 and "in.jsonl: line 1: field 'solution': missing" in capsys.readouterr().err

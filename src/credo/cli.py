@@ -1,4 +1,4 @@
-"""`credo train|sft|eval|ablate|refine|models`: the command line over `trainer`."""
+"""`credo train|sft|eval|ablate|refine|reer|models`: the command line over `trainer`."""
 
 from __future__ import annotations
 
@@ -106,6 +106,48 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reer(args: argparse.Namespace) -> int:
+    from credo.envs.dataset import DatasetError
+    from credo.trainer.reer import ReerConfig
+    from credo.trainer.reer_io import reer_from_files
+
+    cfg = ReerConfig(candidates=args.candidates, max_steps=args.max_steps, stop_threshold=args.threshold,
+                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     min_init_tokens=args.min_init_tokens, seed=args.seed)
+    try:
+        summary = reer_from_files(args.input, args.out, args.generator, args.scorer or "", cfg, args.limit,
+                                  args.dtype, args.device, args.backend, args.threads, not args.no_progress)
+    except DatasetError as err:
+        print(f"credo: {err}", file=sys.stderr)
+        return 2
+    print("reer: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    print(f"reer: written to {args.out} (skipped items: {args.out}.skipped.jsonl)")
+    return 0
+
+
+def _reer_parser(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("reer", help="REER: search the reasoning trace that makes a known-good answer most likely "
+                       "(trainer.reer); writes rows `credo sft` reads, resumable")
+    r.add_argument("input", help="JSONL of {question, solution[, id, answer]} (solution: the good answer)")
+    r.add_argument("--out", required=True, help="output JSONL (appended; rows already there are skipped)")
+    r.add_argument("--generator", default="smollm2-135m-instruct", help="generator model directory or known name")
+    r.add_argument("--scorer", help="scorer (PPL) model directory or known name (default: the generator's model)")
+    r.add_argument("--candidates", type=int, default=2, help="K rewrites per segment step (released: 2)")
+    r.add_argument("--max-steps", type=int, default=10, help="segment steps at most (released: 10)")
+    r.add_argument("--threshold", type=float, default=0.25, help="stop when the clipped log-PPL is below this")
+    r.add_argument("--max-new-tokens", type=int, default=8000, help="generator tokens per rollout (released: 8000)")
+    r.add_argument("--temperature", type=float, default=0.8, help="generator temperature (top-p 0.85, top-k 40)")
+    r.add_argument("--min-init-tokens", type=int, default=100, help="skip an item whose first trajectory is shorter")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--limit", type=int, default=0, help="items to process in this call (0: all pending)")
+    r.add_argument("--dtype", default="float32", help="compute dtype of both models: float32 | bfloat16")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--backend", default="native", help="generation backend (rollout.backend: native | vllm | auto)")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(overrides=[])
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from credo.models import hub
 
@@ -155,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     rf.add_argument("--n", type=int, default=50, help="test examples (the first n)")
     rf.add_argument("--rounds", type=int, help="refinement rounds (default: judge.refine_rounds)")
     rf.add_argument("--out", help="output JSON (default runs/<run.name>/refine.json; the .md report beside it)")
+    _reer_parser(sub)
     mo = sub.add_parser("models", help="pretrained models by name: list them, convert an installed GGUF once")
     mo.add_argument("action", choices=["list", "convert"])
     mo.add_argument("name", nargs="?", default="smollm2-135m-instruct", help="model to convert (credo models list)")
@@ -170,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         commands = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "ablate": cmd_ablate, "refine": cmd_refine,
-                    "models": cmd_models}
+                    "reer": cmd_reer, "models": cmd_models}
         return commands[args.command](args)
     except ConfigError as err:
         print(f"credo: config error: {err}", file=sys.stderr)

@@ -201,5 +201,17 @@ def load_models(generator: str, scorer: str = "", dtype: str = "float32", device
     return gen, PolicyScorer(policy, tok)
 
 
-__all__ = ["Item", "append_row", "done_rows", "load_models", "output_row", "read_items", "run_reer", "skipped_path",
-           "summarize"]
+def reer_from_files(input_path: str | Path, out: str | Path, generator: str, scorer: str = "",
+                    cfg: ReerConfig | None = None, limit: int = 0, dtype: str = "float32", device: str = "cpu",
+                    backend: str = "native", threads: int = 0, progress: bool = True) -> dict[str, float]:
+    """`credo reer`: check the input (a bad row raises `DatasetError` before any model loads), load the generator
+    and the scorer (`load_models`), then `run_reer`. `threads` > 0 sets torch's CPU threads."""
+    read_items(input_path)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    gen, sc = load_models(generator, scorer, dtype, device, backend)
+    return run_reer(input_path, out, gen, sc, cfg or ReerConfig(), limit, progress)
+
+
+__all__ = ["Item", "append_row", "done_rows", "load_models", "output_row", "read_items", "reer_from_files", "run_reer",
+           "skipped_path", "summarize"]
