@@ -113,7 +113,7 @@ def judge_prompt(rubric: Rubric, question: str, response: str, reference: str | 
 MAX_PARSE_CHARS = 20_000  # longer outputs are clipped before the regexes (STYLE rule 7)
 _HEADER = re.compile(r"^[#*_\s]*(?:(\d{1,2})\s*[.)]\s*)?[*_]*([A-Za-z][A-Za-z0-9 &/'-]{0,60}?)[*_\s]*:[*_]*\s*(.*)$")
 _SCORE = re.compile(r"(?:^|[#*_\s])score[*_\s]*:[*_\s]*(.*)$", re.IGNORECASE)
-_NUMBER = re.compile(r"^([+-]?\d+(?:\.\d+)?)[*_]*\s*(?:(?:/|out of)\s*(\d+(?:\.\d+)?))?")
+_NUMBER = re.compile(r"^([+-]?\d+(?:\.\d+)?)(?![,\d])[*_]*\s*(?:(?:/|out of)\s*(\d+(?:\.\d+)?))?")
 _NA = re.compile(r"^(?:n\s*/\s*a|na|not applicable)\b", re.IGNORECASE)
 _SECTION_END = re.compile(r"^\s*#\s*(?:summary|user request refinement)\b", re.IGNORECASE)
 _REFINED = re.compile(r"^[#*_\s]*refined request[*_\s]*:[*_\s]*(.*)$", re.IGNORECASE)
@@ -289,7 +289,8 @@ class Judge:
     cached (module docstring). `generator` is any `rollout.backend.Generator` (a bare decoder is wrapped in a
     native one); it is never synced with a policy. A prompt longer than the engine's context (`max_len` −
     `max_new_tokens`) is not judged: its judgement has the error "judge prompt too long".
-    Counters: `calls` (items asked), `hits` (answered from the cache)."""
+    Counters: `calls` (items asked), `hits` (answered without a generation of their own: cached, or a duplicate
+    of an earlier item of the same call)."""
 
     def __init__(self, generator: Any, tokenizer: Any, rubric: Rubric, max_new_tokens: int = 256,
                  temperature: float = 0.0, batch_size: int = 16, cache_size: int = 65536, seed: int = 0) -> None:
@@ -316,7 +317,7 @@ class Judge:
         keys = [(it.question, it.response, it.reference, refine) for it in items]
         self.calls += len(items)
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        self.hits += sum(k in self.cache for k in keys)
+        self.hits += len(keys) - len(todo)  # from the cache, or a duplicate within this call
         first = {k: it for k, it in zip(keys, items, strict=True)}
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
