@@ -395,7 +395,9 @@ def test_refine_writes_json_and_markdown(tmp_path):
     result = {"rounds": [{"round": 0, "accuracy": 1.0, "judge_score": math.nan, "judge_unscorable": 1.0,
                           "refined_missing": 0.0}], "examples": []}
     js, md = write_outputs(result, tmp_path / "r" / "refine.json")
-    assert json.loads(js.read_text())["rounds"][0]["accuracy"] == 1.0 and md.suffix == ".md" and md.is_file()
+    back = json.loads(js.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert back["rounds"][0]["accuracy"] == 1.0 and back["rounds"][0]["judge_score"] is None
+    assert md.suffix == ".md" and "| 0 | 1.000 | nan |" in md.read_text()
 
 
 # ---- PARROT -----------------------------------------------------------------------------------------------------

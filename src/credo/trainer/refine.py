@@ -103,11 +103,23 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
 
 
+def _finite(x: Any) -> Any:
+    """`x` with NaN / infinite floats as None (strict JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_outputs(result: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """`out` (a .json path) and the markdown report beside it (same name, .md); returns both paths."""
+    """`out` (a .json path; NaN written as null) and the markdown report beside it (same name, .md); returns both
+    paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
+    out.write_text(json.dumps(_finite(result), indent=1))
     md = out.with_suffix(".md")
     md.write_text(markdown(result))
     return out, md
