@@ -12,7 +12,7 @@ teaches a judge to critique then score, made from preference pairs without ratio
        a reference; `solution`: "# Detailed Judgement" + the teacher's critique of that response).
 
     python scripts/parrot.py --pairs pairs.jsonl --out parrot_sft.jsonl [configs/smollm2_judge.toml] [overrides]
-    credo sft env.name=dataset env.sft_files=[parrot_sft.jsonl] env.prompt_template="{prompt}" \\
+    credo sft env.name=dataset 'env.sft_files=["parrot_sft.jsonl"]' 'env.prompt_template={prompt}' \\
         model.path=smollm2-135m-instruct sft.steps=100 sft.batch_size=4 sft.lr=1e-5 --out runs/parrot_judge
 
 The teacher is the `[judge]` model (`judge.model`, or `--teacher`), greedy, with 2 × `judge.max_new_tokens` tokens
