@@ -68,7 +68,7 @@ def test_zero_weights_are_off_and_unknown_terms_are_an_error():
     cfg.reward.outcome = 0.0
     assert term_weights(cfg) == {}
     with pytest.raises(ValueError, match="unknown reward term"):
-        RewardModel({"outcome": 1.0, "judge": 1.0}, TermContext(cfg=cfg, env=None))
+        RewardModel({"outcome": 1.0, "oracle": 1.0}, TermContext(cfg=cfg, env=None))
 
 
 def test_kind11_rethink_shaping_and_perception_both_reach_the_total():
