@@ -263,3 +263,13 @@ def test_cli_reports_a_bad_row_before_loading_a_model(tmp_path, capsys):
     src = _write(tmp_path / "in.jsonl", ['{"question": "Q?", "answer": 3}'])
     code = main(["reer", str(src), "--out", str(tmp_path / "out.jsonl"), "--generator", str(tmp_path / "none")])
     assert code == 2 and "in.jsonl: line 1: field 'solution': missing" in capsys.readouterr().err
+
+
+def test_direct_refine_prefills_the_refine_block():
+    gen = ScriptedGenerator("seg one\n\nseg two", {"seg one": ["key one</refine>", "worse"]})
+    res = _search(gen, ReerConfig(min_init_tokens=0, pre_triggers=(("", 1.0),), direct_refine=True))
+    assert res.history[0] == {"segment": 0, "scores": [0.175, 1.5], "accepted": True}  # both parse as rewrites
+    assert res.trajectory == "key one\n\nseg two" and res.invalid == 0
+    edits = {"seg one": ["key one</refine>", "worse"], "seg two": ["key two</refine>", "worse"]}
+    res = _search(ScriptedGenerator("seg one\n\nseg two", edits))
+    assert res.invalid == 4 and res.accepted == 0  # released prefill: no <refine> in either completion

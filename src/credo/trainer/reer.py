@@ -23,6 +23,7 @@ Departures from the released code (each also in docs/algorithms.md):
 - a rewrite without a closing tag: the text after the last "<refine>" is used (a small model often stops early);
   no "<refine>" at all makes the candidate invalid (counted as `invalid`);
 - rewrites stop at "</refine>" (the released run samples on and takes the last block): same text, fewer tokens;
+- `direct_refine` (opt-in, off by default): the rewrite's prefill closes an empty analysis and opens `<refine>`;
 - English prompts only (the Chinese templates and triggers are not used); the prompts are credo's own wording of
   the released instructions (methods.md §6.2), not the released text;
 - the token split between context and scored answer: the scored tokens are those after the longest common prefix
@@ -71,6 +72,7 @@ SEGMENT_EDIT = (
     "<refine> and </refine>."
 )
 EDIT_PREFILL = "Let's find out what can be improved and enriched to better align with the target text.\n<analyze>\n"
+DIRECT_PREFILL = EDIT_PREFILL + "</analyze>\n<refine>\n"  # `ReerConfig.direct_refine` (not released)
 PRE_TRIGGERS = (("Okay, I am given", 0.2), ("Alright, the user", 0.32), ("Alright", 0.48))  # released (English)
 
 
@@ -90,6 +92,7 @@ class ReerConfig:
     min_init_tokens: int = 100  # skip an item whose initial trajectory is shorter (tokens)
     seed: int = 0  # seeds each item's own random stream (with the item's line number): resumable and repeatable
     pre_triggers: tuple[tuple[str, float], ...] = PRE_TRIGGERS  # (text, probability) the trajectory starts with
+    direct_refine: bool = False  # opt-in, not released: prefill an empty analysis and "<refine>\n" (small generators)
 
 
 class Scorer(Protocol):
@@ -278,11 +281,14 @@ def initial_trajectory(gen: Generator, question: str, answer: str, cfg: ReerConf
 
 def rewrites(gen: Generator, question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig,
              rng: torch.Generator) -> list[str | None]:
-    """`cfg.candidates` rewrites of segment `i` of `segs` (None for a completion without `<refine>`)."""
+    """`cfg.candidates` rewrites of segment `i` of `segs` (None for a completion without `<refine>`). With
+    `cfg.direct_refine` the prefill also closes the analysis and opens `<refine>` (`DIRECT_PREFILL`): SmolLM2-135M
+    never leaves its analysis for a `<refine>` block within 256 tokens, so every released-style candidate is invalid."""
     prompt = SEGMENT_EDIT.format(question=question, answer=answer, before="\n\n".join(segs[:i]) or "(nothing)",
                                  segment=segs[i], after="\n\n".join(segs[i + 1 :]) or "(nothing)")
-    outs = _sample(gen, prompt, EDIT_PREFILL, cfg.candidates, ("</refine>",), cfg, rng)
-    return [refinement(text) for text, _ in outs]
+    prefill = DIRECT_PREFILL if cfg.direct_refine else EDIT_PREFILL
+    outs = _sample(gen, prompt, prefill, cfg.candidates, ("</refine>",), cfg, rng)
+    return [refinement(prefill + text) for text, _ in outs]
 
 
 # ---- the search ----------------------------------------------------------------------------------------------
@@ -339,6 +345,6 @@ def search(gen: Generator, scorer: Scorer, question: str, answer: str, cfg: Reer
     return res
 
 
-__all__ = ["EDIT_PREFILL", "INFERENCE", "INITIAL_THINKING", "SEGMENT_EDIT", "PolicyScorer", "ReerConfig",
-           "ReerResult", "Scorer", "answer_parts", "clipped_score", "good_answer", "initial_trajectory", "refinement",
-           "rewrites", "scoring_row", "search", "segment", "sft_solution", "trajectory_scores"]
+__all__ = ["DIRECT_PREFILL", "EDIT_PREFILL", "INFERENCE", "INITIAL_THINKING", "SEGMENT_EDIT", "PolicyScorer",
+           "ReerConfig", "ReerResult", "Scorer", "answer_parts", "clipped_score", "good_answer", "initial_trajectory",
+           "refinement", "rewrites", "scoring_row", "search", "segment", "sft_solution", "trajectory_scores"]
