@@ -3,16 +3,26 @@
 1. One RL update with N = 2 equals one process's update of the same global batch (parameters within 1e-5, fp32)
    for every aggregation mode, with an uneven token split, a rank whose share has only zero advantages, micro-batch
    counts that differ between ranks (ghost micro-batches), clipping active, and a rank that brings no rows at all.
+2. `torchrun --nproc-per-node 2 -m credo train` finishes; rank 0's metrics and report are complete; a run stopped
+   at step k and resumed with N = 2 is bit-identical to the uninterrupted N = 2 run; resumed with N = 1 it continues
+   from the same checkpoint (model, optimizer, data position), with other samples (only statistically equal).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY
 
 from credo.core.aggregation import aggregate, denominator
 from credo.data import Batch
@@ -126,3 +136,90 @@ def test_two_process_update_equals_one_process(tmp_path):
         assert abs(m["loss/policy"] - ref["loss/policy"]) < 1e-5, key
         assert abs(m["loss/grad_norm"] - ref["loss/grad_norm"]) < 1e-4, key
 
+
+# ---- torchrun end to end --------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+# arith with a dense user reward (the tiny warm start never answers right, so outcome rewards would all be 0 and no
+# update would run); one verification worker less per rank
+RUN = [*TINY, "reward.function=verify_helpers:length_reward", "reward.workers=0", "rl.lr=1e-3"]
+
+
+def _credo_train(nproc: int, out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node N -m credo train configs/arith.toml …` (plain `python -m credo`
+    for N = 1), one thread per process."""
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    cmd = [sys.executable, *launch, "-m", "credo", "train", "configs/arith.toml", *RUN, f"run.out_dir={out}",
+           "run.threads=1", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final_model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """full: 3 steps on 2 processes; part: 2 steps on 2 processes, copied to part1, then both resumed to step 3,
+    part with 2 processes and part1 with 1."""
+    out = tmp_path_factory.mktemp("dp")
+    _credo_train(2, out, "run.name=full", "rl.steps=3")
+    _credo_train(2, out, "run.name=part", "rl.steps=2")
+    shutil.copytree(out / "part", out / "part1")
+    _credo_train(2, out, "run.name=part", "rl.steps=3")
+    _credo_train(1, out, "run.name=part1", "rl.steps=3")
+    return out
+
+
+def test_torchrun_train_finishes_with_rank0_metrics_and_report(runs):
+    run_dir = runs / "full"
+    recs = _records(run_dir)
+    rl = [r for r in recs if r["phase"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2, 3]  # one record per step: rank 0's, with the ranks' metrics reduced
+    assert [r["step"] for r in recs if r["phase"] == "eval"] == [0, 3]
+    for r in rl:
+        assert r["loss/optimizer_steps"] == 2.0 and math.isfinite(r["loss/policy"]), r
+        assert r["rollout/response_len"] > 0 and "reward/mean" in r and "time/step" in r
+    assert (run_dir / "report.html").is_file() and (run_dir / "checkpoint.pt").is_file()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and len(state["ranks"]) == 2 and state["data_pos"] == 3 * 4
+    final = _final(run_dir)  # a plain model directory with the whole (unsharded) weights
+    assert all(torch.equal(final[k], v) for k, v in state["model"].items())
+    start = load_file_start(run_dir)
+    assert any(not torch.equal(final[k], start[k]) for k in final)  # RL moved the weights
+
+
+def load_file_start(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "start_model" / "model.safetensors")
+
+
+def test_resume_with_two_processes_is_bit_identical(runs):
+    full, part = _records(runs / "full"), _records(runs / "part")
+    assert [r for r in part if r["phase"] == "rl"][-1]["step"] == 3
+    a, b = _final(runs / "full"), _final(runs / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last = [r for r in full if r["phase"] == "rl"][-1], [r for r in part if r["phase"] == "rl"][-1]
+    assert all(last[0][k] == last[1][k] for k in last[0] if not k.startswith("time/"))
+
+
+def test_resume_with_one_process_continues_from_the_checkpoint(runs):
+    part1 = _records(runs / "part1")
+    rl = [r for r in part1 if r["phase"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2, 3]  # history of the two-process steps, then one-process step 3
+    untimed = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rl]
+    full = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in _records(runs / "full")]
+    assert untimed[:2] == [r for r in full if r["phase"] == "rl"][:2]
+    assert rl[2]["loss/optimizer_steps"] == 2.0 and math.isfinite(rl[2]["loss/policy"])
+    state = torch.load(runs / "part1" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and state["data_pos"] == 3 * 4 and "ranks" not in state

@@ -34,6 +34,8 @@ def layer_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "credo" or len(parts) < 2:
         return None
+    if parts[1] == "__main__":  # `python -m credo`: the command line's entry point
+        return "cli"
     if parts[1] not in LAYERS:
         raise ValueError(f"{module}: not in a declared layer {LAYERS}; declare it in DESIGN.md and here")
     return parts[1]

@@ -15,11 +15,27 @@ def _summary_line(summary: dict[str, float]) -> str:
     return "summary: " + " ".join(f"{k}={summary[k]:.4f}" for k in keys)
 
 
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """The command line that runs `credo train` data-parallel on `nproc` processes of this node: `torchrun
+    --standalone --nproc-per-node N -m credo train …` (`argv`: the train arguments without `--nproc`)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "credo",
+            "train", *argv]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1:  # the same command on N processes under torchrun (trainer.distributed)
+        import os
+
+        argv = ([args.config] if args.config else []) + args.overrides
+        cmd = torchrun_command(args.nproc, argv)
+        print("credo: " + " ".join(cmd[1:]), file=sys.stderr)
+        os.execv(sys.executable, cmd)
     from credo.trainer.loop import train
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
+    if not summary:  # a data-parallel rank other than 0: rank 0 prints the summary
+        return 0
     if "interrupted_at" in summary:
         print(f"stopped at step {int(summary['interrupted_at'])}; run the same command again to resume")
         return 130
@@ -171,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="warm start (SFT) + RL on an environment, then a report")
     t.add_argument("config", nargs="?", help="TOML preset (default: built-in arith sandbox)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.steps=10")
+    t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this node: runs the same "
+                   "command under torchrun --nproc-per-node N (FSDP2; README 'More than one process')")
     s = sub.add_parser("sft", help="only the supervised warm start (of a fresh TinyLM, or of model.path)")
     s.add_argument("config", nargs="?")
     s.add_argument("overrides", nargs="*")

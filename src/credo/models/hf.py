@@ -150,7 +150,8 @@ def copy_into_native(weights: Mapping[str, torch.Tensor] | Any, engine: TinyLM) 
            if t.shape[0] != sum(p.shape[0] for p in parts) or any(p.shape[1:] != t.shape[1:] for p in parts)]
     if bad:
         raise RuntimeError(f"native engine weight sync: shapes differ for {bad}")
-    for t, parts in tensors:
+    for t, parts in tensors:  # FSDP-sharded (DTensor) parameters are gathered one at a time (trainer.distributed)
+        parts = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in parts]
         t.copy_(parts[0] if len(parts) == 1 else torch.cat(parts))
 
 

@@ -29,13 +29,14 @@ from credo.rewards.perception import make_reasoner
 from credo.rewards.terms import RewardModel, TermContext, term_weights
 from credo.rollout.backend import make_generator
 from credo.trainer import checkpoint as ckpt
+from credo.trainer import distributed as dist
 from credo.trainer import stages
 from credo.trainer.config import Config, to_dict
 from credo.trainer.evaluate import evaluate, tool_eval_from_config
 from credo.trainer.logprobs import sequence_logprobs
 from credo.trainer.metrics import MultiSink, Timers, format_line, make_sink, peak_rss_mb
 from credo.trainer.sft import sft
-from credo.trainer.update import policy_update
+from credo.trainer.update import empty_batch, policy_update
 
 CONSOLE_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@8", "rollout/response_len", "loss/policy", "time/step")
 MAX_BAD_STEPS = 3  # consecutive steps with a non-finite loss/gradient before the run stops
@@ -89,10 +90,15 @@ def _eval(ctx: stages.StepContext, step: int) -> dict[str, Any]:
 
 
 def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: MultiSink) -> tuple[Any, Any]:
-    """The model RL starts from: `model.path`, else a fresh TinyLM trained by SFT (saved as start_model/)."""
+    """The model RL starts from: `model.path`, else a fresh TinyLM trained by SFT (saved as start_model/). Data
+    parallel: rank 0 makes it, the other ranks wait and load its start_model/."""
+    if not dist.is_main():
+        dist.barrier()
+        return load_policy(run_dir / "start_model", cfg.model)
     if cfg.model.path:
         policy, tok = load_policy(cfg.model.path, cfg.model)
         save_policy(policy, tok, run_dir / "start_model")
+        dist.barrier()
         return policy, tok
     torch.manual_seed(cfg.run.seed)
     policy, tok = build_policy(cfg.model)
@@ -107,6 +113,7 @@ def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: MultiSink) -> tuple[
         sft(policy, tok, env, cfg.sft, cfg.run.seed, on_step)
         bar.close()
     save_policy(policy, tok, run_dir / "start_model")
+    dist.barrier()
     return policy, tok
 
 
@@ -123,6 +130,8 @@ def train(cfg: Config) -> dict[str, float]:
         if cfg.reward.function and not is_batched_function(cfg.reward.function):
             eval_runner = stack.enter_context(
                 VerifyRunner(env.verify, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s))
+        joined = dist.init_from_env(cfg.model.device)  # under torchrun: one rank of a data-parallel run
+        stack.callback(dist.close if joined else lambda: None)
         run = build_run(cfg, env, runner, eval_runner)
         return run_loop(run)
 
@@ -142,25 +151,27 @@ class Run:
     wall_before: float
     t_start: float
     methods: dict[str, Any]
+    gen_policy: Any = None  # what ctx.gen decodes with: the policy, or its full-weight copy (trainer.distributed)
 
 
 def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunner) -> Run:
     """Load or warm-start the policy, restore a checkpoint when one exists (`run.resume`), build the reward model,
     the credit-input providers and the selector."""
     t_start = time.perf_counter()
-    torch.set_num_threads(cfg.run.threads)
+    torch.set_num_threads(max(1, cfg.run.threads // dist.local_world_size()))  # run.threads per node
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
-    g = torch.Generator().manual_seed(cfg.run.seed)
+    g = torch.Generator().manual_seed(dist.rank_seed(cfg.run.seed))
+    loggers = cfg.run.loggers if dist.is_main() else []  # rank 0 writes the metrics
     state = ckpt.load(ckpt_path) if cfg.run.resume and ckpt_path.exists() else None
     if state is not None:  # exact resume: model, optimizer, RNG, data position, step, metrics so far
-        sink = make_sink(run_dir, cfg.run.loggers, state["history"], name=cfg.run.name, config=to_dict(cfg))
+        sink = make_sink(run_dir, loggers, state["history"], name=cfg.run.name, config=to_dict(cfg))
         policy, tok = load_policy(run_dir / "start_model", cfg.model)
         policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # the same adapters, then the saved tensors
         ckpt.load_model_state(policy, state["model"])
     else:
-        sink = make_sink(run_dir, cfg.run.loggers, name=cfg.run.name, config=to_dict(cfg))
+        sink = make_sink(run_dir, loggers, name=cfg.run.name, config=to_dict(cfg))
         policy, tok = _warm_start(cfg, env, run_dir, sink)
         policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # model.lora.rank > 0: peft adapters
     train_examples, n_long = filter_overlong(env.examples("train"), env, tok, cfg.env.max_prompt_tokens)
@@ -177,11 +188,11 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
         ref_policy = policy.reference()
     elif cfg.rl.kl_coef > 0:
         ref_policy = load_policy(run_dir / "start_model", cfg.model)[0].eval().requires_grad_(False)
+    gen_policy, gen, policy = _generation_and_shards(cfg, policy, tok)
     opt = torch.optim.AdamW(  # the trainable parameters only (LoRA: the adapters)
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay,
         betas=(0.9, 0.99), eps=cfg.rl.adam_eps,
     )
-    gen = make_generator(cfg.rollout.backend, policy, tok, max_batch=cfg.rollout.max_batch)
     ctx = stages.StepContext(
         cfg=cfg, env=env, policy=policy, tokenizer=tok, gen=gen, generator=g, stream=stream,
         train_examples=train_examples, test_examples=test_examples, by_id={e.id: e for e in train_examples},
@@ -193,17 +204,36 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     terms = {f"reward/{name}": term for name, term in ctx.reward_model.terms.items()}  # R3, Memory-R+ state
     methods = {**ctx.providers, "selector": ctx.selector, **terms}
     methods = {k: v for k, v in methods.items() if hasattr(v, "state_dict")}
-    run = Run(cfg, ctx, opt, ref_policy, sink, run_dir, 0, 0.0, t_start, methods)
+    run = Run(cfg, ctx, opt, ref_policy, sink, run_dir, 0, 0.0, t_start, methods, gen_policy)
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"], g)
+        dist.load_optimizer_state(opt, state["optimizer"])  # opt.load_state_dict in one process
+        if (rng := dist.rank_part(state, "rng")) is not None:  # per rank; rank 0's at the top level
+            ckpt.set_rng_state(rng, g)
+        saved_methods = dist.rank_part(state, "methods") or {}
         for name, obj in methods.items():  # method state lives in the checkpoint too, so resume stays exact
-            obj.load_state_dict(state["methods"][name])
+            if name in saved_methods:
+                obj.load_state_dict(saved_methods[name])
         run.start_step, run.wall_before = state["step"], state["wall_s"]
-    else:
+    elif dist.is_main():
         sink.log(_eval(ctx, 0))
         print(format_line(sink.records[-1], CONSOLE_KEYS))
     return run
+
+
+def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any, Any]:
+    """(what the generation backend decodes with, the backend, the policy to train). One process: the policy, its
+    backend, the policy. Under torchrun: a full-weight copy for TinyLM (`dist.generation_copy`) or the native
+    engine's own copy for Hugging Face models, built before the policy is FSDP-sharded (`dist.shard_policy`)."""
+    if dist.world_size() > 1 and cfg.rl.dynamic_sampling:
+        raise ValueError("rl.dynamic_sampling under torchrun is not supported yet (refill rounds need global counts)")
+    if dist.world_size() > cfg.rl.prompts_per_step:
+        raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} < {dist.world_size()} processes")
+    gen_policy = dist.generation_copy(policy)
+    gen = make_generator(cfg.rollout.backend, gen_policy, tok, max_batch=cfg.rollout.max_batch)
+    if dist.is_distributed() and getattr(gen, "decoder", None) is policy and not hasattr(policy, "blocks"):
+        raise ValueError("under torchrun a Hugging Face model must decode on the native engine (a Llama-family "
+                         "model with model.native_decode = true)")
+    return gen_policy, gen, dist.shard_policy(policy, getattr(policy, "compute_dtype", None))
 
 
 def _reward_model(cfg: Config, env: Any, gen: Any, tok: Any, policy: Any, run_dir: Path) -> RewardModel:
@@ -232,30 +262,39 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
         stages.credit_stage(ctx, samples, adv, step, record)  # token advantages, credit-assigned
         batch = stages.selection_stage(ctx, samples, adv, record)
     with ctx.timers("update"):
-        if batch is not None:
-            loss_metrics = policy_update(ctx.policy, run.opt, batch, cfg.rl, ctx.generator, run.ref_policy,
-                                         cfg.rethink.nll_coef)
+        if dist.any_true(batch is not None):  # data parallel: a rank with no rows still joins the update
+            loss_metrics = policy_update(ctx.policy, run.opt, batch if batch is not None else empty_batch(), cfg.rl,
+                                         ctx.generator, run.ref_policy, cfg.rethink.nll_coef)
         else:  # nothing survived selection: no update this step (not a failure)
             loss_metrics = {"loss/optimizer_steps": 0.0, "loss/skipped": 0.0, "loss/empty_batch": 1.0}
     with ctx.timers("sync"):  # the engine decodes with the updated weights from the next rollout on
-        ctx.gen.sync_weights(ctx.policy)
+        dist.copy_full_weights(ctx.policy, run.gen_policy)  # a rank's full-weight copy (nothing in one process)
+        ctx.gen.sync_weights(run.gen_policy)
     n_used = len(batch) if batch is not None else 0
+    record.update(stages.rollout_metrics(samples, adv, n_used) if samples else {})
+    record = dist.reduce_metrics(record, len(samples), sums=("verify/", "dapo/"))  # over ranks (one: as is)
     return {
         "phase": "rl", "step": step + 1, **record, **loss_metrics,
-        **(stages.rollout_metrics(samples, adv, n_used) if samples else {}),
         **ctx.timers.pop(), "time/step": time.perf_counter() - t_step,
     }
 
 
 def save(run: Run, step: int) -> None:
-    """Atomic checkpoint: model, optimizer, step, data position, RNG, metrics so far, method state."""
+    """Atomic checkpoint: model, optimizer, step, data position, RNG, metrics so far, method state. Data parallel
+    (collective): whole tensors gathered onto rank 0, which writes; every rank's RNG and method state in `ranks`."""
     ctx = run.ctx
+    model = dist.full_model_state(ctx.policy) if dist.is_distributed() else ckpt.model_state(ctx.policy)
+    optimizer = dist.full_optimizer_state(run.opt)
+    methods = {name: obj.state_dict() for name, obj in run.methods.items()}
+    ranks = dist.all_gather_object({"rng": ckpt.rng_state(ctx.generator), "methods": methods})
+    if not dist.is_main():
+        return
     ckpt.save_atomic(
         {
-            "model": ckpt.model_state(ctx.policy), "optimizer": run.opt.state_dict(), "step": step,
-            "data_pos": ctx.stream.pos, "rng": ckpt.rng_state(ctx.generator), "history": run.sink.records,
+            "model": model, "optimizer": optimizer, "step": step,
+            "data_pos": ctx.stream.pos, "rng": ranks[0]["rng"], "history": run.sink.records,
             "config": to_dict(run.cfg), "wall_s": run.wall_before + time.perf_counter() - run.t_start,
-            "methods": {name: obj.state_dict() for name, obj in run.methods.items()},
+            "methods": methods, **({"ranks": ranks} if dist.is_distributed() else {}),
         },
         run.run_dir / "checkpoint.pt",
     )
@@ -267,7 +306,8 @@ def run_loop(run: Run) -> dict[str, float]:
     """RL steps with logging, periodic evaluation and checkpoints until `rl.steps` or Ctrl-C."""
     cfg, ctx = run.cfg, run.ctx
     bad_steps, step = 0, run.start_step
-    bar = tqdm(total=cfg.rl.steps, initial=step, desc="rl", disable=not cfg.run.progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.rl.steps, initial=step, desc="rl", disable=not (cfg.run.progress and dist.is_main()),
+               dynamic_ncols=True)
     with _Interrupt() as interrupt:
         while step < cfg.rl.steps:
             record = rl_step(run, step)
@@ -279,7 +319,7 @@ def run_loop(run: Run) -> dict[str, float]:
                 save(run, step)
                 raise RuntimeError(f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss or gradient "
                                    f"(last at step {step}); checkpoint saved to {run.run_dir / 'checkpoint.pt'}")
-            if step % cfg.eval.every == 0 or step == cfg.rl.steps:
+            if (step % cfg.eval.every == 0 or step == cfg.rl.steps) and dist.is_main():  # rank 0 evaluates
                 run.sink.log(_eval(ctx, step))
                 tqdm.write(format_line(run.sink.records[-1], CONSOLE_KEYS))
             bar.update(1)
@@ -287,7 +327,7 @@ def run_loop(run: Run) -> dict[str, float]:
                             len=f"{record.get('rollout/response_len', math.nan):.0f}")
             if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or step == cfg.rl.steps:
                 save(run, step)
-            if interrupt.requested:
+            if dist.any_true(interrupt.requested):
                 save(run, step)
                 tqdm.write(f"interrupted: checkpoint saved at step {step} to {run.run_dir / 'checkpoint.pt'}")
                 break
@@ -295,8 +335,25 @@ def run_loop(run: Run) -> dict[str, float]:
     run.sink.close()
     if step < cfg.rl.steps:
         return {"interrupted_at": float(step)}
-    save_policy(ctx.policy, ctx.tokenizer, run.run_dir / "final_model")
+    _save_final(run)
+    if not dist.is_main():
+        return {}
     return finish(run.run_dir, run.sink.records, cfg, run.wall_before + time.perf_counter() - run.t_start)
+
+
+def _save_final(run: Run) -> None:
+    """`final_model/`: the policy saved as a plain model directory. Data parallel: the whole weights gathered onto
+    rank 0, loaded into an unsharded copy of start_model/ and saved from it."""
+    path = run.run_dir / "final_model"
+    if not dist.is_distributed():
+        save_policy(run.ctx.policy, run.ctx.tokenizer, path)
+        return
+    state = dist.full_model_state(run.ctx.policy)
+    if dist.is_main():
+        plain = load_policy(run.run_dir / "start_model", run.cfg.model)[0]
+        plain.load_state_dict(state)
+        save_policy(plain, run.ctx.tokenizer, path)
+    dist.barrier()
 
 
 def finish(run_dir: Path, records: list[dict[str, Any]], cfg: Config, wall_s: float) -> dict[str, float]:

@@ -29,6 +29,7 @@ from credo.rollout.engine import rollout
 from credo.rollout.multiturn import multiturn_rollout, tool_use_metrics
 from credo.rollout.rethink import forced_rethink, has_rethinking, rethink_nll_mask
 from credo.rollout.segments import label_samples
+from credo.trainer import distributed as dist
 from credo.trainer.dapo import dynamic_sampling_fill
 from credo.trainer.replay import make_replay_buffer, ssr_select
 
@@ -77,11 +78,12 @@ def merge(record: dict[str, Any], metrics: dict[str, float]) -> None:
 
 
 def rollout_stage(ctx: StepContext, n_prompts: int, first_group: int, record: dict) -> list[Sample]:
-    """`n_prompts` fresh prompts × `rl.group_size` samples (multi-turn with tools when `rl.multiturn`), then Forced
-    Rethinking and segment labels when configured."""
+    """`n_prompts` fresh prompts (data parallel: this rank's contiguous share, `dist.share`; every rank's stream
+    advances by all `n_prompts`, so the data position is global) × `rl.group_size` samples (multi-turn with tools
+    when `rl.multiturn`), then Forced Rethinking and segment labels when configured."""
     cfg, g = ctx.cfg, ctx.generator
     params = sampling_params(cfg)
-    examples = [ctx.train_examples[i] for i in ctx.stream.take(n_prompts)]
+    examples = [ctx.train_examples[i] for i in dist.share(ctx.stream.take(n_prompts))]  # this rank's groups
     ctx.policy.eval()
     if cfg.rl.multiturn:  # tool calls executed between turns; observations get loss_mask 0
         tools = {name: TOOLS[name] for name in cfg.rl.tools}
