@@ -223,3 +223,22 @@ def test_resume_with_one_process_continues_from_the_checkpoint(runs):
     assert rl[2]["loss/optimizer_steps"] == 2.0 and math.isfinite(rl[2]["loss/policy"])
     state = torch.load(runs / "part1" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3 and state["data_pos"] == 3 * 4 and "ranks" not in state
+
+
+def test_what_torchrun_does_not_support_is_refused_before_any_model_loads() -> None:
+    from credo.trainer.config import Config
+    from credo.trainer.loop import _refuse_under_torchrun
+
+    cfg = Config()
+    _refuse_under_torchrun(cfg)  # the default run is supported
+    cfg.rl.dynamic_sampling = True
+    cfg.model.lora.rank = 8
+    cfg.reward.r3 = 1.0
+    with pytest.raises(ValueError) as e:
+        _refuse_under_torchrun(cfg)
+    assert "rl.dynamic_sampling" in str(e.value) and "model.lora" in str(e.value) and "R3" in str(e.value)
+    cfg.rl.dynamic_sampling, cfg.model.lora.rank, cfg.r3.policy = False, 0, "initial"
+    _refuse_under_torchrun(cfg)  # R3 scoring with the frozen start model is fine
+    cfg.rollout.backend = "vllm"
+    with pytest.raises(ValueError, match="vllm"):
+        _refuse_under_torchrun(cfg)

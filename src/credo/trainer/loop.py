@@ -224,8 +224,8 @@ def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any
     """(what the generation backend decodes with, the backend, the policy to train). One process: the policy, its
     backend, the policy. Under torchrun: a full-weight copy for TinyLM (`dist.generation_copy`) or the native
     engine's own copy for Hugging Face models, built before the policy is FSDP-sharded (`dist.shard_policy`)."""
-    if dist.world_size() > 1 and cfg.rl.dynamic_sampling:
-        raise ValueError("rl.dynamic_sampling under torchrun is not supported yet (refill rounds need global counts)")
+    if dist.world_size() > 1:
+        _refuse_under_torchrun(cfg)
     if dist.world_size() > cfg.rl.prompts_per_step:
         raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} < {dist.world_size()} processes")
     gen_policy = dist.generation_copy(policy)
@@ -234,6 +234,21 @@ def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any
         raise ValueError("under torchrun a Hugging Face model must decode on the native engine (a Llama-family "
                          "model with model.native_decode = true)")
     return gen_policy, gen, dist.shard_policy(policy, getattr(policy, "compute_dtype", None))
+
+
+def _refuse_under_torchrun(cfg: Config) -> None:
+    """What data-parallel training does not support yet, refused before any rank loads a model (a rank-dependent
+    number of forwards through a sharded policy would hang the collectives)."""
+    live_r3 = (cfg.reward.r3 > 0 or cfg.reward.r3_aggregate > 0) and cfg.r3.policy != "initial"
+    refused = {
+        "rl.dynamic_sampling (refill rounds need global counts)": cfg.rl.dynamic_sampling,
+        "model.lora (adapters are not sharded or gathered yet)": cfg.model.lora.rank > 0,
+        "rollout.backend = 'vllm' (one engine per rank is not wired yet)": cfg.rollout.backend == "vllm",
+        "R3 with r3.policy live or lagged (it scores with, or copies, the sharded policy)": live_r3,
+    }
+    bad = [what for what, on in refused.items() if on]
+    if bad:
+        raise ValueError(f"not supported under torchrun yet: {'; '.join(bad)}")
 
 
 def _reward_model(cfg: Config, env: Any, gen: Any, tok: Any, policy: Any, run_dir: Path) -> RewardModel:
