@@ -173,6 +173,34 @@ def test_hf_model_trains_on_reasoning_gym_through_the_cli(tmp_path):
     assert not unchanged, f"parameters that did not change: {unchanged}"
 
 
+def test_train_warm_starts_a_model_path_only_when_asked(tmp_path):
+    """`sft.on_model_path`: `credo train` runs the warm start on the loaded model before RL (one command for a
+    pretrained model that must learn the answer format first); without it the start model is the loaded one."""
+    pytest.importorskip("reasoning_gym")
+    import json
+
+    from safetensors.torch import load_file
+
+    from credo.cli import main
+
+    src = make_tiny_hf(tmp_path / "src", arch="llama", hidden_size=64, num_layers=2, intermediate_size=128)
+    args = ["env.name=reasoning_gym:chain_sum", "env.options.max_terms=2", "env.options.max_digits=1",
+            "env.n_sft=32", "env.n_train=16", "env.n_test=4", "run.progress=false", f"model.path={src}",
+            f"run.out_dir={tmp_path}", "rl.steps=1", "rl.prompts_per_step=2", "rl.group_size=2",
+            "rl.max_new_tokens=4", "eval.n_samples=0", "sft.steps=3", "sft.batch_size=8", "sft.lr=1e-3",
+            "sft.warmup=1"]
+    assert main(["train", *args, "run.name=plain"]) == 0
+    assert main(["train", *args, "run.name=warm", "sft.on_model_path=true"]) == 0
+    base = load_file(src / "model.safetensors")
+    plain = load_file(tmp_path / "plain" / "start_model" / "model.safetensors")
+    warm = load_file(tmp_path / "warm" / "start_model" / "model.safetensors")
+    assert all(torch.equal(base[n], plain[n]) for n in base)
+    assert sum(not torch.equal(base[n], warm[n]) for n in base) == len(base)
+    phases = [json.loads(x)["phase"] for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    assert phases.count("sft") == 3 and "sft" not in [
+        json.loads(x)["phase"] for x in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_credo_eval_on_a_model_directory_writes_json(hf_dir, tmp_path, capsys):
     import json
 

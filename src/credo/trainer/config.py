@@ -75,7 +75,9 @@ class EnvConfig:
 
 @dataclass
 class SFTConfig:
-    enabled: bool = True  # run the warm start before RL (skipped when model.path is set)
+    enabled: bool = True  # run the warm start before RL (a fresh model only, unless on_model_path)
+    on_model_path: bool = False  # also warm-start the model loaded from model.path (e.g. a pretrained model's
+    # answer format), saved as start_model/ before RL
     steps: int = 1000  # optimizer steps
     batch_size: int = 64  # sequences per step
     lr: float = 3e-3  # peak AdamW learning rate (linear warm-up, cosine decay)

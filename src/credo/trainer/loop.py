@@ -90,19 +90,15 @@ def _eval(ctx: stages.StepContext, step: int) -> dict[str, Any]:
 
 
 def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: MultiSink) -> tuple[Any, Any]:
-    """The model RL starts from: `model.path`, else a fresh TinyLM trained by SFT (saved as start_model/). Data
+    """The model RL starts from, saved as start_model/: `model.path`, else a fresh TinyLM; trained by SFT on the
+    env's "sft" split when `sft.enabled` (for a model from `model.path` only with `sft.on_model_path`). Data
     parallel: rank 0 makes it, the other ranks wait and load its start_model/."""
     if not dist.is_main():
         dist.barrier()
         return load_policy(run_dir / "start_model", cfg.model)
-    if cfg.model.path:
-        policy, tok = load_policy(cfg.model.path, cfg.model)
-        save_policy(policy, tok, run_dir / "start_model")
-        dist.barrier()
-        return policy, tok
     torch.manual_seed(cfg.run.seed)
-    policy, tok = build_policy(cfg.model)
-    if cfg.sft.enabled:
+    policy, tok = load_policy(cfg.model.path, cfg.model) if cfg.model.path else build_policy(cfg.model)
+    if cfg.sft.enabled and (cfg.sft.on_model_path or not cfg.model.path):
         bar = tqdm(total=cfg.sft.steps, desc="sft", disable=not cfg.run.progress, dynamic_ncols=True)
 
         def on_step(step: int, m: dict[str, float]) -> None:
