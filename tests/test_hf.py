@@ -214,4 +214,6 @@ def test_credo_eval_on_a_model_directory_writes_json(hf_dir, tmp_path, capsys):
     for k in (1, 2, 4):
         assert 0 <= result[f"eval/maj@{k}"] <= result[f"eval/pass@{k}"] <= 1
     assert result["eval/maj@1"] == pytest.approx(result["eval/pass@1"])  # a vote of one is one sample
+    assert len(result["problems"]) == 6  # per problem, in the file only
+    assert sum(p["correct"] for p in result["problems"]) / 6 == result["eval/greedy_acc"]
     assert "eval/greedy_acc" in capsys.readouterr().out

@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate(policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples,
                  cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed, workers=cfg.reward.workers,
                  timeout_s=cfg.reward.timeout_s, tools=tool_eval_from_config(cfg, enabled=not args.no_tools),
-                 extra_verifiers=tuple(cfg.eval.extra_verifiers))
+                 extra_verifiers=tuple(cfg.eval.extra_verifiers), problems=(problems := []))
     result = {"target": str(target), "env": cfg.env.name, "n_problems": len(env.examples("test")),
               "n_samples": cfg.eval.n_samples, "temperature": cfg.eval.temperature,
               "multiturn": cfg.rl.multiturn, "tools": "off" if args.no_tools else "on", **m}
@@ -90,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{k:24s} {v:.4f}")
     out = Path(args.out) if args.out else (target.parent / "eval.json" if target.is_file() else None)
     if out is not None:
-        out.write_text(json.dumps(result, indent=1))
+        out.write_text(json.dumps({**result, "problems": problems}, indent=1))  # per problem: the file only
         print(f"eval: written to {out}")
     print(json.dumps(result))
     return 0

@@ -189,3 +189,26 @@ def maj_at_k(counts: list[int], correct: list[bool], k: int) -> float:
             weighted = sum(ways[rest][t] / (1 + t) for t in range(len(others) + 1))
             total += math.comb(c_a, j) * weighted
     return total / math.comb(n, k)
+
+
+def paired_gain(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Mean paired difference and its standard error: d_i = after_i − before_i over items i (the same problems
+    scored twice, e.g. held-out correctness at the start and the end of a run, pooled over seeds),
+
+        gain = mean(d),  SE = sd(d) / √n  with the sample sd (n − 1).
+
+    Returns (gain, SE); SE is 0.0 for one item. Raises ValueError for unequal lengths or no items.
+
+    >>> gain, se = paired_gain([0, 0, 1], [1, 1, 1])  # d = (1, 1, 0): mean 2/3, sd √(1/3), SE √(1/3)/√3 = 1/3
+    >>> round(gain, 12), round(se, 12)
+    (0.666666666667, 0.333333333333)
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired_gain needs two equal, non-empty lists, got {len(before)} and {len(after)}")
+    d = [float(a) - float(b) for b, a in zip(before, after, strict=True)]
+    n = len(d)
+    gain = sum(d) / n
+    if n == 1:
+        return gain, 0.0
+    var = sum((x - gain) ** 2 for x in d) / (n - 1)
+    return gain, math.sqrt(var / n)

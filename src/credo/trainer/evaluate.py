@@ -83,6 +83,7 @@ def evaluate(
     timeout_s: float = RewardConfig.timeout_s,
     tools: ToolEval | None = None,
     extra_verifiers: tuple[str, ...] = (),
+    problems: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy over `examples`, and pass@k (Chen et al. estimator) and maj@k (`core.stats.maj_at_k`)
     from `n_samples` samples each. Votes group samples by their extracted answer (`env.answer_key(text)` when
@@ -105,6 +106,10 @@ def evaluate(
 
     All values are floats except `eval/samples`: the first `SHOWN_SAMPLES` greedy trajectories (`eval_samples`).
 
+    `problems`, when a list, receives one dict per example, in order (what verl writes with
+    `validation_data_dir`): `id`, `completion` (greedy), `correct`, `correct@<name>` per extra verifier and, with
+    samples, `n_correct` of `n_samples`; paired comparisons of two evaluations read these (`scripts/paired_gain.py`).
+
     `generator` is the run's generation backend (`rollout.backend`; a bare model is wrapped by `as_generator`).
     """
     own = runner is None
@@ -121,7 +126,15 @@ def evaluate(
         }
         out.update({f"eval/{k}": v for k, v in sample_metrics(env, [s.text for s in greedy], examples).items()})
         out["eval/samples"] = eval_samples(env, examples, greedy, verdicts.scores)
-        out.update(extra_accuracy(greedy, examples, extra_verifiers))
+        extra = extra_accuracy(greedy, examples, extra_verifiers, problems is not None)
+        per_extra = {k: extra.pop(k) for k in list(extra) if k.startswith("problems@")}
+        out.update(extra)
+        if problems is not None:
+            problems.extend({"id": ex.id, "completion": s.text, "correct": bool(v.correct)}
+                            for ex, s, v in zip(examples, greedy, verdicts.scores, strict=True))
+            for key, flags in per_extra.items():
+                for row, ok in zip(problems, flags, strict=True):
+                    row["correct@" + key.removeprefix("problems@")] = ok
         if tools is not None:
             out["eval/tools_enabled"] = float(tools.enabled)
             out.update(tool_eval_metrics(greedy, [bool(v.correct) for v in verdicts.scores]))
@@ -130,7 +143,10 @@ def evaluate(
             sampled = roll(n_samples, SamplingParams(max_new_tokens, temperature=temperature), g)
             verdicts = runner.run([(s.scored_text, examples[i // n_samples]) for i, s in enumerate(sampled)])
             errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
-            out.update(sampled_metrics(env, sampled, [bool(v.correct) for v in verdicts.scores], n_samples, pass_k))
+            hits = [bool(v.correct) for v in verdicts.scores]
+            out.update(sampled_metrics(env, sampled, hits, n_samples, pass_k))
+            for i, row in enumerate(problems or []):
+                row["n_correct"], row["n_samples"] = sum(hits[i * n_samples : (i + 1) * n_samples]), n_samples
         out["eval/verify_errors"] = float(errors)
         out["eval/verify_timeouts"] = float(timeouts)
     finally:
@@ -166,9 +182,11 @@ def sampled_metrics(env: Environment, sampled: list, correct: list[bool], n_samp
     return out
 
 
-def extra_accuracy(samples: list, examples: list[Example], names: tuple[str, ...] | list[str]) -> dict[str, float]:
+def extra_accuracy(samples: list, examples: list[Example], names: tuple[str, ...] | list[str],
+                   per_problem: bool = False) -> dict[str, Any]:
     """`eval/greedy_acc@<name>`: the share of `samples` (one per example, same order) that verifier `name`
-    (`envs.verifiers.get_verifier`) judges correct against the example's reference; unscorable counts as wrong."""
+    (`envs.verifiers.get_verifier`) judges correct against the example's reference; unscorable counts as wrong.
+    With `per_problem`, also `problems@<name>`: the per-example verdicts (list of bool)."""
     from credo.envs.runner import run_inline
     from credo.envs.verifiers import get_verifier
 
@@ -176,7 +194,10 @@ def extra_accuracy(samples: list, examples: list[Example], names: tuple[str, ...
     for name in names:
         verdicts = run_inline(get_verifier(name), [(s.scored_text, ex.reference) for s, ex in zip(samples, examples,
                                                                                                    strict=True)])
-        out[f"eval/greedy_acc@{name}"] = sum(bool(v.correct) for v in verdicts.scores) / max(1, len(samples))
+        flags = [bool(v.correct) for v in verdicts.scores]
+        out[f"eval/greedy_acc@{name}"] = sum(flags) / max(1, len(samples))
+        if per_problem:
+            out[f"problems@{name}"] = flags
     return out
 
 

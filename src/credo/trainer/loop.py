@@ -78,14 +78,17 @@ class _Interrupt:
         signal.signal(signal.SIGINT, self._old)
 
 
-def _eval(ctx: stages.StepContext, step: int) -> dict[str, Any]:
-    """Held-out evaluation record at `step` (the environment's own verdicts, `eval_runner`)."""
+def _eval(ctx: stages.StepContext, step: int, run_dir: Path) -> dict[str, Any]:
+    """Held-out evaluation record at `step` (the environment's own verdicts, `eval_runner`); the per-problem
+    results go to `run_dir/evals/step_<step>.jsonl` (`evaluate`'s `problems`)."""
     cfg = ctx.cfg
+    problems: list[dict[str, Any]] = []
     m = evaluate(
         ctx.gen, ctx.tokenizer, ctx.env, ctx.test_examples, cfg.rl.max_new_tokens, cfg.eval.n_samples,
         cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=ctx.eval_runner,
-        tools=tool_eval_from_config(cfg), extra_verifiers=tuple(cfg.eval.extra_verifiers),
+        tools=tool_eval_from_config(cfg), extra_verifiers=tuple(cfg.eval.extra_verifiers), problems=problems,
     )
+    ckpt.write_jsonl_atomic(run_dir / "evals" / f"step_{step:06d}.jsonl", problems)
     return {"phase": "eval", "step": step, **m}
 
 
@@ -211,7 +214,7 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
                 obj.load_state_dict(saved_methods[name])
         run.start_step, run.wall_before = state["step"], state["wall_s"]
     elif dist.is_main():
-        sink.log(_eval(ctx, 0))
+        sink.log(_eval(ctx, 0, run_dir))
         print(format_line(sink.records[-1], CONSOLE_KEYS))
     return run
 
@@ -331,7 +334,7 @@ def run_loop(run: Run) -> dict[str, float]:
                 raise RuntimeError(f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss or gradient "
                                    f"(last at step {step}); checkpoint saved to {run.run_dir / 'checkpoint.pt'}")
             if (step % cfg.eval.every == 0 or step == cfg.rl.steps) and dist.is_main():  # rank 0 evaluates
-                run.sink.log(_eval(ctx, step))
+                run.sink.log(_eval(ctx, step, run.run_dir))
                 tqdm.write(format_line(run.sink.records[-1], CONSOLE_KEYS))
             bar.update(1)
             bar.set_postfix(reward=f"{record.get('reward/mean', math.nan):.2f}",

@@ -1,0 +1,99 @@
+"""Start → end held-out accuracy of one or more runs (seeds), with the paired per-problem gain pooled over them.
+
+    python scripts/paired_gain.py runs/smollm2-s0 runs/smollm2-s1 runs/smollm2-s2 [--keys correct,correct@numeric]
+
+Reads each run's first and last `evals/step_*.jsonl` (written by `credo train` at every evaluation: one row per
+held-out problem, in the same order). Prints, per key (a per-problem flag: `correct` is the environment's
+format-required verdict, `correct@<verifier>` one of `eval.extra_verifiers`): each run's start and end accuracy,
+their mean ± std over runs, and the pooled paired gain mean(d) ± SE with d = end − start per (run, problem)
+(`credo.core.stats.paired_gain`); with samples, pass@k at start and end (Chen et al.'s estimator). `--json`
+also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from credo.core.stats import paired_gain, pass_at_k
+
+
+def _evals(run: Path) -> tuple[Path, Path]:
+    files = sorted((run / "evals").glob("step_*.jsonl"))
+    if len(files) < 2:
+        raise SystemExit(f"{run}: needs at least two evaluations in {run / 'evals'}, found {len(files)}")
+    return files[0], files[-1]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def summarize(runs: list[Path], keys: list[str], ks: list[int]) -> dict:
+    out: dict = {"runs": [str(r) for r in runs], "keys": {}}
+    pairs = []
+    for run in runs:
+        first, last = _evals(run)
+        a, b = _rows(first), _rows(last)
+        if [r["id"] for r in a] != [r["id"] for r in b]:
+            raise SystemExit(f"{run}: {first.name} and {last.name} hold different problems")
+        pairs.append((run, first, last, a, b))
+    for key in keys:
+        per_run, before, after = [], [], []
+        for run, first, last, a, b in pairs:
+            if key not in a[0]:
+                raise SystemExit(f"{first}: no per-problem field {key!r} (have: {', '.join(a[0])})")
+            x, y = [float(r[key]) for r in a], [float(r[key]) for r in b]
+            per_run.append({"run": str(run), "start_step": int(first.stem[5:]), "end_step": int(last.stem[5:]),
+                            "start": sum(x) / len(x), "end": sum(y) / len(y)})
+            before += x
+            after += y
+        gain, se = paired_gain(before, after)
+        starts, ends = [r["start"] for r in per_run], [r["end"] for r in per_run]
+        out["keys"][key] = {
+            "per_run": per_run, "start_mean": statistics.mean(starts), "end_mean": statistics.mean(ends),
+            "start_std": statistics.stdev(starts) if len(starts) > 1 else 0.0,
+            "end_std": statistics.stdev(ends) if len(ends) > 1 else 0.0,
+            "paired_gain": gain, "paired_se": se, "n_pairs": len(before),
+        }
+    if all("n_correct" in a[0] and "n_correct" in b[0] for _, _, _, a, b in pairs):
+        for k in ks:
+            vals = {"start": [], "end": []}
+            for _, _, _, a, b in pairs:
+                for side, rows in (("start", a), ("end", b)):
+                    if k <= rows[0]["n_samples"]:
+                        vals[side].append(statistics.mean(pass_at_k(r["n_samples"], r["n_correct"], k) for r in rows))
+            if vals["start"] and vals["end"]:
+                out[f"pass@{k}"] = {side: statistics.mean(v) for side, v in vals.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--keys", default="correct,correct@numeric")
+    p.add_argument("--pass-k", default="1,4")
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    args = p.parse_args(argv)
+    res = summarize(args.runs, [k for k in args.keys.split(",") if k], [int(k) for k in args.pass_k.split(",")])
+    for key, r in res["keys"].items():
+        print(f"{key}:")
+        for pr in r["per_run"]:
+            print(f"  {pr['run']}: step {pr['start_step']} {pr['start']:.3f} -> step {pr['end_step']} {pr['end']:.3f}")
+        print(f"  mean ± std over {len(r['per_run'])} run(s): {r['start_mean']:.3f} ± {r['start_std']:.3f} -> "
+              f"{r['end_mean']:.3f} ± {r['end_std']:.3f}")
+        ratio = r["paired_gain"] / r["paired_se"] if r["paired_se"] > 0 else float("inf")
+        print(f"  paired gain {r['paired_gain']:+.4f} ± {r['paired_se']:.4f} (SE, {r['n_pairs']} pairs; "
+              f"{ratio:.2f} SE)")
+    for k in [x for x in res if x.startswith("pass@")]:
+        print(f"{k}: {res[k]['start']:.3f} -> {res[k]['end']:.3f} (mean over runs)")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
