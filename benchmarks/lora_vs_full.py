@@ -1,8 +1,9 @@
 """LoRA (rank 16, through peft) vs full fine-tuning: peak RSS and seconds of an RL step on SmolLM2-135M-Instruct with
-the `configs/smollm2.toml` settings (8 prompts × 8 samples, ≤ 48 new tokens, 2 minibatches, float32 masters),
+the `configs/smollm2.toml` settings (8 prompts × 8 samples, its `rl.max_new_tokens`, 2 minibatches, float32 masters),
 each side in a subprocess of its own so that each peak RSS is that side's alone.
 
-Step mode (default): `--steps` RL steps per side (the first is warm-up; the rest are averaged), the preset's
+Step mode (default): `--steps` RL steps per side (the first is warm-up; the rest are averaged), from the base model
+(the preset's warm start is skipped: the same full-weight SFT on both sides, not what is compared), the preset's
 evaluation shrunk to a few prompts (it runs at step 0 and at the end, outside the timed steps), and a dense reward
 (`distinct_chars_reward`, the share of distinct characters) so that no group has all-equal rewards and every step
 runs its optimizer steps; the step's own timers come from the run's metrics (`time/rollout`, `time/update`,
@@ -64,7 +65,7 @@ def overrides(a: argparse.Namespace, tmp: str, lora: bool) -> list[str]:
                 "env.n_train=32", "env.n_test=4", "eval.n_samples=2", "eval.pass_k=[1]"]
     if not a.accuracy:
         out += [f"rl.steps={a.steps}", f"run.checkpoint_every={a.steps + 1}", f"eval.every={a.steps + 1}",
-                "reward.function=lora_vs_full:distinct_chars_reward", "reward.workers=0"]
+                "reward.function=lora_vs_full:distinct_chars_reward", "reward.workers=0", "sft.enabled=false"]
         if not a.tiny:
             out += ["env.n_test=8", "eval.n_samples=2", "eval.pass_k=[1]"]
     if lora:
