@@ -83,6 +83,12 @@ class SFTConfig:
     lr: float = 3e-3  # peak AdamW learning rate (linear warm-up, cosine decay)
     warmup: int = 30  # warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
+    source: str = "reference"  # "reference": env.reference_completion; "self": the model's own correct samples
+    # (rejection-sampling fine-tuning: trainer.sft.self_completions)
+    self_samples: int = 4  # source=self: samples per "sft" example (temperature 1)
+    self_max_new_tokens: int = 64  # source=self: length cap of those samples
+    self_verifier: str = ""  # source=self: verifier that keeps a sample ("": the env's own; e.g. "numeric" when
+    # the model does not write the env's answer format yet, which the reference completion then adds)
 
 
 @dataclass

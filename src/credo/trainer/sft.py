@@ -28,24 +28,27 @@ def sft_rows(
     tools: dict[str, Tool] | None = None,
     image_size: int = 48,
     max_images: int = 16,
+    completions: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[Any]] | None]:
     """Right-padded rows [N, T], their loss mask [N, T] and each row's images (None when no row has any).
 
-    Single-text references: `BOS prompt completion EOS` with `env.reference_completion(ex)`, mask 1 on the
-    completion. Multi-turn references: when the env has `reference_turns(example) -> list[str]` (policy text
-    turns; every turn but the last ends with a `</tool_call>`), the row is `rollout.multiturn.
-    reference_trajectory`: exactly the tokens a multi-turn rollout writing those turns produces, with the real
-    tool's observation (text and image placeholders; its images join the row's images) under mask 0."""
+    Single-text references: `BOS prompt completion EOS` with `env.reference_completion(ex)` (or `completions[i]`
+    when given, one per example: `self_completions`), mask 1 on the completion. Multi-turn references (without
+    `completions`): when the env has `reference_turns(example) -> list[str]` (policy text turns; every turn but
+    the last ends with a `</tool_call>`), the row is `rollout.multiturn.reference_trajectory`: exactly the tokens
+    a multi-turn rollout writing those turns produces, with the real tool's observation (text and image
+    placeholders; its images join the row's images) under mask 0."""
     rows, masks, images = [], [], []
     turns_of = getattr(env, "reference_turns", None)
-    for ex in examples:
-        if turns_of is not None:
+    for i, ex in enumerate(examples):
+        if turns_of is not None and completions is None:
             s = reference_trajectory(tokenizer, env, ex, turns_of(ex), tools, image_size, max_images)
             p, c, m = s.prompt_ids.tolist(), s.completion_ids.tolist(), s.loss_mask.tolist()
             imgs = list(s.images or [])
         else:
             p = encode_prompt(tokenizer, env, ex)
-            c = tokenizer.encode(env.reference_completion(ex)) + [tokenizer.eos_id]
+            text = completions[i] if completions is not None else env.reference_completion(ex)
+            c = tokenizer.encode(text) + [tokenizer.eos_id]
             m, imgs = [1.0] * len(c), list(ex.images or [])
         rows.append(p + c)
         masks.append([0.0] * len(p) + m)
@@ -57,6 +60,52 @@ def sft_rows(
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(m)] = torch.tensor(m)
     return ids, mask, (images if any(images) else None)
+
+
+def self_completions(policy: Policy, tokenizer: Any, env: Environment, examples: list, cfg: SFTConfig,
+                     seed: int) -> tuple[list, list[str], dict[str, float]]:
+    """Warm-start data from the model's own correct samples: rejection-sampling fine-tuning (STaR, Zelikman et
+    al. 2022, arXiv 2203.14465; RFT, Yuan et al. 2023, arXiv 2308.01825), so that the warm start teaches the
+    env's answer format without replacing how the model already works problems out.
+
+    `cfg.self_samples` samples per example (temperature 1, ≤ `cfg.self_max_new_tokens` tokens, through the native
+    generation backend). A sample the env's verifier accepts is kept as written; otherwise, when
+    `cfg.self_verifier` names a verifier (`envs.verifiers.VERIFIERS`, e.g. `numeric`: the last number) that
+    accepts it against the reference, it is kept followed by a newline and `env.reference_completion(ex)` (for
+    envs whose reference completion is the answer block, e.g. reasoning-gym's `<answer>N</answer>`). Identical
+    completions of one example are kept once. Returns (examples, completions) aligned, and counts
+    `sft/self_samples`, `sft/self_kept`, `sft/self_examples` (examples with at least one kept sample).
+    Raises ValueError when no sample is kept (nothing to train on)."""
+    from credo.envs.runner import run_inline
+    from credo.envs.verifiers import get_verifier
+    from credo.rollout.backend import SamplingParams, as_generator
+    from credo.rollout.engine import rollout
+
+    params = SamplingParams(cfg.self_max_new_tokens, temperature=1.0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        samples = rollout(as_generator(policy, tokenizer), tokenizer, env, examples, cfg.self_samples, params, g)
+    exs = [examples[i // cfg.self_samples] for i in range(len(samples))]
+    texts = [s.text.strip() for s in samples]
+    own = run_inline(env.verify, list(zip(texts, exs, strict=True))).scores
+    other = (run_inline(get_verifier(cfg.self_verifier), [(t, ex.reference) for t, ex in zip(texts, exs,
+                                                                                          strict=True)]).scores
+             if cfg.self_verifier else [None] * len(texts))
+    kept: dict[tuple[int, str], tuple[Any, str]] = {}
+    for i, (t, ex, a, b) in enumerate(zip(texts, exs, own, other, strict=True)):
+        if samples[i].finish_reason != "stop":  # cut at the length cap: not a whole answer
+            continue
+        if a.correct:
+            kept.setdefault((i // cfg.self_samples, t), (ex, t))
+        elif b is not None and b.correct:
+            kept.setdefault((i // cfg.self_samples, t), (ex, f"{t}\n{env.reference_completion(ex)}"))
+    if not kept:
+        judge = cfg.self_verifier or "the env's own"
+        raise ValueError(f"sft.source=self: none of {len(texts)} samples was correct (verifier: {judge}); "
+                         "nothing to warm-start on")
+    stats = {"sft/self_samples": float(len(texts)), "sft/self_kept": float(len(kept)),
+             "sft/self_examples": float(len({k[0] for k in kept}))}
+    return [v[0] for v in kept.values()], [v[1] for v in kept.values()], stats
 
 
 def sft_tensors(tokenizer: Any, env: Environment, examples: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,9 +159,13 @@ def sft(
     """Train `policy` in place on the environment's "sft" split; returns per-step metrics. `tools` (default:
     the whole registry) and `max_images` serve multi-turn references (`sft_rows`); tool images are resampled to
     the model's `image_size`."""
-    examples = env.examples("sft")
+    examples, completions, first = env.examples("sft"), None, {}
+    if cfg.source == "self":
+        examples, completions, first = self_completions(policy, tokenizer, env, examples, cfg, seed)
+    elif cfg.source != "reference":
+        raise ValueError(f"sft.source must be 'reference' or 'self', got {cfg.source!r}")
     image_size = getattr(getattr(policy, "cfg", None), "image_size", 48)
-    ids, mask, images = sft_rows(tokenizer, env, examples, tools, image_size, max_images)
+    ids, mask, images = sft_rows(tokenizer, env, examples, tools, image_size, max_images, completions)
     lengths = mask.cumsum(1).argmax(1) + 1  # [N]: up to each row's last trained token
     dev = next(iter(policy.parameters())).device  # rows stay on the CPU; each step's go to the model
     g = torch.Generator().manual_seed(seed)
@@ -135,7 +188,8 @@ def sft(
             loss += part_loss.detach()
         gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
-        m = {"sft/loss": loss.item(), "sft/grad_norm": float(gnorm), "sft/lr": opt.param_groups[0]["lr"]}
+        m = {"sft/loss": loss.item(), "sft/grad_norm": float(gnorm), "sft/lr": opt.param_groups[0]["lr"],
+             **(first if step == 0 else {})}
         history.append(m)
         if on_step is not None:
             on_step(step, m)
