@@ -7,7 +7,8 @@ held-out problem, in the same order). Prints, per key (a per-problem flag: `corr
 format-required verdict, `correct@<verifier>` one of `eval.extra_verifiers`): each run's start and end accuracy,
 their mean ± std over runs, and the pooled paired gain mean(d) ± SE with d = end − start per (run, problem)
 (`credo.core.stats.paired_gain`); with samples, pass@k at start and end (Chen et al.'s estimator). `--json`
-also writes the numbers.
+also writes the numbers. `--start EVAL.json` (from `credo eval … --out`, e.g. of the model before a warm start)
+replaces every run's first evaluation as the start.
 """
 
 from __future__ import annotations
@@ -32,22 +33,27 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def summarize(runs: list[Path], keys: list[str], ks: list[int]) -> dict:
-    out: dict = {"runs": [str(r) for r in runs], "keys": {}}
-    pairs = []
+def summarize(runs: list[Path], keys: list[str], ks: list[int], start: Path | None = None) -> dict:
+    """Per key: each run's start and end accuracy, mean ± std over runs, the pooled paired gain ± SE; pass@k.
+    The start is each run's first evaluation (its step), or `start`'s `problems` (step reported as None)."""
+    out: dict = {"runs": [str(r) for r in runs], "keys": {}, "start": str(start) if start else "first evaluation"}
+    pairs = []  # (run, start step, end step, start rows, end rows)
     for run in runs:
         first, last = _evals(run)
         a, b = _rows(first), _rows(last)
+        step0: int | None = int(first.stem[5:])
+        if start is not None:
+            a, step0 = json.loads(start.read_text())["problems"], None
         if [r["id"] for r in a] != [r["id"] for r in b]:
-            raise SystemExit(f"{run}: {first.name} and {last.name} hold different problems")
-        pairs.append((run, first, last, a, b))
+            raise SystemExit(f"{run}: the start and {last.name} hold different problems")
+        pairs.append((run, step0, int(last.stem[5:]), a, b))
     for key in keys:
         per_run, before, after = [], [], []
-        for run, first, last, a, b in pairs:
-            if key not in a[0]:
-                raise SystemExit(f"{first}: no per-problem field {key!r} (have: {', '.join(a[0])})")
+        for run, step0, step1, a, b in pairs:
+            if key not in a[0] or key not in b[0]:
+                raise SystemExit(f"{run}: no per-problem field {key!r} (have: {', '.join(a[0])})")
             x, y = [float(r[key]) for r in a], [float(r[key]) for r in b]
-            per_run.append({"run": str(run), "start_step": int(first.stem[5:]), "end_step": int(last.stem[5:]),
+            per_run.append({"run": str(run), "start_step": step0, "end_step": step1,
                             "start": sum(x) / len(x), "end": sum(y) / len(y)})
             before += x
             after += y
@@ -59,10 +65,10 @@ def summarize(runs: list[Path], keys: list[str], ks: list[int]) -> dict:
             "end_std": statistics.stdev(ends) if len(ends) > 1 else 0.0,
             "paired_gain": gain, "paired_se": se, "n_pairs": len(before),
         }
-    if all("n_correct" in a[0] and "n_correct" in b[0] for _, _, _, a, b in pairs):
+    if all("n_correct" in a[0] and "n_correct" in b[0] for *_, a, b in pairs):
         for k in ks:
             vals = {"start": [], "end": []}
-            for _, _, _, a, b in pairs:
+            for *_, a, b in pairs:
                 for side, rows in (("start", a), ("end", b)):
                     if k <= rows[0]["n_samples"]:
                         vals[side].append(statistics.mean(pass_at_k(r["n_samples"], r["n_correct"], k) for r in rows))
@@ -77,12 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", default="correct,correct@numeric")
     p.add_argument("--pass-k", default="1,4")
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--start", type=Path, help="a `credo eval --out` JSON used as every run's start")
     args = p.parse_args(argv)
-    res = summarize(args.runs, [k for k in args.keys.split(",") if k], [int(k) for k in args.pass_k.split(",")])
+    res = summarize(args.runs, [k for k in args.keys.split(",") if k], [int(k) for k in args.pass_k.split(",")],
+                    args.start)
     for key, r in res["keys"].items():
         print(f"{key}:")
         for pr in r["per_run"]:
-            print(f"  {pr['run']}: step {pr['start_step']} {pr['start']:.3f} -> step {pr['end_step']} {pr['end']:.3f}")
+            where = "start" if pr["start_step"] is None else f"step {pr['start_step']}"
+            print(f"  {pr['run']}: {where} {pr['start']:.3f} -> step {pr['end_step']} {pr['end']:.3f}")
         print(f"  mean ± std over {len(r['per_run'])} run(s): {r['start_mean']:.3f} ± {r['start_std']:.3f} -> "
               f"{r['end_mean']:.3f} ± {r['end_std']:.3f}")
         ratio = r["paired_gain"] / r["paired_se"] if r["paired_se"] > 0 else float("inf")

@@ -72,3 +72,15 @@ def test_paired_gain_script_refuses_a_missing_field(tmp_path):
     a = _fake_run(tmp_path, "s0", [1, 0], [1, 1])
     with pytest.raises(SystemExit, match="correct@numeric"):
         _script().main([str(a), "--keys", "correct@numeric"])
+
+
+def test_paired_gain_script_from_a_common_start(tmp_path):
+    a = _fake_run(tmp_path, "s0", [1, 0, 0, 1], [1, 1, 0, 1])
+    start = tmp_path / "base.json"  # what `credo eval --out` writes: the problems, no samples here
+    start.write_text(json.dumps({"problems": [{"id": f"p{i}", "correct": c} for i, c in enumerate([0, 0, 0, 1])]}))
+    out = tmp_path / "gain.json"
+    assert _script().main([str(a), "--keys", "correct", "--start", str(start), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    r = res["keys"]["correct"]
+    assert r["per_run"][0]["start"] == 0.25 and r["per_run"][0]["start_step"] is None
+    assert r["paired_gain"] == 0.5 and "pass@1" not in res  # d = (1, 1, 0, 0)
