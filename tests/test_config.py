@@ -29,6 +29,8 @@ def test_toml_preset(tmp_path):
         ("rl.advantage=grpoo", "rl.advantage"),
         ("rl.aggregation=mean", "rl.aggregation"),
         ("rl.group_size=0", "rl.group_size"),
+        ("sft.source=selff", "sft.source"),
+        ("sft.self_samples=0", "sft.self_samples"),
         ("rl", "key=value"),
     ],
 )

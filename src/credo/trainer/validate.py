@@ -71,6 +71,10 @@ def _check_methods(cfg: Config) -> None:
     if cfg.reward.function and ":" not in cfg.reward.function:
         raise ConfigError(f"config key 'reward.function': {cfg.reward.function!r} is not an import path "
                           "'package.module:function'")
+    if cfg.sft.source not in ("reference", "self"):
+        raise ConfigError(f"config key 'sft.source': unknown value {cfg.sft.source!r}; choose reference or self")
+    if cfg.sft.self_samples < 1 or cfg.sft.self_max_new_tokens < 1:
+        raise ConfigError("config keys 'sft.self_samples' / 'sft.self_max_new_tokens': must be >= 1")
     if cfg.rethink.select not in ("all", "wrong"):
         raise ConfigError(f"config key 'rethink.select': unknown value {cfg.rethink.select!r}; choose all or wrong")
     for key in ("p_generic", "p_bare_wait", "skip_prob", "truncate_prob", "easy_acc", "hard_acc"):
