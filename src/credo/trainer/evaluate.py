@@ -127,14 +127,8 @@ def evaluate(
         out.update({f"eval/{k}": v for k, v in sample_metrics(env, [s.text for s in greedy], examples).items()})
         out["eval/samples"] = eval_samples(env, examples, greedy, verdicts.scores)
         extra = extra_accuracy(greedy, examples, extra_verifiers, problems is not None)
-        per_extra = {k: extra.pop(k) for k in list(extra) if k.startswith("problems@")}
+        (problems if problems is not None else []).extend(_problem_rows(examples, greedy, verdicts.scores, extra))
         out.update(extra)
-        if problems is not None:
-            problems.extend({"id": ex.id, "completion": s.text, "correct": bool(v.correct)}
-                            for ex, s, v in zip(examples, greedy, verdicts.scores, strict=True))
-            for key, flags in per_extra.items():
-                for row, ok in zip(problems, flags, strict=True):
-                    row["correct@" + key.removeprefix("problems@")] = ok
         if tools is not None:
             out["eval/tools_enabled"] = float(tools.enabled)
             out.update(tool_eval_metrics(greedy, [bool(v.correct) for v in verdicts.scores]))
@@ -153,6 +147,17 @@ def evaluate(
         if own:
             runner.close()
     return out
+
+
+def _problem_rows(examples: list[Example], greedy: list, scores: list, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """`evaluate`'s per-problem rows: id, greedy completion, the env's verdict, and `correct@<name>` from the
+    `problems@<name>` lists of `extra_accuracy` (popped from `extra`, which keeps only the accuracies)."""
+    rows = [{"id": ex.id, "completion": s.text, "correct": bool(v.correct)}
+            for ex, s, v in zip(examples, greedy, scores, strict=True)]
+    for key in [k for k in extra if k.startswith("problems@")]:
+        for row, ok in zip(rows, extra.pop(key), strict=True):
+            row["correct@" + key.removeprefix("problems@")] = ok
+    return rows
 
 
 def _rollouts(gen: Generator, tokenizer: Any, env: Environment, examples: list[Example], tools: ToolEval | None,
