@@ -16,3 +16,19 @@ TINY = [
 @pytest.fixture
 def tiny_overrides(tmp_path):
     return [*TINY, f"run.out_dir={tmp_path}"]
+
+
+@pytest.fixture
+def load_script():
+    """`load_script("name")`: the module scripts/name.py, loaded from its file (scripts/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" /
+                                                      f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -1,6 +1,5 @@
 """Per-problem evaluation files (`runs/<name>/evals/step_<n>.jsonl`) and the paired start → end gain over seeds."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,15 +8,6 @@ import pytest
 from credo.core.stats import paired_gain
 from credo.trainer.config import load_config
 from credo.trainer.loop import train
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_gain.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("paired_gain", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_paired_gain_by_hand():
@@ -55,11 +45,11 @@ def _fake_run(root: Path, name: str, start: list[int], end: list[int]) -> Path:
     return root / name
 
 
-def test_paired_gain_script_pools_seeds(tmp_path, capsys):
+def test_paired_gain_script_pools_seeds(load_script, tmp_path, capsys):
     a = _fake_run(tmp_path, "s0", [1, 0, 0, 1], [1, 1, 0, 1])  # 0.50 -> 0.75
     b = _fake_run(tmp_path, "s1", [0, 0, 1, 0], [0, 1, 1, 1])  # 0.25 -> 0.75
     out = tmp_path / "gain.json"
-    assert _script().main([str(a), str(b), "--keys", "correct", "--json", str(out)]) == 0
+    assert load_script("paired_gain").main([str(a), str(b), "--keys", "correct", "--json", str(out)]) == 0
     res = json.loads(out.read_text())["keys"]["correct"]
     # pooled d = (0,1,0,0, 0,1,0,1): mean 3/8, sample var (3·(5/8)² + 5·(3/8)²)/7 = 15/56, SE √(15/56/8)
     assert res["paired_gain"] == pytest.approx(3 / 8) and res["paired_se"] == pytest.approx((15 / 56 / 8) ** 0.5)
@@ -68,18 +58,19 @@ def test_paired_gain_script_pools_seeds(tmp_path, capsys):
     assert "paired gain +0.3750" in capsys.readouterr().out
 
 
-def test_paired_gain_script_refuses_a_missing_field(tmp_path):
+def test_paired_gain_script_refuses_a_missing_field(load_script, tmp_path):
     a = _fake_run(tmp_path, "s0", [1, 0], [1, 1])
     with pytest.raises(SystemExit, match="correct@numeric"):
-        _script().main([str(a), "--keys", "correct@numeric"])
+        load_script("paired_gain").main([str(a), "--keys", "correct@numeric"])
 
 
-def test_paired_gain_script_from_a_common_start(tmp_path):
+def test_paired_gain_script_from_a_common_start(load_script, tmp_path):
     a = _fake_run(tmp_path, "s0", [1, 0, 0, 1], [1, 1, 0, 1])
     start = tmp_path / "base.json"  # what `credo eval --out` writes: the problems, no samples here
     start.write_text(json.dumps({"problems": [{"id": f"p{i}", "correct": c} for i, c in enumerate([0, 0, 0, 1])]}))
     out = tmp_path / "gain.json"
-    assert _script().main([str(a), "--keys", "correct", "--start", str(start), "--json", str(out)]) == 0
+    args = [str(a), "--keys", "correct", "--start", str(start), "--json", str(out)]
+    assert load_script("paired_gain").main(args) == 0
     res = json.loads(out.read_text())
     r = res["keys"]["correct"]
     assert r["per_run"][0]["start"] == 0.25 and r["per_run"][0]["start_step"] is None
