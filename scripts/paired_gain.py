@@ -65,11 +65,12 @@ def summarize(runs: list[Path], keys: list[str], ks: list[int], start: Path | No
             "end_std": statistics.stdev(ends) if len(ends) > 1 else 0.0,
             "paired_gain": gain, "paired_se": se, "n_pairs": len(before),
         }
-    if all("n_correct" in a[0] and "n_correct" in b[0] for *_, a, b in pairs):
+    if all("n_correct" in a[0] and "n_correct" in b[0] for *_, a, b in pairs):  # (on the sampled problems)
         for k in ks:
             vals = {"start": [], "end": []}
             for *_, a, b in pairs:
                 for side, rows in (("start", a), ("end", b)):
+                    rows = [r for r in rows if "n_correct" in r]  # eval.sample_problems: the first N only
                     if k <= rows[0]["n_samples"]:
                         vals[side].append(statistics.mean(pass_at_k(r["n_samples"], r["n_correct"], k) for r in rows))
             if vals["start"] and vals["end"]:

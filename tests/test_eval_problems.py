@@ -37,6 +37,18 @@ def test_train_writes_one_row_per_held_out_problem(tiny_overrides, tmp_path):
         assert sum(r["n_correct"] for r in rows) / 16 == pytest.approx(rec["eval/pass@1"])
 
 
+def test_sample_problems_samples_the_first_n_only(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "run.name=sub", "eval.sample_problems=3"])
+    train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "sub" / "evals" / "step_000000.jsonl").read_text().splitlines()]
+    assert len(rows) == 8  # greedy: every problem
+    assert [("n_correct" in r) for r in rows] == [True] * 3 + [False] * 5
+    rec = next(json.loads(x) for x in (tmp_path / "sub" / "metrics.jsonl").read_text().splitlines()
+               if '"eval"' in x)
+    assert rec["eval/sampled_problems"] == 3.0 and rec["time/eval"] > 0
+    assert sum(r["n_correct"] for r in rows[:3]) / 6 == pytest.approx(rec["eval/pass@1"])
+
+
 def _fake_run(root: Path, name: str, start: list[int], end: list[int]) -> Path:
     (root / name / "evals").mkdir(parents=True)
     for step, flags in ((0, start), (10, end)):

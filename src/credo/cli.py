@@ -80,7 +80,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate(policy, tok, env, env.examples("test"), cfg.rl.max_new_tokens, cfg.eval.n_samples,
                  cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed, workers=cfg.reward.workers,
                  timeout_s=cfg.reward.timeout_s, tools=tool_eval_from_config(cfg, enabled=not args.no_tools),
-                 extra_verifiers=tuple(cfg.eval.extra_verifiers), problems=(problems := []))
+                 extra_verifiers=tuple(cfg.eval.extra_verifiers), problems=(problems := []),
+                 sample_problems=cfg.eval.sample_problems)
     result = {"target": str(target), "env": cfg.env.name, "n_problems": len(env.examples("test")),
               "n_samples": cfg.eval.n_samples, "temperature": cfg.eval.temperature,
               "multiturn": cfg.rl.multiturn, "tools": "off" if args.no_tools else "on", **m}

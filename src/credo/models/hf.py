@@ -206,6 +206,37 @@ class HFPolicy(torch.nn.Module):
         with self.autocast():
             return self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
 
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether `prefix_hidden_states` can run: not under activation checkpointing, which turns the KV cache
+        off in training mode (transformers sets `use_cache=False` there)."""
+        flag = "is_activation_checkpointing" if hasattr(self.model, "is_activation_checkpointing") \
+            else "is_gradient_checkpointing"  # transformers >= 5.x renamed it
+        return not (self.model.training and getattr(self.model, flag, False))
+
+    def prefix_hidden_states(self, prefix_ids: torch.Tensor, prefix_lens: torch.Tensor, owner: torch.Tensor,
+                             suffix_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of rows that share prompts, each prompt run once: `prefix_ids` [P, Lp] (right-padded
+        prompts, `prefix_lens` [P] real tokens each), `owner` [B] (row → its prompt), `suffix_ids` [B, Ls] (each
+        row's tokens after its prompt, right-padded). The prompts' keys and values (a `DynamicCache`, kept in the
+        autograd graph) are gathered to the rows (`batch_select_indices`), and the suffixes run on them with the
+        prompt padding masked and positions `prefix_lens[owner] + 0..Ls-1`. Returns (prefix states [P, Lp, D],
+        suffix states [B, Ls, D]); row b's states equal `hidden_states` of its whole sequence, split at its
+        prompt length (the gradient of a prompt sums over its rows). Shared-prefix forward as in Prefix Grouper
+        (Liu et al. 2025, arXiv 2506.05433), through transformers' cache."""
+        decoder = self.model.get_decoder()
+        Lp, Ls = prefix_ids.shape[1], suffix_ids.shape[1]
+        pmask = torch.arange(Lp, device=prefix_ids.device)[None, :] < prefix_lens[:, None]  # [P, Lp]
+        with self.autocast():
+            pre = decoder(input_ids=prefix_ids, attention_mask=pmask.long(), use_cache=True)
+            cache = pre.past_key_values
+            cache.batch_select_indices(owner)
+            mask = torch.cat([pmask[owner], pmask.new_ones(len(owner), Ls)], dim=1).long()  # [B, Lp + Ls]
+            positions = prefix_lens[owner][:, None] + torch.arange(Ls, device=suffix_ids.device)[None, :]
+            suf = decoder(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
+                          past_key_values=cache, use_cache=True)
+        return pre.last_hidden_state, suf.last_hidden_state
+
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on hidden states [..., D] → logits [..., V] (valid when `chunkable`)."""
         with self.autocast():

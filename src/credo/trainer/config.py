@@ -120,6 +120,7 @@ class RLConfig:
     tis_cap: float = 0.0  # truncated importance sampling: token loss × min(π_old/π_sampler, C=tis_cap); 0: off
     max_tokens_per_microbatch: int = 0  # split minibatches into micro-batches of ≤ this many padded tokens (0: off)
     logprob_chunk: int = 512  # positions whose LM head + log-softmax run at once (trainer.logprobs)
+    share_prefix: bool = True  # run a prompt shared by a group's rows once in the update (HF models; logprobs)
     ssr: bool = False  # VL-Rethinker Selective Sample Replay in place of rl.selection (trainer.replay.ssr_select)
     ssr_alpha: float = 1.0  # SSR priority exponent: P(j) ∝ |A_j|^alpha (paper and code: 1)
     ssr_buffer: int = 0  # SSR replay history, in samples; 0 = half the rollout batch (released code)
@@ -245,6 +246,7 @@ class EvalConfig:
     n_samples: int = 8  # samples per prompt for pass@k
     pass_k: list[int] = field(default_factory=lambda: [1, 4, 8])  # k values reported for pass@k
     temperature: float = 1.0  # sampling temperature for pass@k (greedy accuracy is always reported)
+    sample_problems: int = 0  # pass@k / maj@k on the first N held-out problems only (0: all; greedy: always all)
     extra_verifiers: list[str] = field(default_factory=list)  # also score greedy replies with these verifiers
     # (eval/greedy_acc@<name>; e.g. ["numeric"]: the last number, a format-free accuracy)
 

@@ -84,10 +84,12 @@ def evaluate(
     tools: ToolEval | None = None,
     extra_verifiers: tuple[str, ...] = (),
     problems: list[dict[str, Any]] | None = None,
+    sample_problems: int = 0,
 ) -> dict[str, Any]:
     """Greedy accuracy over `examples`, and pass@k (Chen et al. estimator) and maj@k (`core.stats.maj_at_k`)
-    from `n_samples` samples each. Votes group samples by their extracted answer (`env.answer_key(text)` when
-    the env has one, else the last `<answer>` tag's text); a sample with no answer is a vote of its own.
+    from `n_samples` samples each (of the first `sample_problems` examples only, when > 0). Votes group samples
+    by their extracted answer (`env.answer_key(text)` when the env has one, else the last `<answer>` tag's text);
+    a sample with no answer is a vote of its own.
 
     Answers are checked by `env.verify` (never by `reward.function`: accuracy is the environment's verdict)
     through `runner`, or through a runner with `workers` processes and `timeout_s` per item made for this
@@ -115,9 +117,9 @@ def evaluate(
     own = runner is None
     if runner is None:  # started before the rollouts, so the workers' start-up overlaps with generation
         runner = VerifyRunner(env.verify, workers=workers, timeout_s=timeout_s)
-    roll = functools.partial(_rollouts, as_generator(generator, tokenizer), tokenizer, env, examples, tools)
+    roll = functools.partial(_rollouts, as_generator(generator, tokenizer), tokenizer, env)
     try:
-        greedy = roll(1, SamplingParams(max_new_tokens, temperature=0.0))
+        greedy = roll(examples, tools, 1, SamplingParams(max_new_tokens, temperature=0.0))
         verdicts = runner.run([(s.scored_text, ex) for s, ex in zip(greedy, examples, strict=True)])
         errors, timeouts = verdicts.errors, verdicts.timeouts
         out = {
@@ -133,19 +135,29 @@ def evaluate(
             out["eval/tools_enabled"] = float(tools.enabled)
             out.update(tool_eval_metrics(greedy, [bool(v.correct) for v in verdicts.scores]))
         if n_samples > 0 and pass_k:
-            g = torch.Generator().manual_seed(seed)
-            sampled = roll(n_samples, SamplingParams(max_new_tokens, temperature=temperature), g)
-            verdicts = runner.run([(s.scored_text, examples[i // n_samples]) for i, s in enumerate(sampled)])
+            subset = examples[:sample_problems] if sample_problems > 0 else examples
+            params = SamplingParams(max_new_tokens, temperature=temperature)
+            sampled = roll(subset, tools, n_samples, params, torch.Generator().manual_seed(seed))
+            verdicts = runner.run([(s.scored_text, subset[i // n_samples]) for i, s in enumerate(sampled)])
             errors, timeouts = errors + verdicts.errors, timeouts + verdicts.timeouts
-            hits = [bool(v.correct) for v in verdicts.scores]
-            out.update(sampled_metrics(env, sampled, hits, n_samples, pass_k))
-            for i, row in enumerate(problems or []):
-                row["n_correct"], row["n_samples"] = sum(hits[i * n_samples : (i + 1) * n_samples]), n_samples
+            out.update(_sampled_rows(env, sampled, verdicts.scores, n_samples, pass_k, problems))
         out["eval/verify_errors"] = float(errors)
         out["eval/verify_timeouts"] = float(timeouts)
     finally:
         if own:
             runner.close()
+    return out
+
+
+def _sampled_rows(env: Environment, sampled: list, scores: list, n_samples: int, pass_k: list[int],
+                  problems: list[dict[str, Any]] | None) -> dict[str, float]:
+    """`sampled_metrics` of `n_samples` samples per problem of a prefix of the held-out set, plus its size
+    (`eval/sampled_problems`); each of those problems' rows in `problems` gets `n_correct` and `n_samples`."""
+    hits = [bool(v.correct) for v in scores]
+    out = sampled_metrics(env, sampled, hits, n_samples, pass_k)
+    out["eval/sampled_problems"] = float(len(hits) // n_samples)
+    for i, row in enumerate((problems or [])[: len(hits) // n_samples]):
+        row["n_correct"], row["n_samples"] = sum(hits[i * n_samples : (i + 1) * n_samples]), n_samples
     return out
 
 

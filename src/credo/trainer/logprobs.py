@@ -8,6 +8,12 @@ the forward nor the backward pass holds more than one chunk's logits (the memory
 O(chunk · V) instead of O(B · T · V); cf. the chunked / "fused linear" cross-entropy of Liger-Kernel and
 Cut Cross-Entropy, here with plain PyTorch ops and one extra head forward per chunk in the backward).
 Other policies (Hugging Face VLMs) are scored from their full `forward` logits, chunked the same way after.
+
+Shared prompts (`share_prefix=True`, `rl.share_prefix`): a GRPO group's rows repeat one prompt. When the policy
+has `prefix_hidden_states` (Hugging Face causal LMs) and the rows scored from `positions` share prompts
+(`prompt_groups`), each prompt runs once and its rows continue from its keys and values (Prefix Grouper, Liu
+et al. 2025, arXiv 2506.05433): the same log-probs up to float rounding, and the prompt tokens' share of the
+forward and backward FLOPs divided by the group size.
 """
 
 from __future__ import annotations
@@ -45,6 +51,48 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def prompt_groups(input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                            torch.Tensor] | None:
+    """Rows of `input_ids` [B, T] that share a prompt. A row's prompt is its tokens before its first scored
+    position (`positions` [B, T]; a row with none scored is all prompt). Returns (prompt length per row [B],
+    owner [B]: the index of the row's prompt among the distinct ones, the first row of each distinct prompt [P]),
+    or None when no two rows share one (nothing to save)."""
+    B, T = input_ids.shape
+    scored = positions[:, 1:].bool()  # [B, T-1]: targets 1..T-1
+    first = torch.where(scored.any(1), scored.int().argmax(1) + 1, torch.full((B,), T))  # [B]
+    index: dict[tuple[int, ...], int] = {}
+    owner, heads = [], []
+    for b, (row, n) in enumerate(zip(input_ids.tolist(), first.tolist(), strict=True)):
+        key = tuple(row[:n])
+        if key not in index:
+            index[key] = len(heads)
+            heads.append(b)
+        owner.append(index[key])
+    if len(heads) == B:
+        return None
+    return first, torch.tensor(owner), torch.tensor(heads)
+
+
+def _shared_prefix_states(policy: Policy, input_ids: torch.Tensor,
+                          groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Hidden states [B, T, D] of `input_ids` through `policy.prefix_hidden_states`, each shared prompt once
+    (`prompt_groups`); the positions past a row's end are the suffix padding's states (never scored)."""
+    B, T = input_ids.shape
+    device = input_ids.device
+    first, owner, heads = (t.to(device) for t in groups)
+    lens = first[heads]  # [P]
+    Lp, Ls = int(lens.max()), max(1, int((T - first).max()))
+    prefix = input_ids[heads, :Lp] * (torch.arange(Lp, device=device)[None, :] < lens[:, None])  # [P, Lp]
+    j = torch.arange(Ls, device=device)[None, :]  # [1, Ls]
+    src = (first[:, None] + j).clamp(max=T - 1)  # [B, Ls]
+    suffix = torch.where(first[:, None] + j < T, input_ids.gather(1, src), 0)  # [B, Ls]
+    pre, suf = policy.prefix_hidden_states(prefix, lens, owner, suffix)  # [P, Lp, D], [B, Ls, D]
+    both = torch.cat([pre[owner], suf], dim=1)  # [B, Lp + Ls, D]
+    t = torch.arange(T, device=device)[None, :]  # [1, T]
+    where = torch.where(t < first[:, None], t, Lp + (t - first[:, None]).clamp(max=Ls - 1))  # [B, T]
+    return both.gather(1, where[:, :, None].expand(B, T, both.shape[2]))
+
+
 def sequence_logprobs(
     policy: Policy,
     input_ids: torch.Tensor,
@@ -53,6 +101,7 @@ def sequence_logprobs(
     images: list | None = None,
     positions: torch.Tensor | None = None,
     chunk: int = DEFAULT_CHUNK,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(x_t | x_<t) at every position t ≥ 1 of `input_ids` [B, T] (position 0 gets 0), logits scaled by
     1/temperature exactly as in the sampler; returns logprobs [B, T] (differentiable) and, when `with_entropy`,
@@ -61,11 +110,19 @@ def sequence_logprobs(
     `images`: per row, the row's images (vision policies). `positions` [B, T] (0/1 or bool, optional): only
     these positions are scored, the others get 0 (the update passes its loss mask: the prompt's logits are never
     computed). `chunk`: positions per LM-head chunk (module docstring); raises ValueError when < 1.
+    `share_prefix`: run each prompt shared by several rows once (module docstring), when the policy can
+    (`prefix_hidden_states`, `shares_prefix`), there are no images, `positions` is given and rows share prompts.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 positions, got {chunk}")
     B, T = input_ids.shape
-    if getattr(policy, "chunkable", False):
+    groups = None
+    if share_prefix and positions is not None and not (images and any(images)) \
+            and getattr(policy, "shares_prefix", False) and getattr(policy, "chunkable", False):
+        groups = prompt_groups(input_ids, positions)
+    if groups is not None:
+        states, head = _shared_prefix_states(policy, input_ids, groups), policy.output_logits  # [B, T, D]
+    elif getattr(policy, "chunkable", False):
         states, head = policy.hidden_states(input_ids, images), policy.output_logits  # [B, T, D]
     else:  # full logits from forward; the log-softmax is still chunked
         states = policy.forward(input_ids) if images is None else policy.forward(input_ids, images=images)

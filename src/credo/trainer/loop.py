@@ -83,13 +83,15 @@ def _eval(ctx: stages.StepContext, step: int, run_dir: Path) -> dict[str, Any]:
     results go to `run_dir/evals/step_<step>.jsonl` (`evaluate`'s `problems`)."""
     cfg = ctx.cfg
     problems: list[dict[str, Any]] = []
+    start = time.perf_counter()
     m = evaluate(
         ctx.gen, ctx.tokenizer, ctx.env, ctx.test_examples, cfg.rl.max_new_tokens, cfg.eval.n_samples,
         cfg.eval.pass_k, cfg.eval.temperature, seed=cfg.run.seed * 1_000_003 + step, runner=ctx.eval_runner,
         tools=tool_eval_from_config(cfg), extra_verifiers=tuple(cfg.eval.extra_verifiers), problems=problems,
+        sample_problems=cfg.eval.sample_problems,
     )
     ckpt.write_jsonl_atomic(run_dir / "evals" / f"step_{step:06d}.jsonl", problems)
-    return {"phase": "eval", "step": step, **m}
+    return {"phase": "eval", "step": step, **m, "time/eval": time.perf_counter() - start}
 
 
 def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: MultiSink) -> tuple[Any, Any]:
