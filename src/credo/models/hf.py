@@ -166,6 +166,20 @@ def build_native_engine(policy: HFPolicy) -> TinyLM | None:
     return engine
 
 
+def _cache_kwargs(module: Any, cache: Any) -> dict[str, Any]:
+    """The keyword that passes a KV cache to `module.forward`: `cache` from transformers 5.2x on (where
+    `past_key_values` is deprecated), `past_key_values` before."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def _output_cache(out: Any) -> Any:
+    """The KV cache a forward returned (`cache`, or `past_key_values` before transformers 5.2x)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 class HFPolicy(torch.nn.Module):
     """A `transformers` causal LM behind the `Policy` protocol, and the `Decoder` of architectures the native
     engine does not cover (see the module docstring). `native_decode` tells the native backend whether to decode
@@ -208,8 +222,11 @@ class HFPolicy(torch.nn.Module):
 
     @property
     def shares_prefix(self) -> bool:
-        """Whether `prefix_hidden_states` can run: not under activation checkpointing, which turns the KV cache
-        off in training mode (transformers sets `use_cache=False` there)."""
+        """Whether `prefix_hidden_states` can run: with the sdpa or eager attention (the ones the test holds to
+        the plain forward), and not under activation checkpointing, which turns the KV cache off in training
+        mode (transformers sets `use_cache=False` there)."""
+        if getattr(self.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+            return False
         flag = "is_activation_checkpointing" if hasattr(self.model, "is_activation_checkpointing") \
             else "is_gradient_checkpointing"  # transformers >= 5.x renamed it
         return not (self.model.training and getattr(self.model, flag, False))
@@ -229,12 +246,12 @@ class HFPolicy(torch.nn.Module):
         pmask = torch.arange(Lp, device=prefix_ids.device)[None, :] < prefix_lens[:, None]  # [P, Lp]
         with self.autocast():
             pre = decoder(input_ids=prefix_ids, attention_mask=pmask.long(), use_cache=True)
-            cache = pre.past_key_values
+            cache = _output_cache(pre)
             cache.batch_select_indices(owner)
             mask = torch.cat([pmask[owner], pmask.new_ones(len(owner), Ls)], dim=1).long()  # [B, Lp + Ls]
             positions = prefix_lens[owner][:, None] + torch.arange(Ls, device=suffix_ids.device)[None, :]
-            suf = decoder(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
-                          past_key_values=cache, use_cache=True)
+            suf = decoder(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **_cache_kwargs(decoder, cache))
         return pre.last_hidden_state, suf.last_hidden_state
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -270,11 +287,11 @@ class HFPolicy(torch.nn.Module):
                 input_ids=input_ids,
                 attention_mask=cache.mask.long(),
                 position_ids=positions,
-                past_key_values=cache.past,
                 use_cache=True,
                 logits_to_keep=1,
+                **_cache_kwargs(self.model, cache.past),
             )
-        cache.past = out.past_key_values
+        cache.past = _output_cache(out)
         return out.logits
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -59,7 +59,7 @@ def prompt_groups(input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[tor
     or None when no two rows share one (nothing to save)."""
     B, T = input_ids.shape
     scored = positions[:, 1:].bool()  # [B, T-1]: targets 1..T-1
-    first = torch.where(scored.any(1), scored.int().argmax(1) + 1, torch.full((B,), T))  # [B]
+    first = torch.where(scored.any(1), scored.int().argmax(1) + 1, torch.full((B,), T, device=scored.device))
     index: dict[tuple[int, ...], int] = {}
     owner, heads = [], []
     for b, (row, n) in enumerate(zip(input_ids.tolist(), first.tolist(), strict=True)):
