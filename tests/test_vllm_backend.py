@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -242,6 +243,33 @@ def test_after_an_optimizer_step_and_sync_greedy_is_the_trainers_argmax(fp32, bf
     print(f"\nbf16 engine vs bf16-autocast trainer after a step: {same}/{32 * len(prompts)} greedy tokens agree "
           f"position-wise; identical prefixes {prefix}")
     assert min(prefix) >= 1  # the first token agrees at least
+
+
+def test_lora_policy_engine_samples_the_adapted_model(hf_dir):
+    """vLLM + LoRA (issue 18): after an optimizer step of the adapters and a sync, the fp32 engine's sampled
+    log-probs are the adapted trainer's (it receives the merged W + (α/r)·B A, `LoraPolicy.engine_weights`), and
+    measurably not the base model's (adapters off)."""
+    from credo.models.lora import apply_lora
+
+    policy, tok = load_hf(hf_dir, gradient_checkpointing=False)
+    lora = SimpleNamespace(rank=4, alpha=8.0, dropout=0.0,
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    policy = apply_lora(policy, lora, seed=0)
+    gen = VLLMGenerator(policy, tok, max_batch=64, **KV)
+    _optimizer_step(policy, tok)
+    gen.sync_weights(policy)
+    outs = gen.generate([GenerationRequest(p, n=2) for p in _prompts(tok)], SamplingParams(24, temperature=1.0),
+                        torch.Generator().manual_seed(0))
+    d, moved = [], []
+    for p, cs in zip(_prompts(tok), outs, strict=True):
+        for c in cs:
+            d.append((c.logprobs - _trainer_logprobs(policy, p, c.completion_ids, 1.0)).abs())
+            moved.append((c.logprobs - _trainer_logprobs(policy.reference(), p, c.completion_ids, 1.0)).abs())
+    d, moved = torch.cat(d), torch.cat(moved)
+    print(f"\nvLLM fp32 engine, LoRA policy after a step + sync: |Δ log p| vs trainer max {d.max():.2e}; "
+          f"vs base model max {moved.max():.2e}")
+    assert d.numel() > 100 and float(d.max()) < 1e-4
+    assert float(moved.max()) > 1e-2
 
 
 def test_images_and_bad_requests_raise(fp32):
