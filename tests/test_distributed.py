@@ -137,6 +137,65 @@ def test_two_process_update_equals_one_process(tmp_path):
         assert abs(m["loss/grad_norm"] - ref["loss/grad_norm"]) < 1e-4, key
 
 
+# ---- DAPO dynamic sampling with global counts -------------------------------------------------------------------
+
+# informative (1) or all-equal (0) groups per round, for each rank's 2 prompts of a round (4 prompts per round)
+REFILL = {
+    # globally 2 of 4 in round 0 (all on rank 0: alone it would have its 2 and stop), 5 of 4 after round 1
+    "refill": {0: [[1, 1], [1, 1], [1, 1]], 1: [[0, 0], [1, 0], [1, 1]]},
+    # never enough: 1 + 1 + 0 after max_rounds = 2 extra rounds
+    "short": {0: [[0, 0], [0, 1], [0, 0]], 1: [[1, 0], [0, 0], [0, 0]]},
+}
+
+
+def _refill_worker(rank: int, world: int, port: int, out: str) -> None:
+    from types import SimpleNamespace
+
+    from credo.trainer.dapo import dynamic_sampling_fill
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    assert dist.init_from_env("cpu")
+    results = {}
+    for case, script in REFILL.items():
+        rounds: list[int] = []
+
+        def rollout_fn(n: int, first_group: int, script=script, rounds=rounds):
+            r = len(rounds)
+            rounds.append(n)
+            mine = dist.share(list(range(n)))  # this rank's prompts of the round, as rollout_stage takes them
+            samples, adv = [], []
+            for i, flag in zip(mine, script[rank][r], strict=True):
+                samples += [SimpleNamespace(group_id=first_group + i, case=(rank, r, i))] * 2
+                adv += [float(flag), -float(flag)]
+            return samples, torch.tensor(adv)
+
+        kept, m = dynamic_sampling_fill(rollout_fn, target_groups=4, max_rounds=2)
+        results[case] = ([s.case for s in kept[::2]], m, rounds)
+    gathered = dist.all_gather_object(results)
+    if dist.is_main():
+        torch.save(gathered, out)
+    dist.close()
+
+
+def test_dapo_refill_with_two_processes_uses_global_counts(tmp_path):
+    """Both ranks roll out the same number of rounds (a rank that has enough groups locally keeps rolling while
+    the global count is short, so no collective waits on a rank that stopped), and the earliest 4 informative groups
+    of the whole run are kept, by round then rank."""
+    out = tmp_path / "refill.pt"
+    mp.spawn(_refill_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    by_rank = torch.load(out, weights_only=False)
+    (kept0, m0, r0), (kept1, m1, r1) = by_rank[0]["refill"], by_rank[1]["refill"]
+    assert r0 == r1 == [4, 4] and m0 == m1
+    assert m0["dapo/rounds"] == 1.0 and m0["dapo/prompts"] == 8.0 and m0["dapo/informative_groups"] == 4.0
+    assert m0["dapo/informative_share_first"] == 0.5 and m0["dapo/short"] == 0.0
+    # round 0: rank 0's 2; round 1: rank 0's 2 fill the target; rank 1's round-1 group comes after them
+    assert kept0 == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)] and kept1 == []
+    (kept0, m0, r0), (kept1, m1, r1) = by_rank[0]["short"], by_rank[1]["short"]
+    assert r0 == r1 == [4, 4, 4] and m0 == m1
+    assert m0["dapo/rounds"] == 2.0 and m0["dapo/informative_groups"] == 2.0 and m0["dapo/short"] == 1.0
+    assert kept0 == [(0, 1, 1)] and kept1 == [(1, 0, 2)]
+
+
 # ---- torchrun end to end --------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,19 +284,33 @@ def test_resume_with_one_process_continues_from_the_checkpoint(runs):
     assert state["step"] == 3 and state["data_pos"] == 3 * 4 and "ranks" not in state
 
 
+def test_torchrun_dapo_refill_finishes_with_global_counts(tmp_path):
+    """DAPO dynamic sampling under torchrun with a sparse reward: extra rounds are rolled on both ranks, the run
+    ends, and rank 0's record holds the global counts."""
+    _credo_train(2, tmp_path, "run.name=dapo", "rl.steps=2", "rl.dynamic_sampling=true", "rl.dynamic_max_rounds=3",
+                 "reward.function=verify_helpers:sparse_reward", "run.checkpoint_every=0")
+    rl = [r for r in _records(tmp_path / "dapo") if r["phase"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2]
+    for r in rl:
+        assert r["dapo/prompts"] == 4 * (1 + r["dapo/rounds"]) and 0 <= r["dapo/informative_groups"] <= 4
+        assert r["dapo/short"] == float(r["dapo/informative_groups"] < 4)
+    print("dapo records:", [{k: v for k, v in r.items() if k.startswith("dapo/")} for r in rl])
+
+
 def test_what_torchrun_does_not_support_is_refused_before_any_model_loads() -> None:
     from credo.trainer.config import Config
     from credo.trainer.loop import _refuse_under_torchrun
 
     cfg = Config()
     _refuse_under_torchrun(cfg)  # the default run is supported
-    cfg.rl.dynamic_sampling = True
+    cfg.rl.dynamic_sampling = True  # supported: refill rounds with global counts (trainer/dapo.py)
+    _refuse_under_torchrun(cfg)
     cfg.model.lora.rank = 8
     cfg.reward.r3 = 1.0
     with pytest.raises(ValueError) as e:
         _refuse_under_torchrun(cfg)
-    assert "rl.dynamic_sampling" in str(e.value) and "model.lora" in str(e.value) and "R3" in str(e.value)
-    cfg.rl.dynamic_sampling, cfg.model.lora.rank, cfg.r3.policy = False, 0, "initial"
+    assert "model.lora" in str(e.value) and "R3" in str(e.value)
+    cfg.model.lora.rank, cfg.r3.policy = 0, "initial"
     _refuse_under_torchrun(cfg)  # R3 scoring with the frozen start model is fine
     cfg.rollout.backend = "vllm"
     with pytest.raises(ValueError, match="vllm"):

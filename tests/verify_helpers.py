@@ -30,6 +30,11 @@ def length_reward(completion: str, example: object) -> float:
     return len(completion) / 10
 
 
+def sparse_reward(completion: str, example: object) -> float:
+    """1 for a completion whose length is a multiple of 7, else 0: sparse, many groups all-equal (DAPO refill)."""
+    return float(len(completion) % 7 == 0)
+
+
 def nan_reward(completion: str, example: object) -> float:
     return float("nan")
 

@@ -29,6 +29,8 @@ unpadded one; the trainer's right-padded `forward` uses the default positions 0.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,10 +171,13 @@ def build_native_engine(policy: HFPolicy) -> TinyLM | None:
 def _cache_kwargs(module: Any, cache: Any) -> dict[str, Any]:
     """The keyword that passes a KV cache to `module.forward`: `cache` from transformers 5.2x on (where
     `past_key_values` is deprecated), `past_key_values` before."""
-    import inspect
+    return {_cache_kwarg(type(module)): cache}
 
-    name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-    return {name: cache}
+
+@functools.cache
+def _cache_kwarg(cls: type) -> str:
+    """`_cache_kwargs`' keyword for a module class, read once per class (the signature does not change)."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _output_cache(out: Any) -> Any:

@@ -242,7 +242,6 @@ def _refuse_under_torchrun(cfg: Config) -> None:
     number of forwards through a sharded policy would hang the collectives)."""
     live_r3 = (cfg.reward.r3 > 0 or cfg.reward.r3_aggregate > 0) and cfg.r3.policy != "initial"
     refused = {
-        "rl.dynamic_sampling (refill rounds need global counts)": cfg.rl.dynamic_sampling,
         "model.lora (adapters are not sharded or gathered yet)": cfg.model.lora.rank > 0,
         "rollout.backend = 'vllm' (one engine per rank is not wired yet)": cfg.rollout.backend == "vllm",
         "R3 with r3.policy live or lagged (it scores with, or copies, the sharded policy)": live_r3,
@@ -288,7 +287,7 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
         ctx.gen.sync_weights(run.gen_policy)
     n_used = len(batch) if batch is not None else 0
     record.update(stages.rollout_metrics(samples, adv, n_used) if samples else {})
-    record = dist.reduce_metrics(record, len(samples), sums=("verify/", "dapo/"))  # over ranks (one: as is)
+    record = dist.reduce_metrics(record, len(samples), sums=("verify/",))  # over ranks (dapo/: global already)
     return {
         "phase": "rl", "step": step + 1, **record, **loss_metrics,
         **ctx.timers.pop(), "time/step": time.perf_counter() - t_step,
