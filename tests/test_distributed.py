@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from conftest import TINY
 
 from credo.core.aggregation import aggregate, denominator
-from credo.data import Batch
+from credo.data import Batch, Sample
 from credo.models.tiny import TinyConfig, TinyLM
 from credo.trainer import distributed as dist
 from credo.trainer.config import RLConfig
@@ -194,6 +194,63 @@ def test_dapo_refill_with_two_processes_uses_global_counts(tmp_path):
     assert r0 == r1 == [4, 4, 4] and m0 == m1
     assert m0["dapo/rounds"] == 2.0 and m0["dapo/informative_groups"] == 2.0 and m0["dapo/short"] == 1.0
     assert kept0 == [(0, 1, 1)] and kept1 == [(1, 0, 2)]
+
+
+# ---- SSR with global counts -------------------------------------------------------------------------------------
+
+# per rank: (sample ids, group ids, advantages, history ids, history advantages); rank 1 has no effective sample
+SSR = {0: ([0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 1, 1, 2, 2, 3, 3], [1.0, -1.0, 0.0, 0.0, 0.5, -0.5, 0.0, 0.0],
+           [20, 21], [0.2, -0.2]),
+       1: ([10, 11, 12, 13, 14, 15, 16, 17], [0, 0, 1, 1, 2, 2, 3, 3], [0.0] * 8, [30, 31, 32], [0.3, 0.9, -0.4])}
+
+
+def _ssr_sample(k: int, group: int) -> Sample:
+    return Sample(example_id=f"e{k}", group_id=group, prompt_ids=torch.tensor([1]), completion_ids=torch.tensor([k]),
+                  loss_mask=torch.ones(1), segment_ids=torch.ones(1, dtype=torch.long),
+                  sampler_logprobs=torch.zeros(1), finish_reason="stop", reward=0.0)
+
+
+def _ssr_worker(rank: int, world: int, port: int, out: str) -> None:
+    from credo.trainer.config import RLConfig
+    from credo.trainer.replay import ReplayBuffer, ssr_select
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    assert dist.init_from_env("cpu")
+    ids, gids, adv, hist, hist_adv = SSR[rank]
+    buf = ReplayBuffer(capacity=8)
+    buf.add([_ssr_sample(k, 100 + k) for k in hist], torch.tensor(hist_adv))
+    kept, kept_adv, m = ssr_select([_ssr_sample(k, g) for k, g in zip(ids, gids, strict=True)], torch.tensor(adv),
+                                   buf, RLConfig(ssr=True, ssr_batch_frac=1.0),
+                                   torch.Generator().manual_seed(dist.rank_seed(0)))
+    gathered = dist.all_gather_object(([int(s.completion_ids[0]) for s in kept], kept_adv, m))
+    if dist.is_main():
+        torch.save(gathered, out)
+    dist.close()
+
+
+def test_ssr_with_two_processes_draws_once_over_the_global_batch(tmp_path):
+    """size = ssr_batch_frac · the global batch (16); the 4 effective samples (all on rank 0) are drawn by rank 0's
+    generator and the 12 replays from the union of both ranks' histories, as one draw over the concatenated
+    batch and history would pick them; each rank trains on what lives on it; metrics are global and equal."""
+    from credo.core.selection import replay_fill, ssr_sample
+
+    out = tmp_path / "ssr.pt"
+    mp.spawn(_ssr_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    (ids0, adv0, m0), (ids1, adv1, m1) = torch.load(out, weights_only=False)
+    assert m0 == m1 == {"ssr/effective_share_before": 0.25, "ssr/effective_share_after": 1.0, "ssr/replayed": 12.0,
+                        "ssr/buffer_size": 9.0, "ssr/batch_size": 16.0}
+    # the same draw by hand: batch = rank 0's rows then rank 1's (group ids offset), history = rank 0's then rank 1's
+    batch_ids, g_adv = SSR[0][0] + SSR[1][0], torch.tensor(SSR[0][2] + SSR[1][2])
+    g_gid = torch.tensor(SSR[0][1] + [g + 4 for g in SSR[1][1]])
+    hist_ids = SSR[0][3] + [0, 1, 4, 5] + SSR[1][3]  # each rank's history after adding its effective samples
+    g_hist = torch.tensor(SSR[0][4] + [1.0, -1.0, 0.5, -0.5] + SSR[1][4], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    cur = ssr_sample(g_adv, 4, 1.0, True, gen, group_ids=g_gid)
+    rep = replay_fill(g_hist, 12, 1e-4, gen)
+    want = [batch_ids[i] for i in cur] + [hist_ids[j] for j in rep]
+    assert sorted(ids0 + ids1) == sorted(want)
+    assert set(ids1) <= set(SSR[1][3]) and len(ids1) >= 3  # rank 1: its history only, each item at least once
+    assert (adv0.abs() > 0).all() and (adv1.abs() > 0).all() and len(ids0) + len(ids1) == 16
 
 
 # ---- torchrun end to end --------------------------------------------------------------------------------------

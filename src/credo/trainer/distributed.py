@@ -29,7 +29,7 @@ import copy
 import datetime
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -135,6 +135,16 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def from_main(fn: Callable[[], Any]) -> Any:
+    """`fn()` computed on rank 0 and sent to every rank (the result must be picklable; the other ranks do not call
+    `fn`, so only rank 0's random streams advance); `fn()` itself when not distributed."""
+    if not is_distributed():
+        return fn()
+    box = [fn() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def row_offset(n: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from credo.core.selection import nonzero_samples, replay_fill, ssr_sample
 from credo.data import Sample
+from credo.trainer import distributed as dist
 from credo.trainer.config import RLConfig
 
 
@@ -50,7 +51,10 @@ class ReplayBuffer:
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[list[Sample], Tensor]:
         """``n`` samples (fewer only when the buffer is empty) and their advantages [n] float32, CPU."""
-        idx = replay_fill(self.advantages(), n, self.eps, generator).tolist()
+        return self.take(replay_fill(self.advantages(), n, self.eps, generator).tolist())
+
+    def take(self, idx: list[int]) -> tuple[list[Sample], Tensor]:
+        """The stored samples at positions ``idx`` (oldest = 0) and their advantages [len(idx)] float32, CPU."""
         return [self._items[i][0] for i in idx], torch.tensor([self._items[i][1] for i in idx], dtype=torch.float32)
 
     def state_dict(self) -> dict[str, Any]:
@@ -70,9 +74,10 @@ class ReplayBuffer:
 
 
 def make_replay_buffer(cfg: RLConfig) -> ReplayBuffer:
-    """The buffer ``cfg`` asks for: ``ssr_buffer`` samples, or half the rollout batch when 0 (released code)."""
+    """The buffer ``cfg`` asks for: ``ssr_buffer`` samples, or half the rollout batch when 0 (released code).
+    Data parallel: each rank holds its own effective samples, ⌈capacity / N⌉ of them (the history is their union)."""
     capacity = cfg.ssr_buffer or max(1, cfg.prompts_per_step * cfg.group_size // 2)
-    return ReplayBuffer(capacity, cfg.ssr_eps)
+    return ReplayBuffer(-(-capacity // dist.world_size()), cfg.ssr_eps)
 
 
 def ssr_select(
@@ -96,28 +101,54 @@ def ssr_select(
     The result is empty only when this batch has no effective sample and the buffer is empty: skip the update.
     Departure: the released code pads its candidate list with up to 10% all-correct zero-advantage samples that
     then have probability 0, which only raises its draw count from this batch; credo draws min(size, #effective).
-    Metrics: ``ssr/effective_share_before`` (share of groups with a non-zero advantage), ``ssr/effective_share_after``
-    (share of the returned samples with a non-zero advantage), ``ssr/replayed`` (count drawn from the buffer),
-    ``ssr/buffer_size`` (after this step's additions), ``ssr/batch_size``.
+    Data parallel (torchrun): the counts and draws are global. B is the global batch; the ranks' advantages and
+    histories are gathered (scalars only: the samples stay on their rank), rank 0 draws the global indices with
+    its generator (``dist.from_main``), and each rank trains on the drawn samples that live on it, so the draw is
+    that of one process over the union (ranks' shares of it differ; the update takes uneven shares).
+    Metrics (global): ``ssr/effective_share_before`` (share of groups with a non-zero advantage),
+    ``ssr/effective_share_after`` (share of the returned samples with a non-zero advantage), ``ssr/replayed``
+    (count drawn from the buffer), ``ssr/buffer_size`` (after this step's additions), ``ssr/batch_size``.
     """
     adv = adv.detach().cpu()  # [B]; the generator is a CPU one
-    B = len(batch_samples)
     gid = torch.tensor([s.group_id for s in batch_samples], dtype=torch.long)  # [B]
     eff = nonzero_samples(adv, gid)  # [B_eff]
     buffer.add([batch_samples[i] for i in eff.tolist()], adv[eff])
-    size = max(1, int(cfg.ssr_batch_frac * B))
-    n_current = min(size, eff.numel())
-    cur = ssr_sample(adv, n_current, cfg.ssr_alpha, cfg.ssr_replacement, generator, group_ids=gid)  # [n_current]
-    replayed, replay_adv = buffer.draw(size - n_current, generator)
-    kept = [batch_samples[i] for i in cur.tolist()] + replayed
-    kept_adv = torch.cat([adv[cur].to(torch.float32), replay_adv])  # [B_ssr]
-    groups = torch.unique(gid)
-    informative = torch.unique(gid[eff])
+    g_adv, g_gid, g_hist, (b_off, h_off) = _global_view(adv, gid, buffer.advantages())
+    size = max(1, int(cfg.ssr_batch_frac * g_adv.numel()))
+    n_current = min(size, nonzero_samples(g_adv, g_gid).numel())
+
+    def draw() -> tuple[Tensor, Tensor]:  # global indices of this batch's draws, then of the history's
+        cur = ssr_sample(g_adv, n_current, cfg.ssr_alpha, cfg.ssr_replacement, generator, group_ids=g_gid)
+        return cur, replay_fill(g_hist, size - n_current, buffer.eps, generator)
+
+    cur, rep = dist.from_main(draw)  # [n_current], [≤ size − n_current]; rank 0 draws, every rank reads
+    mine = [int(i) - b_off for i in cur if b_off <= i < b_off + adv.numel()]
+    replayed, replay_adv = buffer.take([int(j) - h_off for j in rep if h_off <= j < h_off + len(buffer)])
+    kept = [batch_samples[i] for i in mine] + replayed
+    kept_adv = torch.cat([adv[mine].to(torch.float32), replay_adv])  # [B_ssr]
+    drawn = torch.cat([g_adv[cur].to(torch.float32), g_hist[rep].to(torch.float32)])  # [global B_ssr]
     metrics = {
-        "ssr/effective_share_before": informative.numel() / max(1, groups.numel()),
-        "ssr/effective_share_after": nonzero_samples(kept_adv).numel() / max(1, len(kept)),
-        "ssr/replayed": float(len(replayed)),
-        "ssr/buffer_size": float(len(buffer)),
-        "ssr/batch_size": float(len(kept)),
+        "ssr/effective_share_before": torch.unique(g_gid[nonzero_samples(g_adv, g_gid)]).numel()
+        / max(1, torch.unique(g_gid).numel()),
+        "ssr/effective_share_after": nonzero_samples(drawn).numel() / max(1, drawn.numel()),
+        "ssr/replayed": float(rep.numel()),
+        "ssr/buffer_size": float(g_hist.numel()),
+        "ssr/batch_size": float(drawn.numel()),
     }
     return kept, kept_adv, metrics
+
+
+def _global_view(adv: Tensor, gid: Tensor, history: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+    """Every rank's batch advantages [B_all], group ids [B_all] (offset per rank, so ranks' groups stay apart) and
+    history advantages [N_all], concatenated in rank order, and this rank's (batch, history) offsets in them.
+    One process: the arguments themselves and (0, 0)."""
+    views = dist.all_gather_object((adv, gid, history))
+    advs, gids, hists, b_off, h_off, g_off = [], [], [], 0, 0, 0
+    for r, (a, g, h) in enumerate(views):
+        if r == dist.rank():
+            b_off, h_off = sum(x.numel() for x in advs), sum(x.numel() for x in hists)
+        advs.append(a)
+        gids.append(g + g_off)
+        hists.append(h)
+        g_off += int(g.max()) + 1 if g.numel() else 0
+    return torch.cat(advs), torch.cat(gids), torch.cat(hists), (b_off, h_off)
