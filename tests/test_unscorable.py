@@ -106,6 +106,11 @@ def test_unscorable_sample_leaves_the_batch_and_the_loss():
     assert row_adv.tolist() == pytest.approx([float(adv[i]) for i in kept])
     m = stages.rollout_metrics(samples, adv, len(batch))
     assert m["adv/nonzero_groups"] == 0.5 and m["adv/selected"] == pytest.approx(4 / 6)
+    # group 0 holds a right and a wrong scorable answer; group 1's scorable answers are all right
+    assert m["adv/mixed_correct_groups"] == 0.5
+    samples[3].reward = 1.5  # a shaping term splits group 1's rewards: informative, yet its verdicts are unchanged
+    m = stages.rollout_metrics(samples, adv, len(batch))
+    assert m["adv/nonzero_groups"] == 1.0 and m["adv/mixed_correct_groups"] == 0.5
 
 
 def test_a_batch_of_only_unscorable_samples_gives_no_update():

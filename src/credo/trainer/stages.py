@@ -375,10 +375,15 @@ def selection_stage(ctx: StepContext, samples: list[Sample], adv: Tensor, record
 
 def rollout_metrics(samples: list[Sample], adv: Tensor, n_kept: int) -> dict[str, float]:
     """Response length, finish reasons, the share of groups with a learning signal (`core.advantages.
-    informative_groups` on the scorable samples' rewards) and the share of samples trained on."""
+    informative_groups` on the scorable samples' rewards), the share of groups whose scorable samples are both
+    right and wrong (`adv/mixed_correct_groups`: the outcome's own signal, apart from shaping or intrinsic reward
+    terms such as Memory-R+'s, which can make every group informative) and the share of samples trained on."""
     n = len(samples)
     ok = [s for s in samples if s.scorable]
     groups = {s.group_id for s in samples}
+    verdicts: dict[int, set[bool]] = {}
+    for s in ok:
+        verdicts.setdefault(s.group_id, set()).add(s.correct)
     informative = set()
     if ok:
         gid = torch.tensor([s.group_id for s in ok], dtype=torch.long)
@@ -388,5 +393,6 @@ def rollout_metrics(samples: list[Sample], adv: Tensor, n_kept: int) -> dict[str
         "rollout/response_len": sum(len(s.completion_ids) for s in samples) / n,
         "rollout/finish_stop": sum(s.finish_reason == "stop" for s in samples) / n,
         "adv/nonzero_groups": len(informative) / max(1, len(groups)),
+        "adv/mixed_correct_groups": sum(len(v) == 2 for v in verdicts.values()) / max(1, len(groups)),
         "adv/selected": n_kept / n,
     }
