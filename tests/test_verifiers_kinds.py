@@ -15,7 +15,7 @@ from credo.envs.verifiers.normalize import close
 from credo.envs.verifiers.numeric import verify_numeric
 
 PAD = "Let me double-check this once more, step by step. " * 216  # 10,800 characters, no digit
-NAMES = ["integer", "math", "numeric", "mcq", "typed"]
+NAMES = ["integer", "math", "numeric", "mcq", "typed", "number_list"]
 
 
 def test_kind1_fragments_of_the_reference_are_not_accepted():
@@ -72,6 +72,8 @@ UNREADABLE_REFERENCES = [
     ("numeric", None), ("numeric", float("nan")), ("numeric", "1 and 2"), ("numeric", "no number"), ("numeric", True),
     ("mcq", None), ("mcq", "Paris"),
     ("typed", None), ("typed", float("nan")), ("typed", "  "),
+    ("number_list", None), ("number_list", True), ("number_list", float("nan")), ("number_list", "[1, two]"),
+    ("number_list", "[]"),
 ]
 
 
@@ -108,7 +110,7 @@ def test_call_verifier_makes_any_verifier_total():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_kind10_every_verifier_sets_correct(name):
-    right = {"integer": 7, "math": "7", "numeric": 7, "mcq": "C", "typed": 7}[name]
+    right = {"integer": 7, "math": "7", "numeric": 7, "mcq": "C", "typed": 7, "number_list": 7}[name]
     answer = "C" if name == "mcq" else "7"
     good, bad = get_verifier(name)(f"<answer>{answer}</answer>", right), get_verifier(name)("<answer></answer>", right)
     assert (good.correct, good.value, bad.correct, bad.value) == (True, 1.0, False, 0.0)
@@ -116,7 +118,7 @@ def test_kind10_every_verifier_sets_correct(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_kind12_no_format_credit_for_an_empty_answer(name):
-    right = {"integer": 7, "math": "7", "numeric": 7, "mcq": "C", "typed": 7}[name]
+    right = {"integer": 7, "math": "7", "numeric": 7, "mcq": "C", "typed": 7, "number_list": 7}[name]
     assert get_verifier(name)("<answer></answer>", right).parts == {"correct": 0.0, "format": 0.0}
     assert get_verifier(name)("<answer> </answer>", right).parts["format"] == 0.0
 

@@ -17,6 +17,7 @@ VERIFIERS: dict[str, str] = {
     "integer": "credo.envs.verifiers.answer_tag:verify_integer",
     "math": "credo.envs.verifiers.math:verify_math",
     "mcq": "credo.envs.verifiers.choice:verify_choice",
+    "number_list": "credo.envs.verifiers.number_list:verify_number_list",
     "numeric": "credo.envs.verifiers.numeric:verify_numeric",
     "typed": "credo.envs.verifiers.typed:verify_typed",  # Structured Verbal Verification (MoCA)
 }
