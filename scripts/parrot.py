@@ -3,12 +3,12 @@ teaches a judge to critique then score, made from preference pairs without ratio
 
     1. anchored generation: a teacher sees the task, both responses (chosen and rejected, in a random A/B order) and
        the label ("Response A is preferred"), and writes a critique with per-dimension scores for each response;
-    2. consistency filter: keep a pair only when both parts parse (`rewards.judge.parse_judgement`) and the scores
+    2. consistency filter: keep a pair only when both parts parse (`rewards.judgement.parse_judgement`) and the scores
        reproduce the known winner: reward(chosen) − reward(rejected) > margin (default 0: a tie is dropped); a
        part that names the other response or the label ("Response B", "preferred", "label") is dropped too, since
        the student sees one response and no label;
     3. distillation rows: per kept pair, two pointwise rows (chosen and rejected) in the format `credo sft` reads
-       from a dataset env (`prompt`: the judge's label-free pointwise prompt, `rewards.judge.judge_prompt`, without
+       from a dataset env (`prompt`: the judge's label-free pointwise prompt, `rewards.judgement.judge_prompt`, without
        a reference; `solution`: "# Detailed Judgement" + the teacher's critique of that response).
 
     python scripts/parrot.py --pairs pairs.jsonl --out parrot_sft.jsonl [configs/smollm2_judge.toml] [overrides]
@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from credo.rewards.judge import Judgement, Rubric, judge_prompt, parse_judgement
+from credo.rewards.judgement import Judgement, Rubric, judge_prompt, parse_judgement
 
 ANCHOR = (
     "You are an expert grader writing reference critiques. Two responses to the same task follow, and human "

@@ -134,7 +134,7 @@ def _check_model_and_run(cfg: Config) -> None:
 def _check_judge(cfg: Config) -> None:
     """The `[judge]` section: a valid rubric and reward formula, positive sizes, the group filter's thresholds, and
     a judge model when the judge reward is on."""
-    from credo.rewards.judge import REWARD_FORMULAS, Rubric
+    from credo.rewards.judgement import REWARD_FORMULAS, Rubric
 
     j = cfg.judge
     try:
