@@ -168,19 +168,22 @@ def build_native_engine(policy: HFPolicy) -> TinyLM | None:
     return engine
 
 
-def _cache_kwargs(module: Any, cache: Any) -> dict[str, Any]:
+def cache_kwargs(module: Any, cache: Any) -> dict[str, Any]:
     """The keyword that passes a KV cache to `module.forward`: `cache` from transformers 5.2x on (where
-    `past_key_values` is deprecated), `past_key_values` before."""
+    `past_key_values` is deprecated), `past_key_values` before. A peft model forwards its keywords to the model
+    it wraps, whose signature decides."""
+    if hasattr(module, "get_base_model"):
+        module = module.get_base_model()
     return {_cache_kwarg(type(module)): cache}
 
 
 @functools.cache
 def _cache_kwarg(cls: type) -> str:
-    """`_cache_kwargs`' keyword for a module class, read once per class (the signature does not change)."""
+    """`cache_kwargs`' keyword for a module class, read once per class (the signature does not change)."""
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
-def _output_cache(out: Any) -> Any:
+def output_cache(out: Any) -> Any:
     """The KV cache a forward returned (`cache`, or `past_key_values` before transformers 5.2x)."""
     return out["cache"] if "cache" in out else out["past_key_values"]
 
@@ -232,9 +235,10 @@ class HFPolicy(torch.nn.Module):
         mode (transformers sets `use_cache=False` there)."""
         if getattr(self.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
             return False
-        flag = "is_activation_checkpointing" if hasattr(self.model, "is_activation_checkpointing") \
-            else "is_gradient_checkpointing"  # transformers >= 5.x renamed it
-        return not (self.model.training and getattr(self.model, flag, False))
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft: base
+        flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") \
+            else "is_gradient_checkpointing"  # transformers >= 5.x renamed it (the old name warns)
+        return not (self.model.training and getattr(model, flag, False))
 
     def prefix_hidden_states(self, prefix_ids: torch.Tensor, prefix_lens: torch.Tensor, owner: torch.Tensor,
                              suffix_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,12 +255,12 @@ class HFPolicy(torch.nn.Module):
         pmask = torch.arange(Lp, device=prefix_ids.device)[None, :] < prefix_lens[:, None]  # [P, Lp]
         with self.autocast():
             pre = decoder(input_ids=prefix_ids, attention_mask=pmask.long(), use_cache=True)
-            cache = _output_cache(pre)
+            cache = output_cache(pre)
             cache.batch_select_indices(owner)
             mask = torch.cat([pmask[owner], pmask.new_ones(len(owner), Ls)], dim=1).long()  # [B, Lp + Ls]
             positions = prefix_lens[owner][:, None] + torch.arange(Ls, device=suffix_ids.device)[None, :]
             suf = decoder(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                          **_cache_kwargs(decoder, cache))
+                          **cache_kwargs(decoder, cache))
         return pre.last_hidden_state, suf.last_hidden_state
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -294,9 +298,9 @@ class HFPolicy(torch.nn.Module):
                 position_ids=positions,
                 use_cache=True,
                 logits_to_keep=1,
-                **_cache_kwargs(self.model, cache.past),
+                **cache_kwargs(self.model, cache.past),
             )
-        cache.past = _output_cache(out)
+        cache.past = output_cache(out)
         return out.logits
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from credo.models.hf import DTYPES, HFPolicy, HFTokenizer
+from credo.models.hf import DTYPES, HFPolicy, HFTokenizer, cache_kwargs, output_cache
 
 VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")  # the config.json model_types this module loads (`load_policy`)
 
@@ -188,13 +188,13 @@ class HFVLMPolicy(HFPolicy):
             input_ids=input_ids,
             attention_mask=cache.mask.long(),
             position_ids=pos,
-            past_key_values=cache.past,
             pixel_values=pixels,
             image_grid_thw=grid_thw,
             use_cache=True,
             logits_to_keep=1,
+            **cache_kwargs(self.model, cache.past),
         )
-        cache.past = out.past_key_values
+        cache.past = output_cache(out)
         return self._mask_input_only(out.logits)
 
 
