@@ -75,6 +75,18 @@ def test_prompt_template_and_total_verifier():
     assert "broken scorer" in s.reason
 
 
+def test_prompt_template_reads_the_task_metadata():
+    # number_sorting appends formatting instructions to its question; a template can ask without them
+    env = small("number_sorting", options={"min_numbers": 3, "max_numbers": 3, "max_decimals": 0},
+                prompt_template="Sort in {metadata[direction]} order: {metadata[original_numbers]}")
+    ex = env.examples("test")[0]
+    meta = ex.meta["entry"]["metadata"]
+    assert env.render_prompt(ex) == f"Sort in {meta['direction']} order: {meta['original_numbers']}"
+    assert meta["direction"] in ("ascending", "descending") and "Please follow" not in env.render_prompt(ex)
+    with pytest.raises(ValueError, match="metadata"):  # a key the task does not have fails at construction
+        small("number_sorting", prompt_template="{metadata[no_such_key]}")
+
+
 def test_credo_verifier_override():
     env = small("chain_sum", verifier="integer")
     ex = env.examples("test")[0]

@@ -8,6 +8,11 @@ drawn from different streams. The test split holds `n_test` distinct questions; 
 split is never used for "train" or "sft" (tasks with small question spaces repeat questions, so these are
 dropped and more are drawn). Repeats within "train" or "sft" are allowed.
 
+The prompt is `env.prompt_template` over `{question}` (the task's question) and the task's own metadata,
+`{metadata[KEY]}` (e.g. number_sorting's `{metadata[direction]}` and `{metadata[original_numbers]}`, to ask the
+question without the instructions reasoning-gym appends to it). Some metadata hold the answer (number_sorting's
+`sorted_numbers`): a template must not show those.
+
 Scoring is the task's own `score_answer(answer, entry)` applied to the content of the last
 `<answer>…</answer>` block (found from the end of the completion, however long). The verdict: `value` is the
 task's score (some tasks give partial credit, e.g. 0.5); `correct` is `value == 1.0` (full credit; partial credit
@@ -76,12 +81,12 @@ class ReasoningGymEnv:
         self.sizes = {"sft": n_sft, "train": n_train, "test": n_test}
         self.seed = seed
         self.template = prompt_template or DEFAULT_TEMPLATE
-        try:
-            self.template.format(question="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"{self.name}: env.prompt_template {self.template!r} must use only {{question}} "
-                             f"(literal braces doubled): {e!r}") from e
         self._scorer = self._dataset(size=1, seed=0)  # score_answer depends on the config, not on seed/size
+        try:  # checked on one item of the task: a metadata key it lacks fails here, not mid-run
+            self.template.format(question="", metadata=self._scorer[0].get("metadata", {}))
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise ValueError(f"{self.name}: env.prompt_template {self.template!r} may use only {{question}} and "
+                             f"the task's {{metadata[KEY]}} fields (literal braces doubled): {e!r}") from e
         self._verifier = None
         self._verifier_name = verifier
         if verifier:  # a credo verifier instead of the task's score_answer
@@ -143,7 +148,7 @@ class ReasoningGymEnv:
         return self._splits[split]
 
     def render_prompt(self, example: Example) -> str:
-        return self.template.format(question=example.prompt)
+        return self.template.format(question=example.prompt, metadata=example.meta["entry"].get("metadata", {}))
 
     def reference_completion(self, example: Example) -> str:
         answer = example.meta["entry"]["answer"]
