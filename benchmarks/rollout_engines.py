@@ -35,12 +35,13 @@ PROMPTS = ["What is 17 + 25?", "Write a haiku about the sea.", "Explain photosyn
 
 
 class _NoEOS:
-    """The tokenizer with no EOS id, so that every row decodes exactly `new_tokens` tokens."""
+    """The tokenizer with no EOS id, so that every row decodes exactly `new_tokens` tokens: an id no token has for
+    the native engine, none at all for vLLM (which refuses out-of-vocabulary stop ids and ignores the model's EOS
+    under credo's `ignore_eos=True`)."""
 
-    eos_ids = [-1]
-
-    def __init__(self, tok: object) -> None:
+    def __init__(self, tok: object, eos_ids: list[int]) -> None:
         self._tok = tok
+        self.eos_ids = eos_ids
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._tok, name)
@@ -90,7 +91,7 @@ def side(engine: str, dtype: str, rows: int, new_tokens: int, threads: int) -> d
                                      pad_token_id=tok.pad_id)
             assert out.shape[1] == P + new_tokens
     else:
-        gen = make_generator(engine, policy, _NoEOS(tok), max_batch=n_rows)
+        gen = make_generator(engine, policy, _NoEOS(tok, [] if engine == "vllm" else [-1]), max_batch=n_rows)
         start = time.perf_counter() - t0
         reqs = [GenerationRequest(p, n=group) for p in prompts]
         rng = torch.Generator().manual_seed(0)
