@@ -9,8 +9,9 @@ a task whose truth is known: responses are scored by the environment's verifier 
 Responses: `--source policy` samples `--k` answers per prompt from the policy (`model.path`, temperature
 `eval.temperature`); `--source pairs` uses the sandbox pairs of scripts/make_pairs.py (one correct, one wrong per
 prompt). Reported per judge setting: accuracy (share of responses where the judge's verdict equals the
-verifier's), Cohen's κ, the judge's unscorable share (left out of accuracy and κ), the base rate of correct
-responses, and the mean judge reward of correct and of wrong responses.
+verifier's), Cohen's κ, ROC AUC (threshold-free: how well the judge's reward ranks correct above wrong), the
+judge's unscorable share (left out of accuracy, κ and AUC), the base rate of correct responses, and the mean judge
+reward of correct and of wrong responses.
 """
 
 from __future__ import annotations
@@ -40,8 +41,21 @@ def cohen_kappa(a: list[bool], b: list[bool]) -> float:
     return (p_o - p_e) / (1 - p_e)
 
 
+def roc_auc(pos: list[float], neg: list[float]) -> float:
+    """P(a correct response's reward > a wrong one's), ties counting 1/2 (the Mann-Whitney form of ROC AUC): how
+    well the judge ranks, whatever the threshold; NaN when a side is empty.
+
+    >>> roc_auc([0.9, 0.5], [0.5, 0.1])
+    0.875
+    """
+    if not pos or not neg:
+        return math.nan
+    return sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+
+
 def agreement(correct: list[bool], rewards: list[float], threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy, κ, unscorable share, base rate and mean reward by verifier verdict; NaN rewards are unscorable."""
+    """Accuracy, κ, ROC AUC, unscorable share, base rate and mean reward by verifier verdict; NaN rewards are
+    unscorable."""
     ok = [i for i, r in enumerate(rewards) if math.isfinite(r)]
     truth = [correct[i] for i in ok]
     judged = [rewards[i] >= threshold for i in ok]
@@ -50,7 +64,7 @@ def agreement(correct: list[bool], rewards: list[float], threshold: float = 0.5)
     return {
         "n": float(len(rewards)), "unscorable": (len(rewards) - len(ok)) / max(1, len(rewards)),
         "accuracy": sum(x == y for x, y in zip(truth, judged, strict=True)) / len(ok) if ok else math.nan,
-        "kappa": cohen_kappa(truth, judged), "base_rate": sum(correct) / max(1, len(correct)),
+        "kappa": cohen_kappa(truth, judged), "auc": roc_auc(pos, neg), "base_rate": sum(correct) / max(1, len(correct)),
         "judge_says_correct": sum(judged) / len(ok) if ok else math.nan,
         "reward_correct": sum(pos) / len(pos) if pos else math.nan,
         "reward_wrong": sum(neg) / len(neg) if neg else math.nan,

@@ -126,10 +126,21 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def teacher_slots(rubric: Rubric) -> list[Any]:
+    """The anchored two-part format as a forced template (`judge.readout = "probs"`, rewards/forced.py): per
+    response, every dimension's justification line and read-out score."""
+    from credo.rewards.forced import Slot, judgement_slots
+
+    dims = judgement_slots(rubric.dimensions)[1:]  # without "# Detailed Judgement"
+    return [Slot("# Response A\n"), *dims, Slot("# Response B\n"), *dims]
+
+
 def model_teacher(cfg: Any, teacher: str = "") -> Callable[[list[str]], list[str]]:
-    """The `[judge]` model (or `teacher`) as a batched greedy text generator."""
+    """The `[judge]` model (or `teacher`) as a batched greedy text generator; with `judge.readout = "probs"` the
+    two-part format is forced and the scores read out (rewards/forced.py) instead of generated."""
     import copy
 
+    from credo.rewards.forced import fill
     from credo.rewards.judge import load_judge
     from credo.rollout.backend import GenerationRequest, SamplingParams
 
@@ -141,8 +152,13 @@ def model_teacher(cfg: Any, teacher: str = "") -> Callable[[list[str]], list[str
     def run(prompts: list[str]) -> list[str]:
         texts = []
         for i in range(0, len(prompts), jc.batch_size):
-            reqs = [GenerationRequest(judge.tok.encode_prompt(p)) for p in prompts[i : i + jc.batch_size]]
-            texts += [judge.tok.decode(o[0].completion_ids.tolist()) for o in judge.gen.generate(reqs, params)]
+            ids = [judge.tok.encode_prompt(p) for p in prompts[i : i + jc.batch_size]]
+            if judge.readout is not None:
+                texts += fill(judge.gen, judge.tok, ids, teacher_slots(judge.rubric), judge.readout, jc.line_tokens,
+                              0.0, jc.min_score_mass)
+            else:
+                outs = judge.gen.generate([GenerationRequest(x) for x in ids], params)
+                texts += [judge.tok.decode(o[0].completion_ids.tolist()) for o in outs]
             print(f"parrot: {len(texts)}/{len(prompts)} anchored rationales", file=sys.stderr)
         return texts
 

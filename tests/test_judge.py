@@ -482,3 +482,7 @@ def test_make_pairs_and_kappa():
     assert math.isnan(agreement.cohen_kappa([], []))
     a = agreement.agreement([True, False, True, False], [1.0, 0.0, 0.0, math.nan])
     assert a["accuracy"] == pytest.approx(2 / 3) and a["unscorable"] == 0.25 and a["reward_correct"] == 0.5
+    # AUC by hand: correct rewards {1.0, 0.0} vs wrong {0.0}: 1 win + 1 tie of 2 pairs
+    assert a["auc"] == pytest.approx(0.75)
+    assert agreement.roc_auc([0.9, 0.5], [0.5, 0.1]) == pytest.approx(0.875)
+    assert math.isnan(agreement.roc_auc([], [0.1]))

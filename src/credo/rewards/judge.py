@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from credo.data import Example, Sample
+from credo.rewards.forced import ScoreReadout, fill, judgement_slots
 from credo.rewards.judgement import (
     REWARD_FORMULAS,
     Judgement,
@@ -59,6 +60,8 @@ from credo.rewards.terms import TermResult
 from credo.rollout.backend import GenerationRequest, SamplingParams, as_generator, make_generator
 
 # ---- the judge model -----------------------------------------------------------------------------------------
+
+READOUTS = ("text", "probs")  # judge.readout: the judge writes the judgement | template forced, scores read out
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,20 @@ class Judge:
     of an earlier item of the same call)."""
 
     def __init__(self, generator: Any, tokenizer: Any, rubric: Rubric, max_new_tokens: int = 256,
-                 temperature: float = 0.0, batch_size: int = 16, cache_size: int = 65536, seed: int = 0) -> None:
-        if min(batch_size, max_new_tokens, cache_size) < 1 or temperature < 0:
-            raise ValueError("judge: batch_size, max_new_tokens and cache_size must be >= 1, temperature >= 0")
+                 temperature: float = 0.0, batch_size: int = 16, cache_size: int = 65536, seed: int = 0,
+                 readout: str = "text", line_tokens: int = 48, min_score_mass: float = 0.5) -> None:
+        if min(batch_size, max_new_tokens, cache_size, line_tokens) < 1 or temperature < 0:
+            raise ValueError("judge: batch_size, max_new_tokens, line_tokens and cache_size must be >= 1, "
+                             "temperature >= 0")
+        if readout not in READOUTS:
+            raise ValueError(f"judge.readout: unknown {readout!r}; choose one of {READOUTS}")
         self.gen = as_generator(generator, tokenizer)
         self.tok = tokenizer if tokenizer is not None else self.gen.tokenizer
         self.rubric, self.batch_size, self.cache_size = rubric, batch_size, cache_size
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+        # readout "probs": the template is forced and the scores read from the judge's distribution (rewards/forced.py)
+        self.readout = ScoreReadout.build(self.tok, rubric.lo, rubric.hi) if readout == "probs" else None
+        self.line_tokens, self.min_score_mass = line_tokens, min_score_mass
         self.rng = torch.Generator().manual_seed(seed)
         max_len = getattr(self.gen, "max_len", None)
         self.max_prompt = None if max_len is None else max_len - max_new_tokens
@@ -95,7 +105,8 @@ class Judge:
         self.calls = self.hits = 0
 
     def _encode(self, item: JudgeItem, refine: bool) -> list[int]:
-        ids = self.tok.encode_prompt(judge_prompt(self.rubric, item.question, item.response, item.reference, refine))
+        ids = self.tok.encode_prompt(judge_prompt(self.rubric, item.question, item.response, item.reference, refine,
+                                                  show_format=self.readout is None))
         if item.images and hasattr(self.tok, "with_images"):
             ids = self.tok.with_images(ids, len(item.images))
         return ids
@@ -111,16 +122,27 @@ class Judge:
             chunk = todo[start : start + self.batch_size]
             encoded = [self._encode(first[k], refine) for k in chunk]
             fits = [self.max_prompt is None or len(ids) <= self.max_prompt for ids in encoded]
-            requests = [GenerationRequest(ids, images=first[k].images) for k, ids, ok in
-                        zip(chunk, encoded, fits, strict=True) if ok]
-            outs = iter(self.gen.generate(requests, self.params, self.rng) if requests else [])
+            texts = iter(self._texts([ids for ids, ok in zip(encoded, fits, strict=True) if ok],
+                                     [first[k].images for k, ok in zip(chunk, fits, strict=True) if ok], refine))
             for k, ok in zip(chunk, fits, strict=True):
                 if not ok:
                     self._store(k, Judgement({}, "", "judge prompt too long"))
                     continue
-                text = self.tok.decode(next(outs)[0].completion_ids.tolist())
-                self._store(k, parse_judgement(text, self.rubric))
+                self._store(k, parse_judgement(next(texts), self.rubric))
         return [self.cache[k] if k in self.cache else self._missing(k) for k in keys]
+
+    def _texts(self, prompts: list[list[int]], images: list[Any], refine: bool) -> list[str]:
+        """The judge's output text per prompt: sampled whole (readout "text") or the forced template filled."""
+        if not prompts:
+            return []
+        if self.readout is not None:
+            if any(images):
+                raise ValueError("judge.readout='probs' reads text judges only; use judge.readout='text' with images")
+            return fill(self.gen, self.tok, prompts, judgement_slots(self.rubric.dimensions, refine), self.readout,
+                        self.line_tokens, self.params.temperature, self.min_score_mass, self.rng)
+        requests = [GenerationRequest(ids, images=im) for ids, im in zip(prompts, images, strict=True)]
+        outs = self.gen.generate(requests, self.params, self.rng)
+        return [self.tok.decode(o[0].completion_ids.tolist()) for o in outs]
 
     def _store(self, key: tuple, j: Judgement) -> None:
         self.cache[key] = j
@@ -154,7 +176,8 @@ def load_judge(jc: Any, model_cfg: Any, tokenizer_chat: bool = True) -> Judge:
     model, tok = load_policy(path, mc)
     model.eval().requires_grad_(False)
     gen = make_generator(jc.backend, model, tok)
-    return Judge(gen, tok, rubric_from_config(jc), jc.max_new_tokens, jc.temperature, jc.batch_size, jc.cache_size)
+    return Judge(gen, tok, rubric_from_config(jc), jc.max_new_tokens, jc.temperature, jc.batch_size, jc.cache_size,
+                 readout=jc.readout, line_tokens=jc.line_tokens, min_score_mass=jc.min_score_mass)
 
 
 # ---- the reward term -------------------------------------------------------------------------------------------

@@ -58,8 +58,9 @@ def _key(name: str) -> str:
 
 
 def judge_prompt(rubric: Rubric, question: str, response: str, reference: str | None = None,
-                 refine: bool = False) -> str:
-    """The judge's prompt text: instructions, the task, the reference (when given), the response, the format."""
+                 refine: bool = False, show_format: bool = True) -> str:
+    """The judge's prompt text: instructions, the task, the reference (when given), the response, the format (left
+    out with `show_format=False`, when the template is forced: a small judge copies its placeholders)."""
     na = ""
     if rubric.na:
         na = f" Write N/A instead of a score only for {', '.join(rubric.na)}, when it does not apply."
@@ -67,6 +68,8 @@ def judge_prompt(rubric: Rubric, question: str, response: str, reference: str | 
     if reference is not None:
         parts.append(f"# Reference Answer\n{reference}")
     parts.append(f"# Response\n{response.strip()}")
+    if not show_format:
+        return "\n\n".join(parts) + "\n"
     fmt = FORMAT_HEAD + "".join(f"{i}. {d}:\n## Justification: ...\n## Score: ...\n"
                                 for i, d in enumerate(rubric.dimensions, 1))
     fmt += "# Summary: ...\n" + (REFINE_FORMAT if refine else "")

@@ -89,6 +89,9 @@ class JudgeConfig:
     with_reference: bool = True  # show the example's reference answer to the judge (off for open-ended tasks)
     max_new_tokens: int = 256  # judge output cap; a judgement cut before its last score is unscorable
     temperature: float = 0.0  # judge sampling temperature (0: greedy)
+    readout: str = "text"  # text: the judge writes the judgement | probs: template forced, scores = E_p[score] (G-Eval)
+    line_tokens: int = 48  # readout "probs": tokens per justification / refinement line
+    min_score_mass: float = 0.5  # readout "probs": a score whose tokens get less probability is unreadable
     batch_size: int = 16  # judge prompts per generate call
     cache_size: int = 65536  # judgements kept, keyed by (prompt, completion, reference shown)
     reward: str = "mean"  # mean: (mean − min)/(max − min) (released) | min: weakest dimension, same scale | raw: mean

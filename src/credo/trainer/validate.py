@@ -145,7 +145,11 @@ def _check_judge(cfg: Config) -> None:
         raise ConfigError(f"config key 'judge.reward': unknown value {j.reward!r}; choose one of {REWARD_FORMULAS}")
     if bad := [d for d in j.reward_dimensions if d.lower() not in {x.lower() for x in j.dimensions}]:
         raise ConfigError(f"config key 'judge.reward_dimensions': {bad} are not in judge.dimensions")
-    for key in ("max_new_tokens", "batch_size", "cache_size"):
+    if j.readout not in ("text", "probs"):
+        raise ConfigError(f"config key 'judge.readout': unknown value {j.readout!r}; choose one of ('text', 'probs')")
+    if not 0 <= j.min_score_mass <= 1:
+        raise ConfigError(f"config key 'judge.min_score_mass': must be in [0, 1], got {j.min_score_mass}")
+    for key in ("max_new_tokens", "batch_size", "cache_size", "line_tokens"):
         if getattr(j, key) < 1:
             raise ConfigError(f"config key 'judge.{key}': must be >= 1, got {getattr(j, key)}")
     if j.temperature < 0 or j.refine_temperature < 0 or j.refine_rounds < 0 or j.group_min_std < 0:

@@ -1,0 +1,168 @@
+"""Template-forced judging with a probability readout of the scores, for judges too small to follow the format.
+
+A small instruction model (SmolLM2-135M) asked for "# Detailed Judgement … ## Score: …" copies the placeholders or
+answers a bare number, so every judgement is unscorable. Here the judge writes only the free text: the template's
+fixed parts are forced (appended as tokens), each justification is generated up to the end of its line, and each
+score is read from the judge's next-token distribution after `## Score:` instead of being sampled — the
+probability-weighted score of G-Eval (Liu et al. 2023, arXiv 2303.16634, §2.3):
+
+    s_d = Σ_v p(v | context_d) · v / Σ_v p(v | context_d)        v = the integer scores of the scale (1, 2, 3, 4)
+
+with `mass_d = Σ_v p(v | context_d)` the probability the judge puts on any score token; a dimension whose mass is
+below `min_mass` is written as unreadable, so the judgement fails to parse and the sample is unscorable (counted,
+left out of training), as a malformed text judgement is. The context then continues with the most likely score
+token, so later dimensions read the judge's own greedy score. The filled text has the format of the text mode
+(`rewards/judge.py`): `parse_judgement` reads it, and everything downstream (reward, N/A rules, PARROT's filter,
+the refined request) is the same. Departures from RationalRewards (which samples the whole judgement): the scores
+are expectations, not samples (continuous rewards within a group); no `# Summary` is written (nothing reads it).
+
+A score costs one prefill of the row's context: on the native backend the judge's decoder is read directly (the
+next-token log-softmax at the last position, `next_token_logprobs`); on any other backend, through the generation
+seam, one prefill per scale value (`GenerationRequest.prompt_logprobs` of the value token). Each line is one short
+generation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from credo.rollout.backend import GenerationRequest, SamplingParams
+
+SCORE_HEAD = "## Score:"
+
+
+@dataclass(frozen=True)
+class ScoreReadout:
+    """How the scores of [lo, hi] are read: `head` (the token ids of `## Score:` as the judge writes it before a
+    score), `values` (the integer scores) and `ids` (each value's single token after `head`). Build with
+    `ScoreReadout.build`."""
+
+    head_text: str
+    head: tuple[int, ...]
+    values: tuple[int, ...]
+    ids: tuple[int, ...]
+
+    @classmethod
+    def build(cls, tokenizer: Any, lo: float, hi: float) -> ScoreReadout:
+        """The readout of the integer scores in [lo, hi] for `tokenizer`: `## Score:` then the value as one token
+        (" 3"), or `## Score: ` then the value ("3") when the first does not tokenise so. Raises ValueError when the
+        scale has fewer than two integers or no spelling gives one distinct token per value."""
+        values = tuple(range(math.ceil(lo), math.floor(hi) + 1))
+        if len(values) < 2:
+            raise ValueError(f"judge.readout='probs' needs at least two integer scores in [{lo:g}, {hi:g}]")
+        for head_text in (SCORE_HEAD, SCORE_HEAD + " "):
+            head = tokenizer.encode(head_text)
+            ids = []
+            for v in values:
+                full = tokenizer.encode(f"{SCORE_HEAD} {v}")
+                if len(full) != len(head) + 1 or full[: len(head)] != head:
+                    break
+                ids.append(full[-1])
+            if len(ids) == len(values) and len(set(ids)) == len(ids):
+                return cls(head_text, tuple(head), values, tuple(ids))
+        raise ValueError(f"judge.readout='probs': the tokenizer does not write each score of {values} as one token "
+                         f"after {SCORE_HEAD!r}; use judge.readout='text'")
+
+    def expected(self, logprobs: torch.Tensor) -> tuple[float, float, int]:
+        """(Σ p·v / Σ p, Σ p, index of the most likely value) from the values' log-probs `logprobs` [V]."""
+        p = logprobs.double().exp()
+        mass = float(p.sum())
+        vals = torch.tensor(self.values, dtype=torch.float64)
+        score = float((p * vals).sum() / mass) if mass > 0 else math.nan
+        return score, mass, int(p.argmax())
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One step of a template: `prefix` is forced (appended as tokens), then `kind`: "line" (the judge writes up
+    to the end of the line, at most `line_tokens` tokens), "score" (the readout above; `prefix` ends where
+    `## Score:` begins) or "" (prefix only)."""
+
+    prefix: str
+    kind: str = ""
+
+
+def judgement_slots(dimensions: Sequence[str], refine: bool = False) -> list[Slot]:
+    """The pointwise judgement's template (`rewards/judgement.py` format): per dimension a justification line and a
+    score; with `refine`, the refinement comments and the refined request (one line each)."""
+    slots = [Slot("# Detailed Judgement\n")]
+    for i, d in enumerate(dimensions, 1):
+        slots += [Slot(f"{i}. {d}:\n## Justification: The response", "line"), Slot("", "score")]
+    if refine:
+        slots += [Slot("# User Request Refinement:\n## Refinement Comments:", "line"),
+                  Slot("## Refined Request:", "line")]
+    return slots
+
+
+def fill(gen: Any, tokenizer: Any, prompts: Sequence[list[int]], slots: Sequence[Slot], readout: ScoreReadout,
+         line_tokens: int = 48, temperature: float = 0.0, min_mass: float = 0.5,
+         rng: torch.Generator | None = None) -> list[str]:
+    """The filled template text of each prompt (token ids, the judge's chat-framed prompt): slots in order, all
+    rows together, one `gen.generate` call per line slot and one per score slot (len(values) prefills per row).
+    A score is written `## Score: 2.734` (4 significant digits), or `## Score: unreadable (mass 0.12)` when
+    the judge puts less than `min_mass` on the score tokens (the parser then reports the dimension)."""
+    ctx = [list(p) for p in prompts]
+    texts = ["" for _ in prompts]
+    nl = tokenizer.encode("\n")
+    line = SamplingParams(max_new_tokens=line_tokens, temperature=temperature, stop=("\n",))
+    one = SamplingParams(max_new_tokens=1, temperature=0.0)
+    for slot in slots:
+        pre = tokenizer.encode(slot.prefix) if slot.prefix else []
+        for i in range(len(ctx)):
+            ctx[i] += pre
+            texts[i] += slot.prefix
+        if slot.kind == "line":
+            outs = gen.generate([GenerationRequest(c) for c in ctx], line, rng)
+            for i, o in enumerate(outs):
+                ids = o[0].completion_ids.tolist()
+                text = tokenizer.decode(ids)
+                body = text.split("\n", 1)[0]
+                ctx[i] += ids if text.endswith("\n") else ids + nl
+                texts[i] += body.rstrip() + "\n"
+        elif slot.kind == "score":
+            lps = _value_logprobs(gen, [c + list(readout.head) for c in ctx], readout.ids, one, rng)
+            for i in range(len(ctx)):
+                score, mass, best = readout.expected(lps[i])
+                ctx[i] += list(readout.head) + [readout.ids[best]] + nl
+                shown = f"{score:.4g}" if mass >= min_mass else f"unreadable (mass {mass:.2f})"
+                texts[i] += f"{SCORE_HEAD} {shown}\n"
+        elif slot.kind:
+            raise ValueError(f"unknown template slot kind {slot.kind!r}")
+    return texts
+
+
+def next_token_logprobs(decoder: Any, rows: Sequence[list[int]], ids: Sequence[int], pad_id: int = 0) -> torch.Tensor:
+    """log p(v | row) [B, len(ids)] of the tokens `ids` after each row (token ids), from one left-padded prefill of
+    a `models.policy.Decoder` (`new_cache` / `step`, the native sampler's convention: mask False = padding);
+    log-softmax over the whole vocabulary in float32, no temperature."""
+    dev = next(decoder.parameters()).device
+    width = max(len(r) for r in rows)
+    x = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        x[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = True
+    with torch.inference_mode():
+        logits = decoder.step(x.to(dev), decoder.new_cache(len(rows), width), mask.to(dev))[:, -1].float()
+    return torch.log_softmax(logits, dim=-1)[:, list(ids)].cpu()
+
+
+def _value_logprobs(gen: Any, rows: list[list[int]], ids: Sequence[int], params: SamplingParams,
+                    rng: torch.Generator | None) -> torch.Tensor:
+    """[B, V] log-probs of the value tokens after each row: the native backend's decoder read directly, else one
+    prompt-scoring request per (row, value) through the seam."""
+    decoder = getattr(gen, "decoder", None)
+    if decoder is not None and callable(getattr(decoder, "new_cache", None)):
+        return next_token_logprobs(decoder, rows, ids, getattr(gen.tokenizer, "pad_id", 0) or 0)
+    outs = gen.generate([GenerationRequest(r + [v], prompt_logprobs=1) for r in rows for v in ids], params, rng)
+    k = len(ids)
+    return torch.stack([torch.stack([outs[i * k + j][0].prompt_logprobs[-1] for j in range(k)])
+                        for i in range(len(rows))])
+
+
+__all__ = ["next_token_logprobs", "SCORE_HEAD", "ScoreReadout", "Slot", "fill", "judgement_slots"]
