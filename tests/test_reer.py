@@ -273,3 +273,42 @@ def test_direct_refine_prefills_the_refine_block():
     edits = {"seg one": ["key one</refine>", "worse"], "seg two": ["key two</refine>", "worse"]}
     res = _search(ScriptedGenerator("seg one\n\nseg two", edits))
     assert res.invalid == 4 and res.accepted == 0  # released prefill: no <refine> in either completion
+
+
+class ResampleGenerator(ScriptedGenerator):
+    """Answers the initial-thinking prompt with `init` when nothing is prefilled after "<think>\\n", and with
+    `again[k]` (k = segments already prefilled) otherwise; records the prefills it saw."""
+
+    def __init__(self, init: str, again: dict[int, list[str]]) -> None:
+        super().__init__(init)
+        self.again, self.prefills = again, []
+
+    def generate(self, requests, params, rng=None):
+        out = []
+        for r in requests:
+            after = TOK.decode(r.prompt_ids).rsplit("<think>\n", 1)[1]
+            self.prefills.append(after)
+            k = after.count("\n\n")
+            texts = self.again[k][: r.n] if r.n > 1 else [self.init]
+            out.append([Completion(torch.tensor(TOK.encode(t)), torch.zeros(len(t)), "stop") for t in texts])
+        return out
+
+
+def test_resample_edit_proposes_fresh_segments():
+    """edit="resample": segment 0's candidates continue "<think>\\n" alone, cut at the first blank line ("key one"
+    from "key one\\n\\nmore": the score 0.175 < 1.0 is accepted and then under the threshold, so the search stops);
+    an empty resample is invalid."""
+    cfg = ReerConfig(min_init_tokens=0, pre_triggers=(("", 1.0),), edit="resample")
+    gen = ResampleGenerator("seg one\n\nseg two", {0: ["key one\n\nmore", "  "]})
+    res = _search(gen, cfg)
+    assert res.history == [{"segment": 0, "scores": [0.175], "accepted": True}]
+    assert res.trajectory == "key one\n\nseg two" and res.invalid == 1 and res.reached_threshold
+    assert gen.prefills[1] == ""  # segment 0 is resampled from an empty thinking
+    # a rejected resample of segment 0, then segment 1 resampled after the kept segment 0
+    gen = ResampleGenerator("seg one\n\nseg two", {0: ["worse one", "worse two"], 1: ["partial two</think>", "x"]})
+    res = _search(gen, cfg)
+    assert [h["accepted"] for h in res.history] == [False, True]
+    assert res.history[0]["scores"] == [1.5, 1.5] and res.history[1]["scores"] == [0.55, 1.0]
+    assert res.trajectory == "seg one\n\npartial two" and gen.prefills[-1] == "seg one\n\n"
+    with pytest.raises(ValueError, match="reer edit"):
+        ReerConfig(edit="paraphrase")

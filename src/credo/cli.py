@@ -131,7 +131,7 @@ def cmd_reer(args: argparse.Namespace) -> int:
     cfg = ReerConfig(candidates=args.candidates, max_steps=args.max_steps, stop_threshold=args.threshold,
                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      min_init_tokens=args.min_init_tokens, seed=args.seed,
-                     direct_refine=args.direct_refine)
+                     direct_refine=args.direct_refine, edit=args.edit)
     try:
         summary = reer_from_files(args.input, args.out, args.generator, args.scorer or "", cfg, args.limit,
                                   args.dtype, args.device, args.backend, args.threads, not args.no_progress)
@@ -164,6 +164,9 @@ def _reer_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     r.add_argument("--direct-refine", action="store_true", help="not released: the rewrite prompt is prefilled up "
                    "to <refine> (SmolLM2-135M never writes the <refine> block itself)")
+    r.add_argument("--edit", choices=["rewrite", "resample"], default="rewrite", help="rewrite: the released "
+                   "segment-edit prompt; resample (not released): a segment's candidates are fresh samples of it from "
+                   "the trajectory before it")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(overrides=[])
 

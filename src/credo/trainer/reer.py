@@ -24,6 +24,10 @@ Departures from the released code (each also in docs/algorithms.md):
   no "<refine>" at all makes the candidate invalid (counted as `invalid`);
 - rewrites stop at "</refine>" (the released run samples on and takes the last block): same text, fewer tokens;
 - `direct_refine` (opt-in, off by default): the rewrite's prefill closes an empty analysis and opens `<refine>`;
+- `edit = "resample"` (opt-in, off by default; for generators that cannot follow the segment-edit prompt): a
+  candidate for segment i is a fresh sample of that segment from the initial-thinking context (question, answer,
+  "<think>\n" + the accepted segments before i), stopped at the next blank line — a proposal from the generator's
+  own distribution, as in a Gibbs-style local search, instead of an instructed rewrite; acceptance is unchanged;
 - English prompts only (the Chinese templates and triggers are not used); the prompts are credo's own wording of
   the released instructions (methods.md §6.2), not the released text;
 - the token split between context and scored answer: the scored tokens are those after the longest common prefix
@@ -35,7 +39,7 @@ Departures from the released code (each also in docs/algorithms.md):
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -73,6 +77,7 @@ SEGMENT_EDIT = (
 )
 EDIT_PREFILL = "Let's find out what can be improved and enriched to better align with the target text.\n<analyze>\n"
 DIRECT_PREFILL = EDIT_PREFILL + "</analyze>\n<refine>\n"  # `ReerConfig.direct_refine` (not released)
+EDITS = ("rewrite", "resample")  # how a segment's candidates are proposed (ReerConfig.edit)
 PRE_TRIGGERS = (("Okay, I am given", 0.2), ("Alright, the user", 0.32), ("Alright", 0.48))  # released (English)
 
 
@@ -93,6 +98,12 @@ class ReerConfig:
     seed: int = 0  # seeds each item's own random stream (with the item's line number): resumable and repeatable
     pre_triggers: tuple[tuple[str, float], ...] = PRE_TRIGGERS  # (text, probability) the trajectory starts with
     direct_refine: bool = False  # opt-in, not released: prefill an empty analysis and "<refine>\n" (small generators)
+    edit: str = "rewrite"  # rewrite (released segment-edit prompt) | resample (not released: resample the segment)
+    segment_tokens: int = 256  # edit = "resample": tokens per resampled segment at most
+
+    def __post_init__(self) -> None:
+        if self.edit not in EDITS:
+            raise ValueError(f"reer edit: unknown {self.edit!r}; choose one of {EDITS}")
 
 
 class Scorer(Protocol):
@@ -291,6 +302,20 @@ def rewrites(gen: Generator, question: str, answer: str, segs: list[str], i: int
     return [refinement(prefill + text) for text, _ in outs]
 
 
+def resamples(gen: Generator, question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig,
+              rng: torch.Generator) -> list[str | None]:
+    """`cfg.candidates` resamples of segment `i` (`ReerConfig.edit = "resample"`, module docstring): continuations
+    of the initial-thinking prompt prefilled with "<think>\n" and the segments before `i`, each cut at its first
+    blank line or "</think>" (None when that leaves nothing)."""
+    before = "\n\n".join(segs[:i])
+    prefill = "<think>\n" + (before + "\n\n" if before else "")
+    small = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, cfg.segment_tokens))
+    outs = _sample(gen, INITIAL_THINKING.format(question=question, answer=answer), prefill, cfg.candidates,
+                   ("\n\n", "</think>"), small, rng)
+    cands = [text.split("</think>", 1)[0].strip().split("\n\n", 1)[0].strip() for text, _ in outs]
+    return [c or None for c in cands]
+
+
 # ---- the search ----------------------------------------------------------------------------------------------
 
 
@@ -306,7 +331,7 @@ class ReerResult:
     reached_threshold: bool = False  # score_after < stop_threshold
     steps: int = 0  # segment steps taken (each samples K rewrites)
     accepted: int = 0  # rewrites kept
-    invalid: int = 0  # rewrites without a <refine> block
+    invalid: int = 0  # rewrites without a <refine> block (resamples: empty ones)
     n_segments: int = 0  # segments of z0
     init_tokens: int = 0  # generated tokens of z0
     pre_trigger: str = ""
@@ -329,7 +354,8 @@ def search(gen: Generator, scorer: Scorer, question: str, answer: str, cfg: Reer
         if best < cfg.stop_threshold:
             break
         res.steps += 1
-        cands = rewrites(gen, question, answer, segs, i, cfg, rng)
+        propose = resamples if cfg.edit == "resample" else rewrites
+        cands = propose(gen, question, answer, segs, i, cfg, rng)
         valid = [c for c in cands if c is not None]
         res.invalid += len(cands) - len(valid)
         trajs = ["\n\n".join([*segs[:i], c, *segs[i + 1 :]]) for c in valid]
@@ -347,4 +373,5 @@ def search(gen: Generator, scorer: Scorer, question: str, answer: str, cfg: Reer
 
 __all__ = ["DIRECT_PREFILL", "EDIT_PREFILL", "INFERENCE", "INITIAL_THINKING", "SEGMENT_EDIT", "PolicyScorer",
            "ReerConfig", "ReerResult", "Scorer", "answer_parts", "clipped_score", "good_answer", "initial_trajectory",
-           "refinement", "rewrites", "scoring_row", "search", "segment", "sft_solution", "trajectory_scores"]
+           "refinement", "resamples", "rewrites", "scoring_row", "search", "segment", "sft_solution",
+           "trajectory_scores"]
