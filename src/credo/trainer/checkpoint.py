@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +33,27 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
         raise
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in `obj` (nested dicts, lists and tuples): a lower bound of its `torch.save` size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save `obj` to `path` atomically (`write_atomic`)."""
+    """torch.save `obj` to `path` atomically (`write_atomic`). Raises OSError (ENOSPC) before writing anything
+    when the folder's file system has less free space than the tensors of `obj` take (`tensor_bytes`): the
+    previous checkpoint stays, and the message says how much is needed and free."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    need, free = tensor_bytes(obj), shutil.disk_usage(path.parent).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"checkpoint {path}: needs at least {need / 2**30:.2f} GiB, {path.parent} has "
+                      f"{free / 2**30:.2f} GiB free; nothing written, the previous checkpoint is kept")
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
