@@ -387,6 +387,12 @@ def test_refine_rounds():
     assert "| 1 | 0.500 | 0.500 |" in md and "REFINED 17*23" in md
     with pytest.raises(ValueError, match="rounds"):
         refine(pgen, TOK, Judge(jgen, TOK, R, 400), env, env.examples("test"), rounds=-1)
+    # keep_task: the next request is the task, then the refined request (the policy above then never sees a
+    # request starting with REFINED, so no round is right)
+    kept = refine(ScriptedGen(policy), TOK, Judge(ScriptedGen(judge_reply), TOK, R, 400), env, env.examples("test"),
+                  rounds=1, max_new_tokens=32, keep_task=True)
+    assert [r["request"] for r in kept["examples"][0]["rounds"]] == ["What is 17*23?", "What is 17*23?\nREFINED 17*23"]
+    assert [r["accuracy"] for r in kept["rounds"]] == [0.0, 0.0]
 
 
 def test_refine_writes_json_and_markdown(tmp_path):

@@ -94,9 +94,9 @@ def test_low_mass_is_unreadable_and_the_sample_unscorable():
 def test_refine_slots_and_unknown_slot():
     slots = judgement_slots(("Correctness",), refine=True)
     assert [s.kind for s in slots] == ["", "line", "score", "line", "line"]
-    (text,) = fill(ProbGen({1: TABLE[1]}, line=" Compute 2+3.\n"), TOK, [TOK.encode_prompt("q")], slots,
+    (text,) = fill(ProbGen({1: TABLE[1]}, line=" compute 2+3.\n"), TOK, [TOK.encode_prompt("q")], slots,
                    ScoreReadout.build(TOK, 1, 4))
-    assert parse_judgement(text, Rubric(("Correctness",))).refined_request == "Compute 2+3."
+    assert parse_judgement(text, Rubric(("Correctness",))).refined_request == "Please compute 2+3."
     with pytest.raises(ValueError, match="slot kind"):
         fill(ProbGen(TABLE), TOK, [[1]], [Slot("x", "essay")], ScoreReadout.build(TOK, 1, 4))
 

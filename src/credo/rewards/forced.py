@@ -89,13 +89,14 @@ class Slot:
 
 def judgement_slots(dimensions: Sequence[str], refine: bool = False) -> list[Slot]:
     """The pointwise judgement's template (`rewards/judgement.py` format): per dimension a justification line and a
-    score; with `refine`, the refinement comments and the refined request (one line each)."""
+    score; with `refine`, the refinement comments and the refined request (one line each). Each line starts with a
+    forced opener ("The response", "Please"): asked to write the line from its start, SmolLM2-135M ends it at once."""
     slots = [Slot("# Detailed Judgement\n")]
     for i, d in enumerate(dimensions, 1):
         slots += [Slot(f"{i}. {d}:\n## Justification: The response", "line"), Slot("", "score")]
     if refine:
-        slots += [Slot("# User Request Refinement:\n## Refinement Comments:", "line"),
-                  Slot("## Refined Request:", "line")]
+        slots += [Slot("# User Request Refinement:\n## Refinement Comments: The response", "line"),
+                  Slot("## Refined Request: Please", "line")]
     return slots
 
 

@@ -103,3 +103,4 @@ class JudgeConfig:
     group_max_mean: float = 0.9  # group filter: largest reward mean of a kept group
     refine_rounds: int = 2  # credo refine: critique-and-refine rounds after the first answer (released --round 2)
     refine_temperature: float = 0.1  # credo refine: judge temperature (released test-time loop: 0.1)
+    refine_keep_task: bool = False  # credo refine: next request = task + refined request (not released: it replaces)

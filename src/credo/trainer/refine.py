@@ -12,6 +12,9 @@ rounds compare); it never sees the reference (at test time there is none). When 
 request, the next round asks the previous request again (counted: `refined_missing`). The policy decodes greedily;
 the judge at `judge.refine_temperature` (released loop: 0.1). Departures: the released loop refines image-generation
 prompts (the generator is a diffusion model); here the policy is a language model and the request a text task.
+`keep_task` (`judge.refine_keep_task`, not released, off by default): the next request is the original task q
+followed by the judge's refined request instead of the refined request alone — for judges that rewrite a request
+into a hint and lose the task (SmolLM2-135M writes "Please provide a more detailed and precise explanation.").
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def _answers(gen: Any, tok: Any, requests: list[str], examples: list[Example], m
 
 
 def refine(policy_gen: Any, policy_tok: Any, judge: Judge, env: Any, examples: list[Example], rounds: int = 2,
-           max_new_tokens: int = 128, formula: str = "mean") -> dict[str, Any]:
+           max_new_tokens: int = 128, formula: str = "mean", keep_task: bool = False) -> dict[str, Any]:
     """Run the loop for `rounds` refinement rounds (answers of rounds 0..rounds) on `examples`.
 
     Returns {"rounds": [{round, accuracy, judge_score (mean reward over scorable judgements, NaN when none),
@@ -72,7 +75,8 @@ def refine(policy_gen: Any, policy_tok: Any, judge: Judge, env: Any, examples: l
                                      "error": j.error, "refined_request": None if last else j.refined_request})
             if not last:
                 missing += j.refined_request is None
-                requests[i] = j.refined_request or requests[i]
+                if j.refined_request:
+                    requests[i] = f"{questions[i].rstrip()}\n{j.refined_request}" if keep_task else j.refined_request
         ok = [r for r in rewards if math.isfinite(r)]
         n = max(1, len(examples))
         summary.append({"round": k, "accuracy": sum(bool(v.correct) for v in verdicts) / n,
@@ -149,7 +153,7 @@ def refine_from_config(cfg: Any, model: str = "", n: int = 50, rounds: int | Non
     judge = load_judge(jc, cfg.model)
     examples = env.examples("test")[:n]
     return refine(gen, tok, judge, env, examples, jc.refine_rounds if rounds is None else rounds,
-                  cfg.rl.max_new_tokens, jc.reward)
+                  cfg.rl.max_new_tokens, jc.reward, jc.refine_keep_task)
 
 
 __all__ = ["markdown", "refine", "refine_from_config", "write_outputs"]
