@@ -166,4 +166,4 @@ def _value_logprobs(gen: Any, rows: list[list[int]], ids: Sequence[int], params:
                         for i in range(len(rows))])
 
 
-__all__ = ["next_token_logprobs", "SCORE_HEAD", "ScoreReadout", "Slot", "fill", "judgement_slots"]
+__all__ = ["SCORE_HEAD", "ScoreReadout", "Slot", "fill", "judgement_slots", "next_token_logprobs"]

@@ -33,6 +33,10 @@ dimension without a score, a score that is not a number, one outside the scale, 
 be N/A, or two different scores for one dimension give an `error` and the sample is unscorable (NaN from the term:
 counted in `reward/unscorable`, left out of training). Departure from the released code, which scores a parse
 failure 0.0: a judge that fails to answer says nothing about the response, so it is not trained on as a bad one.
+
+`judge.readout = "probs"` (`rewards/forced.py`) is for judges too small to write the format: the template is
+forced, the justification lines are the judge's own, and each score is the probability-weighted score of the
+judge's next-token distribution after `## Score:` (G-Eval); the filled text is parsed as above.
 """
 
 from __future__ import annotations
@@ -79,7 +83,10 @@ class Judge:
     """A judge model behind the generation seam: `judge(items, refine=False) -> list[Judgement]`, batched and
     cached (module docstring). `generator` is any `rollout.backend.Generator` (a bare decoder is wrapped in a
     native one); it is never synced with a policy. A prompt longer than the engine's context (`max_len` −
-    `max_new_tokens`) is not judged: its judgement has the error "judge prompt too long".
+    `max_new_tokens`) is not judged: its judgement has the error "judge prompt too long". `readout` "probs" fills
+    the forced template instead (`rewards/forced.py`: `line_tokens` per line, a score whose tokens get less than
+    `min_score_mass` unreadable); it raises ValueError for image items and when the tokenizer cannot spell each
+    score as one token.
     Counters: `calls` (items asked), `hits` (answered without a generation of their own: cached, or a duplicate
     of an earlier item of the same call)."""
 
