@@ -57,6 +57,29 @@ def test_a_seeded_request_draws_from_its_own_stream(tiny):
     assert [c.completion_ids.tolist() for c in alone] != [c.completion_ids.tolist() for c in other]
 
 
+def test_seeded_requests_decode_together_with_their_solo_draws(tiny, monkeypatch):
+    """Seeded requests share decode batches (whole requests, up to max_batch rows; a larger one alone), each row on
+    its request's stream: every request's completions equal those it gets decoded alone (tokens exactly, log-probs
+    within float rounding of the batch's padding)."""
+    policy, tok = tiny
+    params = SamplingParams(16, temperature=1.0, top_p=0.9)
+    prompts = [tok.encode_prompt(q) for q in ("12+7=", "3*4-1=", "9-2=", "5*5+1=")]
+    sizes_n = zip(prompts, (2, 1, 3, 6), strict=True)
+    requests = [GenerationRequest(p, n=n, seed=10 + i) for i, (p, n) in enumerate(sizes_n)]
+    gen = NativeGenerator(policy, tok, max_batch=4)
+    sizes: list[int] = []
+    real = gen._decode
+    monkeypatch.setattr(gen, "_decode", lambda rows, prm, g: sizes.append(len(rows)) or real(rows, prm, g))
+    together = gen.generate(requests, params)
+    assert sizes == [3, 3, 6]  # [2 + 1], [3], [6]: whole requests, the 6-row one alone
+    for r, got in zip(requests, together, strict=True):
+        alone = NativeGenerator(policy, tok).generate([r], params)[0]
+        assert [c.completion_ids.tolist() for c in got] == [c.completion_ids.tolist() for c in alone]
+        for c, d in zip(got, alone, strict=True):
+            assert torch.allclose(c.logprobs, d.logprobs, atol=1e-5)
+    assert len({tuple(c.completion_ids.tolist()) for cs in together for c in cs}) > 4  # it really sampled
+
+
 def test_prompt_logprobs_and_logprob_temperature_are_the_trainers(tiny):
     """Sampled at 1.0, returned at 0.7: completion and the prompts' last k tokens' log-probs equal the trainer's
     recomputation at 0.7 (rows of different k in one batch)."""

@@ -25,13 +25,16 @@ from credo.models.tiny import TinyConfig, TinyLM
 from credo.models.tokenizer import CharTokenizer
 from credo.rollout.backend import Completion
 from credo.trainer.reer import (
+    INITIAL_THINKING,
     PolicyScorer,
     ReerConfig,
+    ReerJob,
     answer_parts,
     clipped_score,
     refinement,
     scoring_row,
     search,
+    search_batch,
     segment,
     trajectory_scores,
 )
@@ -132,8 +135,10 @@ def test_score_of_a_trajectory_is_the_clipped_mean_over_the_answer_after_its_fir
 def test_policy_scorer_matches_a_direct_forward():
     torch.manual_seed(0)
     model = TinyLM(TinyConfig(vocab_size=TOK.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=64))
-    rows = [(TOK.encode_prompt("Q? ab"), TOK.encode("cd")), (TOK.encode_prompt("Q?"), TOK.encode("efgh"))]
+    rows = [(TOK.encode_prompt("Q? ab"), TOK.encode("cd")), (TOK.encode_prompt("Q?"), TOK.encode("efgh")),
+            (TOK.encode_prompt("Q? abcdefg"), TOK.encode("xyz"))]  # batched by length: [1, 0], [2]; order kept
     got = PolicyScorer(model, TOK, batch=2).logprobs(rows)
+    assert [len(lp) for lp in got] == [2, 4, 3]
     for (ctx, target), lp in zip(rows, got, strict=True):
         ids = torch.tensor([ctx + target])
         with torch.no_grad():
@@ -186,6 +191,51 @@ def test_pre_trigger_and_skip_rules():
     assert res.status == "skipped" and "1 segment" in res.reason
     res = _search(ScriptedGenerator("a\n\nb"), ReerConfig(pre_triggers=(("", 1.0),)))  # < 100 tokens
     assert res.status == "skipped" and "4 tokens" in res.reason
+
+
+class PerQuestionGenerator(ScriptedGenerator):
+    """`ScriptedGenerator` whose initial trajectory depends on the question (`inits`); records each call's size."""
+
+    def __init__(self, inits: dict[str, str], edits: dict[str, list[str]], max_len: int | None = None) -> None:
+        super().__init__("", edits)
+        self.inits, self.max_len, self.calls = inits, max_len, []
+
+    def generate(self, requests, params, rng=None):
+        self.calls.append(len(requests))
+        out = []
+        for r in requests:
+            prompt = TOK.decode(r.prompt_ids)
+            q = next((q for q in self.inits if f"## Request\n{q}\n" in prompt), None)
+            if "## Segment to rewrite\n" in prompt or q is None:
+                out += super().generate([r], params)
+            else:
+                out.append([Completion(torch.tensor(TOK.encode(self.inits[q])), torch.zeros(1), "stop")] * r.n)
+        return out
+
+
+def test_batched_search_is_each_items_own_search():
+    """Four items searched in lockstep: A takes two steps, B is skipped (one segment), C is already below the
+    threshold, D's prompt is too long for the generator (skipped with the reason). Each result equals the item's
+    search alone; the batch makes one generation call per stage (z0 of all, then each step), not per item."""
+    long_q = "Q" + "x" * 300
+    inits = {"QA?": "seg one\n\nseg two", "QB?": "one segment only", "QC?": "key a\n\nkey b", long_q: "a\n\nb"}
+    edits = {"seg one": ["<refine>partial one</refine>", "<refine>worse</refine>"],
+             "seg two": ["<refine>worse</refine>"]}
+    limit = len(TOK.encode_prompt(INITIAL_THINKING.format(question="QA?", answer=ANSWER))) + 200
+
+    def jobs():
+        return [ReerJob(q, ANSWER, torch.Generator().manual_seed(k), random.Random(k)) for k, q in enumerate(inits)]
+
+    gen, scorer = PerQuestionGenerator(inits, edits, limit), TableScorer()
+    together = search_batch(gen, scorer, jobs(), CFG)
+    assert gen.calls == [3, 1, 1] and scorer.calls == 3  # z0 of A, B, C (D too long); step 0 of A; step 1 of A
+    alone = [search_batch(PerQuestionGenerator(inits, edits, limit), TableScorer(), [j], CFG)[0] for j in jobs()]
+    assert together == alone
+    a, b, c, d = together
+    assert [h["accepted"] for h in a.history] == [True, False] and a.trajectory == "partial one\n\nseg two"
+    assert b.status == "skipped" and "1 segment" in b.reason
+    assert (c.status, c.steps, c.reached_threshold) == ("done", 0, True)
+    assert d.status == "skipped" and "leaves no room" in d.reason
 
 
 # ---- files --------------------------------------------------------------------------------------------------

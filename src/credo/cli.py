@@ -134,7 +134,8 @@ def cmd_reer(args: argparse.Namespace) -> int:
                      direct_refine=args.direct_refine, edit=args.edit)
     try:
         summary = reer_from_files(args.input, args.out, args.generator, args.scorer or "", cfg, args.limit,
-                                  args.dtype, args.device, args.backend, args.threads, not args.no_progress)
+                                  args.dtype, args.device, args.backend, args.threads, not args.no_progress,
+                                  args.batch)
     except DatasetError as err:
         print(f"credo: {err}", file=sys.stderr)
         return 2
@@ -158,6 +159,8 @@ def _reer_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--min-init-tokens", type=int, default=100, help="skip an item whose first trajectory is shorter")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--limit", type=int, default=0, help="items to process in this call (0: all pending)")
+    r.add_argument("--batch", type=int, default=8, help="items searched in lockstep (one generation batch per "
+                   "stage); an item's result does not depend on it")
     r.add_argument("--dtype", default="float32", help="compute dtype of both models: float32 | bfloat16")
     r.add_argument("--device", default="cpu")
     r.add_argument("--backend", default="native", help="generation backend (rollout.backend: native | vllm | auto)")

@@ -13,8 +13,10 @@ What decodes:
 Requests are expanded into rows (a request's `n` rows side by side) and decoded in batches of at most `max_batch`
 rows (the KV cache grows with the batch: 512 rows keep a 1M-parameter model under 0.5 GB). Rows of requests without
 a seed share the `rng` of the call, drawn in row order exactly as the sampler always drew it, so a run that moved
-onto this backend keeps its random stream; a request with a seed is decoded in a batch of its own from
-`torch.Generator().manual_seed(seed)`. The decoder is put in eval mode while it decodes and its mode restored.
+onto this backend keeps its random stream; the rows of a request with a seed draw from
+`torch.Generator().manual_seed(seed)`, the request's own stream, and seeded requests are decoded together (whole
+requests per batch), so each one's completions are those it gets alone, up to floating-point rounding of the batch.
+The decoder is put in eval mode while it decodes and its mode restored.
 """
 
 from __future__ import annotations
@@ -99,9 +101,10 @@ class NativeGenerator:
 
     def _batches(
         self, rows: list[GenerationRequest], rng: torch.Generator | None
-    ) -> Iterator[tuple[list[int], torch.Generator | None]]:
-        """Row indices per decode batch and its random stream: unseeded rows in order, `max_batch` at a time, on
-        `rng`; then each seeded request's rows on their own stream."""
+    ) -> Iterator[tuple[list[int], torch.Generator | list[torch.Generator] | None]]:
+        """Row indices per decode batch and its random stream(s): unseeded rows in order, `max_batch` at a time, on
+        `rng`; then the seeded requests, whole requests packed up to `max_batch` rows (a larger request alone), each
+        row on its request's own stream (`sampler.generate`: a request's draws do not depend on its batch mates)."""
         shared = [k for k, r in enumerate(rows) if r.seed is None]
         for i in range(0, len(shared), self.max_batch):
             yield shared[i : i + self.max_batch], rng
@@ -109,11 +112,19 @@ class NativeGenerator:
         for k, r in enumerate(rows):
             if r.seed is not None:
                 seeded.setdefault(id(r), []).append(k)
-        for idx in seeded.values():
-            yield idx, torch.Generator().manual_seed(rows[idx[0]].seed)
+        idx: list[int] = []
+        gens: list[torch.Generator] = []
+        for req in seeded.values():
+            if idx and len(idx) + len(req) > self.max_batch:
+                yield idx, gens
+                idx, gens = [], []
+            g = torch.Generator().manual_seed(rows[req[0]].seed)
+            idx, gens = idx + req, gens + [g] * len(req)
+        if idx:
+            yield idx, gens
 
     def _decode(
-        self, rows: list[GenerationRequest], params: SamplingParams, g: torch.Generator | None
+        self, rows: list[GenerationRequest], params: SamplingParams, g: torch.Generator | list[torch.Generator] | None
     ) -> list[Decoded]:
         tok = self.tokenizer
         images = [r.images for r in rows] if any(r.images for r in rows) else None

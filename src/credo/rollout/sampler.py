@@ -43,12 +43,25 @@ def _top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of `probs` [B, V] by inverse-CDF sampling: one uniform per row and a binary search
-    in the cumulative sums. Same distribution as `torch.multinomial`, whose per-element exponential draws
+Generators = torch.Generator | list[torch.Generator] | None  # one stream for the batch, or one per row
+
+
+def _uniforms(n: int, generator: Generators, dev: torch.device) -> torch.Tensor:
+    """[n, 1] uniforms: n draws from one stream, or one draw per row from its own stream (rows sharing a stream
+    draw in row order, which is the sequence `torch.rand(k, 1)` draws on that stream)."""
+    if isinstance(generator, list):
+        if len(generator) != n:
+            raise ValueError(f"{len(generator)} generators for {n} rows")
+        return torch.cat([torch.rand(1, 1, generator=g, device=g.device) for g in generator]).to(dev)
+    gen_dev = generator.device if generator is not None else dev
+    return torch.rand(n, 1, generator=generator, device=gen_dev).to(dev)
+
+
+def _sample(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """One token per row of `probs` [B, V] by inverse-CDF sampling: one uniform per row (`_uniforms`) and a binary
+    search in the cumulative sums. Same distribution as `torch.multinomial`, whose per-element exponential draws
     cost ~10% of a tiny model's decode step on a CPU."""
-    gen_dev = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=gen_dev).to(probs.device)
+    u = _uniforms(probs.shape[0], generator, probs.device)
     cdf = probs.cumsum(-1)
     tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
     return tok.clamp_(max=probs.shape[-1] - 1)  # u·total can round up to the last cdf value
@@ -125,12 +138,14 @@ def generate(
     eos_id: int | list[int],
     pad_id: int,
     stop_ids: list[list[int]] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     images: list | None = None,
     score_last: list[int] | None = None,
 ) -> list[Decoded]:
     """Sample one completion per prompt. `eos_id` is one id or a list (any of them ends a row); `stop_ids` are
-    the token sequences of the stop strings; `images`, per row, the row's images (read once, at the prefill, their
+    the token sequences of the stop strings; `generator` is one random stream for the batch or a list of one per
+    row (a row draws one uniform per step from its stream, so a row's tokens do not depend on its batch mates
+    beyond floating-point rounding); `images`, per row, the row's images (read once, at the prefill, their
     placeholders outside the scored tail); `score_last[i]` = k: also return the log-probs of prompt i's last k
     tokens (0 <= k < len(prompt i); `Decoded.prompt_logprobs` then holds K = max k values, row i's the last k)."""
     dev = next(iter(decoder.parameters())).device

@@ -39,7 +39,7 @@ Departures from the released code (each also in docs/algorithms.md):
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -124,16 +124,20 @@ class PolicyScorer:
         self.policy, self.tokenizer, self.batch = policy, tokenizer, batch
 
     def logprobs(self, rows: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
+        """Rows are batched in order of length (less padding), results returned in the order of `rows`."""
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda k: len(rows[k][0]) + len(rows[k][1]))
         dev = next(iter(self.policy.parameters())).device
         was = self.policy.training
         self.policy.eval()
         try:
             for start in range(0, len(rows), self.batch):
-                out += self._score(rows[start : start + self.batch], dev)
+                idx = order[start : start + self.batch]
+                for k, lp in zip(idx, self._score([rows[k] for k in idx], dev), strict=True):
+                    out[k] = lp
         finally:
             self.policy.train(was)
-        return out
+        return [lp for lp in out if lp is not None]
 
     @torch.no_grad()
     def _score(self, rows: list[tuple[list[int], list[int]]], dev: torch.device) -> list[torch.Tensor]:
@@ -247,14 +251,34 @@ def scoring_row(tokenizer: Any, question: str, trajectory: str, answer: str) -> 
     return prompt + full[:k], full[k:]
 
 
+def batch_scores(scorer: Scorer, pairs: list[tuple[str, str]], trajectories: list[list[str]],
+                 cfg: ReerConfig) -> list[list[float]]:
+    """Per (question, answer) pair, the clipped score (`clipped_score`) of the answer after each of its
+    trajectories; one scorer call for all (none when there is nothing to score)."""
+    rows = [scoring_row(scorer.tokenizer, q, z, y) for (q, y), zs in zip(pairs, trajectories, strict=True) for z in zs]
+    flat = iter(scorer.logprobs(rows) if rows else [])
+    return [[clipped_score(next(flat), cfg.clip_min, cfg.clip_max) for _ in zs] for zs in trajectories]
+
+
 def trajectory_scores(scorer: Scorer, question: str, answer: str, trajectories: list[str],
                       cfg: ReerConfig) -> list[float]:
     """The clipped score (`clipped_score`) of the answer after each trajectory, one scorer call for all."""
-    rows = [scoring_row(scorer.tokenizer, question, z, answer) for z in trajectories]
-    return [clipped_score(lp, cfg.clip_min, cfg.clip_max) for lp in scorer.logprobs(rows)]
+    return batch_scores(scorer, [(question, answer)], [trajectories], cfg)[0]
 
 
 # ---- generation ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ask:
+    """One request of the search to the generator: `n` completions of the chat-framed `prompt` followed by the
+    assistant's `prefill`, stopped at `stop`, at most `max_new_tokens` new tokens."""
+
+    prompt: str
+    prefill: str
+    n: int
+    stop: tuple[str, ...]
+    max_new_tokens: int
 
 
 def _room(gen: Generator, prompt_len: int, want: int) -> int:
@@ -269,50 +293,66 @@ def _room(gen: Generator, prompt_len: int, want: int) -> int:
     return n
 
 
-def _sample(gen: Generator, prompt: str, prefill: str, n: int, stop: tuple[str, ...], cfg: ReerConfig,
-            rng: torch.Generator) -> list[tuple[str, int]]:
-    """`n` completions (text, token count) of the chat-framed `prompt` followed by the assistant's `prefill`."""
+def sample(gen: Generator, asks: list[Ask], rngs: list[torch.Generator],
+           cfg: ReerConfig) -> list[list[tuple[str, int]] | ValueError]:
+    """Per ask, its completions (text, token count), or the ValueError of a prompt that leaves no room. Asks with the
+    same stop strings and room share one `generate` call; each request is seeded from its own `rngs[k]` (the item's
+    stream), so an ask's completions do not depend on the other items of the batch (the native backend's seeded
+    requests: `rollout.native`)."""
     tok = gen.tokenizer
-    ids = tok.encode_prompt(prompt) + tok.encode(prefill)
-    params = SamplingParams(_room(gen, len(ids), cfg.max_new_tokens), cfg.temperature, cfg.top_p, stop, cfg.top_k)
-    outs = gen.generate([GenerationRequest(ids, n=n)], params, rng)[0]
-    return [(tok.decode(c.completion_ids.tolist()), len(c.completion_ids)) for c in outs]
+    out: list[list[tuple[str, int]] | ValueError] = [ValueError("not sampled")] * len(asks)
+    groups: dict[tuple[tuple[str, ...], int], list[tuple[int, GenerationRequest]]] = {}
+    for k, (a, rng) in enumerate(zip(asks, rngs, strict=True)):
+        ids = tok.encode_prompt(a.prompt) + tok.encode(a.prefill)
+        seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+        try:
+            room = _room(gen, len(ids), a.max_new_tokens)
+        except ValueError as e:
+            out[k] = e
+            continue
+        groups.setdefault((a.stop, room), []).append((k, GenerationRequest(ids, n=a.n, seed=seed)))
+    for (stop, room), reqs in groups.items():
+        params = SamplingParams(room, cfg.temperature, cfg.top_p, stop, cfg.top_k)
+        outs = gen.generate([r for _, r in reqs], params)
+        for (k, _), cs in zip(reqs, outs, strict=True):
+            out[k] = [(tok.decode(c.completion_ids.tolist()), len(c.completion_ids)) for c in cs]
+    return out
 
 
-def initial_trajectory(gen: Generator, question: str, answer: str, cfg: ReerConfig, rng: torch.Generator,
-                       pick: random.Random) -> tuple[str, int, str]:
-    """(z0, its generated token count, the pre-trigger): the pre-trigger (drawn with `pick` from
-    `cfg.pre_triggers`) + the generator's continuation of "<think>\\n" + pre-trigger, cut before "</think>"."""
-    texts, probs = zip(*cfg.pre_triggers, strict=True)
-    trigger = pick.choices(texts, weights=probs)[0]
-    prompt = INITIAL_THINKING.format(question=question, answer=answer)
-    text, n = _sample(gen, prompt, "<think>\n" + trigger, 1, ("</think>",), cfg, rng)[0]
-    return (trigger + text.split("</think>", 1)[0]).strip(), n, trigger
+def initial_ask(question: str, answer: str, trigger: str, cfg: ReerConfig) -> Ask:
+    """The initial trajectory's request: the initial-thinking prompt, prefilled "<think>\n" + the pre-trigger,
+    stopped at "</think>"; its trajectory is the pre-trigger + the completion cut before "</think>"."""
+    return Ask(INITIAL_THINKING.format(question=question, answer=answer), "<think>\n" + trigger, 1, ("</think>",),
+               cfg.max_new_tokens)
 
 
-def rewrites(gen: Generator, question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig,
-             rng: torch.Generator) -> list[str | None]:
-    """`cfg.candidates` rewrites of segment `i` of `segs` (None for a completion without `<refine>`). With
-    `cfg.direct_refine` the prefill also closes the analysis and opens `<refine>` (`DIRECT_PREFILL`): SmolLM2-135M
-    never leaves its analysis for a `<refine>` block within 256 tokens, so every released-style candidate is invalid."""
+def rewrite_ask(question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig) -> Ask:
+    """`cfg.candidates` rewrites of segment `i` of `segs` by the segment-edit prompt (stopped at "</refine>";
+    `refinement` reads each). With `cfg.direct_refine` the prefill also closes the analysis and opens `<refine>`
+    (`DIRECT_PREFILL`): SmolLM2-135M never leaves its analysis for a `<refine>` block within 256 tokens, so every
+    released-style candidate is invalid."""
     prompt = SEGMENT_EDIT.format(question=question, answer=answer, before="\n\n".join(segs[:i]) or "(nothing)",
                                  segment=segs[i], after="\n\n".join(segs[i + 1 :]) or "(nothing)")
     prefill = DIRECT_PREFILL if cfg.direct_refine else EDIT_PREFILL
-    outs = _sample(gen, prompt, prefill, cfg.candidates, ("</refine>",), cfg, rng)
-    return [refinement(prefill + text) for text, _ in outs]
+    return Ask(prompt, prefill, cfg.candidates, ("</refine>",), cfg.max_new_tokens)
 
 
-def resamples(gen: Generator, question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig,
-              rng: torch.Generator) -> list[str | None]:
+def resample_ask(question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig) -> Ask:
     """`cfg.candidates` resamples of segment `i` (`ReerConfig.edit = "resample"`, module docstring): continuations
-    of the initial-thinking prompt prefilled with "<think>\n" and the segments before `i`, each cut at its first
-    blank line or "</think>" (None when that leaves nothing)."""
+    of the initial-thinking prompt prefilled with "<think>\n" and the segments before `i`, stopped at a blank line
+    or "</think>", at most `cfg.segment_tokens` tokens."""
     before = "\n\n".join(segs[:i])
     prefill = "<think>\n" + (before + "\n\n" if before else "")
-    small = replace(cfg, max_new_tokens=min(cfg.max_new_tokens, cfg.segment_tokens))
-    outs = _sample(gen, INITIAL_THINKING.format(question=question, answer=answer), prefill, cfg.candidates,
-                   ("\n\n", "</think>"), small, rng)
-    cands = [text.split("</think>", 1)[0].strip().split("\n\n", 1)[0].strip() for text, _ in outs]
+    return Ask(INITIAL_THINKING.format(question=question, answer=answer), prefill, cfg.candidates,
+               ("\n\n", "</think>"), min(cfg.max_new_tokens, cfg.segment_tokens))
+
+
+def candidates(ask: Ask, texts: list[str], cfg: ReerConfig) -> list[str | None]:
+    """The segment candidates in the completions of an edit ask (None: invalid): the `<refine>` block of a rewrite
+    (`refinement`), or a resample cut at its first blank line or "</think>" (None when that leaves nothing)."""
+    if cfg.edit == "rewrite":
+        return [refinement(ask.prefill + t) for t in texts]
+    cands = [t.split("</think>", 1)[0].strip().split("\n\n", 1)[0].strip() for t in texts]
     return [c or None for c in cands]
 
 
@@ -338,40 +378,100 @@ class ReerResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # per step: segment, candidate scores, accepted
 
 
+@dataclass
+class ReerJob:
+    """One item to search and its own random streams (`run_reer` seeds them from the item's line): `rng` draws the
+    generator's request seeds, `pick` the pre-trigger. `segs` / `best` / `result` hold the search in progress."""
+
+    question: str
+    answer: str
+    rng: torch.Generator
+    pick: random.Random
+    segs: list[str] = field(default_factory=list)
+    best: float = float("inf")
+    result: ReerResult = field(default_factory=lambda: ReerResult("done"))
+
+    def skip(self, reason: str) -> None:
+        self.result.status, self.result.reason = "skipped", reason
+
+
+def _scores(scorer: Scorer, jobs: list[ReerJob], trajs: list[list[str]], cfg: ReerConfig) -> list[list[float]]:
+    """`clipped_score` of each job's answer after each of its trajectories, in one scorer call for all jobs."""
+    return batch_scores(scorer, [(j.question, j.answer) for j in jobs], trajs, cfg)
+
+
+def _start(gen: Generator, scorer: Scorer, jobs: list[ReerJob], cfg: ReerConfig) -> list[ReerJob]:
+    """z0 of every job (one batch), its segments, the skip rule and z0's score; returns the jobs still searching."""
+    texts, probs = zip(*cfg.pre_triggers, strict=True)
+    triggers = [j.pick.choices(texts, weights=probs)[0] for j in jobs]
+    asks = [initial_ask(j.question, j.answer, t, cfg) for j, t in zip(jobs, triggers, strict=True)]
+    live = []
+    for j, t, got in zip(jobs, triggers, sample(gen, asks, [j.rng for j in jobs], cfg), strict=True):
+        j.result.pre_trigger = t
+        if isinstance(got, ValueError):
+            j.skip(str(got))
+            continue
+        text, n_tokens = got[0]
+        j.segs = segment((t + text.split("</think>", 1)[0]).strip())
+        j.result.n_segments, j.result.init_tokens = len(j.segs), n_tokens
+        if n_tokens < cfg.min_init_tokens or len(j.segs) < 2:
+            j.skip(f"initial trajectory of {n_tokens} tokens, {len(j.segs)} segment(s)")
+        else:
+            live.append(j)
+    for j, (score,) in zip(live, _scores(scorer, live, [["\n\n".join(j.segs)] for j in live], cfg), strict=True):
+        j.best = j.result.score_before = score
+    return live
+
+
+def _step(gen: Generator, scorer: Scorer, jobs: list[ReerJob], i: int, cfg: ReerConfig) -> None:
+    """Segment step `i` of every job in `jobs`: K candidates each (one batch), all scored in one call, the best
+    kept per job when it lowers that job's score (greedy)."""
+    make = resample_ask if cfg.edit == "resample" else rewrite_ask
+    asks = [make(j.question, j.answer, j.segs, i, cfg) for j in jobs]
+    valid: list[list[str]] = []
+    for j, a, got in zip(jobs, asks, sample(gen, asks, [j.rng for j in jobs], cfg), strict=True):
+        # an edit prompt too long for the generator: its K candidates are invalid, the search goes on
+        cands = [None] * a.n if isinstance(got, ValueError) else candidates(a, [t for t, _ in got], cfg)
+        valid.append([c for c in cands if c is not None])
+        j.result.steps += 1
+        j.result.invalid += len(cands) - len(valid[-1])
+    trajs = [["\n\n".join([*j.segs[:i], c, *j.segs[i + 1 :]]) for c in cs] for j, cs in zip(jobs, valid, strict=True)]
+    for j, cs, scores in zip(jobs, valid, _scores(scorer, jobs, trajs, cfg), strict=True):
+        k = min(range(len(scores)), key=scores.__getitem__) if scores else -1
+        keep = k >= 0 and scores[k] < j.best
+        if keep:
+            j.segs[i], j.best = cs[k], scores[k]
+            j.result.accepted += 1
+        j.result.history.append({"segment": i, "scores": [round(x, 4) for x in scores], "accepted": keep})
+
+
+def search_batch(gen: Generator, scorer: Scorer, jobs: list[ReerJob], cfg: ReerConfig) -> list[ReerResult]:
+    """REER's search (module docstring; methods.md §6.2) for several items at once, in lockstep: z0 of all, then
+    segment step i of every item still above `cfg.stop_threshold` with more than i segments, for i <
+    `cfg.max_steps`; each stage is one generation batch and one scoring call. An item's result does not depend on
+    its batch mates (its own seeds; floating-point rounding of the batch aside). A prompt too long for the
+    generator skips its item (reason recorded); results in the order of `jobs`."""
+    live = _start(gen, scorer, jobs, cfg)
+    for i in range(cfg.max_steps):
+        live = [j for j in live if j.best >= cfg.stop_threshold and i < len(j.segs)]
+        if not live:
+            break
+        _step(gen, scorer, live, i, cfg)
+    for j in jobs:
+        if j.result.status == "done":
+            j.result.trajectory, j.result.score_after = "\n\n".join(j.segs), j.best
+            j.result.reached_threshold = j.best < cfg.stop_threshold
+    return [j.result for j in jobs]
+
+
 def search(gen: Generator, scorer: Scorer, question: str, answer: str, cfg: ReerConfig, rng: torch.Generator,
            pick: random.Random) -> ReerResult:
-    """REER's search for one (question, answer) pair (module docstring; methods.md §6.2): z0, its segments, then
-    greedy segment rewrites until the score is below `cfg.stop_threshold` or `min(max_steps, #segments)` steps."""
-    z0, n_tokens, trigger = initial_trajectory(gen, question, answer, cfg, rng, pick)
-    segs = segment(z0)
-    res = ReerResult("done", n_segments=len(segs), init_tokens=n_tokens, pre_trigger=trigger)
-    if n_tokens < cfg.min_init_tokens or len(segs) < 2:
-        res.status, res.reason = "skipped", f"initial trajectory of {n_tokens} tokens, {len(segs)} segment(s)"
-        return res
-    best = trajectory_scores(scorer, question, answer, ["\n\n".join(segs)], cfg)[0]
-    res.score_before = best
-    for i in range(min(cfg.max_steps, len(segs))):
-        if best < cfg.stop_threshold:
-            break
-        res.steps += 1
-        propose = resamples if cfg.edit == "resample" else rewrites
-        cands = propose(gen, question, answer, segs, i, cfg, rng)
-        valid = [c for c in cands if c is not None]
-        res.invalid += len(cands) - len(valid)
-        trajs = ["\n\n".join([*segs[:i], c, *segs[i + 1 :]]) for c in valid]
-        scores = trajectory_scores(scorer, question, answer, trajs, cfg) if trajs else []
-        j = min(range(len(scores)), key=scores.__getitem__) if scores else -1
-        keep = j >= 0 and scores[j] < best
-        if keep:
-            segs[i], best = valid[j], scores[j]
-            res.accepted += 1
-        res.history.append({"segment": i, "scores": [round(s, 4) for s in scores], "accepted": keep})
-    res.trajectory, res.score_after = "\n\n".join(segs), best
-    res.reached_threshold = best < cfg.stop_threshold
-    return res
+    """REER's search for one (question, answer) pair: `search_batch` of one item; z0, its segments, then greedy
+    segment rewrites until the score is below `cfg.stop_threshold` or `min(max_steps, #segments)` steps."""
+    return search_batch(gen, scorer, [ReerJob(question, answer, rng, pick)], cfg)[0]
 
 
-__all__ = ["DIRECT_PREFILL", "EDIT_PREFILL", "INFERENCE", "INITIAL_THINKING", "SEGMENT_EDIT", "PolicyScorer",
-           "ReerConfig", "ReerResult", "Scorer", "answer_parts", "clipped_score", "good_answer", "initial_trajectory",
-           "refinement", "resamples", "rewrites", "scoring_row", "search", "segment", "sft_solution",
-           "trajectory_scores"]
+__all__ = ["DIRECT_PREFILL", "EDIT_PREFILL", "INFERENCE", "INITIAL_THINKING", "SEGMENT_EDIT", "Ask", "PolicyScorer",
+           "ReerConfig", "ReerJob", "ReerResult", "Scorer", "answer_parts", "batch_scores", "candidates",
+           "clipped_score", "good_answer", "initial_ask", "refinement", "resample_ask", "rewrite_ask", "sample",
+           "scoring_row", "search", "search_batch", "segment", "sft_solution", "trajectory_scores"]

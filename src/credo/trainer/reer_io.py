@@ -24,7 +24,16 @@ import torch
 
 from credo.envs.dataset import DatasetError
 from credo.rollout.backend import Generator
-from credo.trainer.reer import PolicyScorer, ReerConfig, ReerResult, Scorer, good_answer, search, sft_solution
+from credo.trainer.reer import (
+    PolicyScorer,
+    ReerConfig,
+    ReerJob,
+    ReerResult,
+    Scorer,
+    good_answer,
+    search_batch,
+    sft_solution,
+)
 
 
 @dataclass
@@ -154,32 +163,39 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def run_reer(input_path: str | Path, out: str | Path, gen: Generator, scorer: Scorer, cfg: ReerConfig,
              limit: int = 0, progress: bool = True,
-             on_item: Callable[[Item, ReerResult], None] | None = None) -> dict[str, float]:
-    """`credo reer`: search every input row not yet in `out` (or in `skipped_path(out)`), appending one row per
-    item as it finishes (`output_row`), so an interrupted run resumes where it stopped; `limit` > 0 caps the items
-    of this call. Each item's randomness comes from `cfg.seed` and its line number, so a resumed run draws what
-    an uninterrupted one would. Returns `summarize` over all finished rows of `out`. Input errors raise before
-    any model runs (`read_items`)."""
+             on_item: Callable[[Item, ReerResult], None] | None = None, batch: int = 8) -> dict[str, float]:
+    """`credo reer`: search every input row not yet in `out` (or in `skipped_path(out)`), `batch` items at a time in
+    lockstep (`reer.search_batch`: one generation batch and one scoring call per stage), appending one row per
+    item as its batch finishes (`output_row`; "seconds" is the batch's wall time over its items), so an interrupted
+    run resumes where it stopped; `limit` > 0 caps the items of this call. Each item's randomness comes from
+    `cfg.seed` and its line number, so a resumed or differently batched run draws what an uninterrupted one would
+    (up to floating-point rounding of the batch). Returns `summarize` over all finished rows of `out`. Input errors
+    raise before any model runs (`read_items`); `batch` < 1 raises ValueError."""
     from tqdm import tqdm
 
+    if batch < 1:
+        raise ValueError(f"reer batch must be >= 1, got {batch}")
     items = read_items(input_path)
     done = {str(r.get("id")) for r in done_rows(out) + done_rows(skipped_path(out))}
     todo = [it for it in items if it.id not in done]
     todo = todo[:limit] if limit > 0 else todo
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(todo, desc="reer", disable=not progress, dynamic_ncols=True)
-    for item in bar:
-        t0 = time.perf_counter()
-        rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + item.line)
-        pick = random.Random(f"reer/{cfg.seed}/{item.line}")
-        try:
-            res = search(gen, scorer, item.question, item.answer, cfg, rng, pick)
-        except ValueError as e:  # a prompt or row longer than the models take
-            res = ReerResult("skipped", reason=str(e))
-        append_row(out if res.status == "done" else skipped_path(out), output_row(item, res, time.perf_counter() - t0))
-        bar.set_postfix(before=f"{res.score_before:.3f}", after=f"{res.score_after:.3f}", kept=res.accepted)
-        if on_item is not None:
-            on_item(item, res)
+    bar = tqdm(total=len(todo), desc="reer", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(todo), batch):
+        chunk, t0 = todo[start : start + batch], time.perf_counter()
+        jobs = [ReerJob(it.question, it.answer, torch.Generator().manual_seed(cfg.seed * 1_000_003 + it.line),
+                        random.Random(f"reer/{cfg.seed}/{it.line}")) for it in chunk]
+        results = search_batch(gen, scorer, jobs, cfg)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for item, res in zip(chunk, results, strict=True):
+            append_row(out if res.status == "done" else skipped_path(out), output_row(item, res, seconds))
+            if on_item is not None:
+                on_item(item, res)
+        bar.update(len(chunk))
+        summary = summarize(done_rows(out))
+        if "score_after_mean" in summary:
+            bar.set_postfix(before=f"{summary['score_before_mean']:.3f}", after=f"{summary['score_after_mean']:.3f}",
+                            reached=f"{summary['reached_threshold']:.2f}")
     bar.close()
     return summarize(done_rows(out))
 
@@ -203,14 +219,15 @@ def load_models(generator: str, scorer: str = "", dtype: str = "float32", device
 
 def reer_from_files(input_path: str | Path, out: str | Path, generator: str, scorer: str = "",
                     cfg: ReerConfig | None = None, limit: int = 0, dtype: str = "float32", device: str = "cpu",
-                    backend: str = "native", threads: int = 0, progress: bool = True) -> dict[str, float]:
+                    backend: str = "native", threads: int = 0, progress: bool = True,
+                    batch: int = 8) -> dict[str, float]:
     """`credo reer`: check the input (a bad row raises `DatasetError` before any model loads), load the generator
     and the scorer (`load_models`), then `run_reer`. `threads` > 0 sets torch's CPU threads."""
     read_items(input_path)
     if threads > 0:
         torch.set_num_threads(threads)
     gen, sc = load_models(generator, scorer, dtype, device, backend)
-    return run_reer(input_path, out, gen, sc, cfg or ReerConfig(), limit, progress)
+    return run_reer(input_path, out, gen, sc, cfg or ReerConfig(), limit, progress, batch=batch)
 
 
 __all__ = ["Item", "append_row", "done_rows", "load_models", "output_row", "read_items", "reer_from_files", "run_reer",
