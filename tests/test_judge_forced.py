@@ -156,6 +156,67 @@ def test_decoder_readout_equals_the_seam_readout():
     assert float(direct.exp().sum(1).max()) < 1  # four tokens of a 100-token vocabulary
 
 
+def test_cached_fill_equals_the_generic_path():
+    """Greedy lines on the native backend run on one KV cache (`CachedFill`): on a random TinyLM judge, rows of
+    different lengths whose lines end at different steps (newline, EOS or the 8-token cap), the filled texts equal
+    those of the generic path (a prefill per line and per score through the seam), scores within 1e-3, and the
+    engine's `generate` is never called."""
+    from credo.models import build_policy
+    from credo.rollout.backend import make_generator
+    from credo.trainer.config import ModelConfig
+
+    torch.manual_seed(3)
+    policy, tok = build_policy(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=512))
+    gen = make_generator("native", policy, tok)
+    nl, eos = tok.encode("\n")[0], tok.eos_ids[0]
+
+    class Nudged:  # the judge's decoder, made to end lines at positions that differ between rows
+        def __init__(self, inner):
+            self.inner = inner
+
+        def new_cache(self, *args):
+            return self.inner.new_cache(*args)
+
+        def parameters(self):
+            return self.inner.parameters()
+
+        def step(self, ids, cache, attention_mask=None):
+            out = self.inner.step(ids, cache, attention_mask).clone()
+            out[:, -1, nl] += 50.0 * (cache.next_pos % 6 == 0)  # next_pos: real tokens so far, padding not counted
+            out[:, -1, eos] += 50.0 * (cache.next_pos % 17 == 0)
+            return out
+
+    gen.decoder = Nudged(gen.decoder)
+    prompts = [tok.encode_prompt(q) for q in ("Judge: 2+2=4.", "x", "Is 17*3=51 right? Check it.")]
+    slots = judgement_slots(("Correctness", "Clarity"), refine=True)
+    ro = ScoreReadout.build(tok, 1, 4)
+
+    class SeamOnly:  # the same engine without its decoder: the generic path
+        tokenizer, calls = tok, 0
+
+        def generate(self, requests, params, rng=None):
+            SeamOnly.calls += 1
+            return gen.generate(requests, params, rng)
+
+    generic = fill(SeamOnly(), tok, prompts, slots, ro, line_tokens=8, min_mass=0.0)
+    gen.generate = None  # the cached path must not generate through the seam
+    cached = fill(gen, tok, prompts, slots, ro, line_tokens=8, min_mass=0.0)
+    assert SeamOnly.calls > 0
+
+    def parts(text):
+        lines = text.splitlines()
+        return ([ln for ln in lines if not ln.startswith("## Score:")],
+                [float(ln.split(":")[1]) for ln in lines if ln.startswith("## Score:")])
+
+    lengths = set()
+    for a, b in zip(generic, cached, strict=True):
+        (ta, sa), (tb, sb) = parts(a), parts(b)
+        assert ta == tb and len(sa) == 2
+        assert sa == pytest.approx(sb, abs=1e-3)
+        lengths.add(tuple(len(ln) for ln in ta))
+    assert len(lengths) > 1  # the rows' lines differ, so the lockstep really padded
+
+
 def test_parrot_teacher_template_is_read_by_the_consistency_filter():
     """scripts/parrot.py with a forced teacher: the two-part template, each part parsed; A's read-out score 2.75
     above B's 1.25 keeps a pair whose chosen is A and drops it as inconsistent when the chosen is B."""

@@ -16,10 +16,11 @@ token, so later dimensions read the judge's own greedy score. The filled text ha
 the refined request) is the same. Departures from RationalRewards (which samples the whole judgement): the scores
 are expectations, not samples (continuous rewards within a group); no `# Summary` is written (nothing reads it).
 
-A score costs one prefill of the row's context: on the native backend the judge's decoder is read directly (the
-next-token log-softmax at the last position, `next_token_logprobs`); on any other backend, through the generation
-seam, one prefill per scale value (`GenerationRequest.prompt_logprobs` of the value token). Each line is one short
-generation.
+Cost: with greedy lines (`judge.temperature = 0`) on the native backend the whole template runs on one KV cache
+of the judge's decoder (`CachedFill`): the prompt is prefilled once, each line decoded and each score read where the
+previous slot ended. Otherwise each line is one short generation through the seam and a score costs one prefill of
+the row's context (the native decoder read directly, `next_token_logprobs`; any other backend: one prefill per scale
+value, `GenerationRequest.prompt_logprobs` of the value token).
 """
 
 from __future__ import annotations
@@ -104,9 +105,14 @@ def fill(gen: Any, tokenizer: Any, prompts: Sequence[list[int]], slots: Sequence
          line_tokens: int = 48, temperature: float = 0.0, min_mass: float = 0.5,
          rng: torch.Generator | None = None) -> list[str]:
     """The filled template text of each prompt (token ids, the judge's chat-framed prompt): slots in order, all
-    rows together, one `gen.generate` call per line slot and one per score slot (len(values) prefills per row).
-    A score is written `## Score: 2.734` (4 significant digits), or `## Score: unreadable (mass 0.12)` when
-    the judge puts less than `min_mass` on the score tokens (the parser then reports the dimension)."""
+    rows together. A score is written `## Score: 2.734` (4 significant digits), or `## Score: unreadable (mass
+    0.12)` when the judge puts less than `min_mass` on the score tokens (the parser then reports the dimension).
+    Greedy lines (`temperature` <= 0) on a backend with a step decoder (the native one) run on one KV cache for
+    the whole template (`CachedFill`: each token prefilled once); otherwise one `gen.generate` call per line slot
+    and one per score slot (a prefill of the whole context each)."""
+    decoder = getattr(gen, "decoder", None)
+    if temperature <= 0 and callable(getattr(decoder, "new_cache", None)) and callable(getattr(decoder, "step", None)):
+        return CachedFill(decoder, tokenizer, prompts).run(slots, readout, line_tokens, min_mass)
     ctx = [list(p) for p in prompts]
     texts = ["" for _ in prompts]
     nl = tokenizer.encode("\n")
@@ -135,6 +141,96 @@ def fill(gen: Any, tokenizer: Any, prompts: Sequence[list[int]], slots: Sequence
         elif slot.kind:
             raise ValueError(f"unknown template slot kind {slot.kind!r}")
     return texts
+
+
+class CachedFill:
+    """`fill` with greedy lines on one KV cache of a step decoder (`models.policy.Decoder`: `new_cache` / `step`
+    with a mask of real tokens; the native backend's convention): every token of the template is fed once, where
+    the generic path re-prefills the whole context for every line and every score. Rows advance in lockstep; a row
+    whose line has ended is fed padding (mask False: never attended, no RoPE position), so each row's tokens and
+    positions are those of its own sequence and the text equals the generic path's (up to floating-point rounding
+    of the batch). A line ends, as there, after the first token whose text holds a newline, at EOS, or after
+    `line_tokens` tokens."""
+
+    def __init__(self, decoder: Any, tokenizer: Any, prompts: Sequence[list[int]]) -> None:
+        self.decoder, self.tok = decoder, tokenizer
+        self.pad = getattr(tokenizer, "pad_id", 0) or 0
+        self.eos = set(getattr(tokenizer, "eos_ids", ()) or ())
+        self.pending = [list(p) for p in prompts]  # tokens of each row not yet fed to the cache
+        self.texts = ["" for _ in prompts]
+        self.dev = next(iter(decoder.parameters())).device
+        self.last: torch.Tensor | None = None  # [B, V] logits after each row's last fed token
+
+    def run(self, slots: Sequence[Slot], readout: ScoreReadout, line_tokens: int, min_mass: float) -> list[str]:
+        nl = self.tok.encode("\n")
+        heads = [self.tok.encode(s.prefix) if s.prefix else [] for s in slots]
+        room = max(len(p) for p in self.pending) + sum(len(h) + 2 for h in heads)
+        room += sum(line_tokens + 1 if s.kind == "line" else len(readout.head) + 2 for s in slots) + 8
+        self.cache = self.decoder.new_cache(len(self.pending), room)
+        for slot, head in zip(slots, heads, strict=True):
+            for i in range(len(self.pending)):
+                self.pending[i] += head
+                self.texts[i] += slot.prefix
+            if slot.kind == "line":
+                for i, ids in enumerate(self._line(line_tokens)):
+                    text = self.tok.decode(ids)
+                    self.texts[i] += text.split("\n", 1)[0].rstrip() + "\n"
+                    self.pending[i] += [] if text.endswith("\n") else nl
+            elif slot.kind == "score":
+                for i in range(len(self.pending)):
+                    self.pending[i] += list(readout.head)
+                lps = torch.log_softmax(self._flush(), dim=-1)[:, list(readout.ids)].cpu()
+                for i in range(len(self.pending)):
+                    score, mass, best = readout.expected(lps[i])
+                    self.pending[i] += [readout.ids[best], *nl]
+                    shown = f"{score:.4g}" if mass >= min_mass else f"unreadable (mass {mass:.2f})"
+                    self.texts[i] += f"{SCORE_HEAD} {shown}\n"
+            elif slot.kind:
+                raise ValueError(f"unknown template slot kind {slot.kind!r}")
+        return self.texts
+
+    def _flush(self) -> torch.Tensor:
+        """Feed every row's pending tokens (right-aligned, padding before the shorter ones) and return the float32
+        logits [B, V] after each row's last token (a row with nothing pending keeps its previous logits)."""
+        width = max(len(p) for p in self.pending)
+        if width == 0 and self.last is not None:
+            return self.last
+        x = torch.full((len(self.pending), width), self.pad, dtype=torch.long)
+        mask = torch.zeros(len(self.pending), width, dtype=torch.bool)
+        for i, p in enumerate(self.pending):
+            x[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = True
+        self.pending = [[] for _ in self.pending]
+        return self._step(x, mask)
+
+    def _step(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Append x [B, t] (mask [B, t], False = padding) to the cache; the logits after each row's last real
+        token [B, V] (`self.last` keeps them for rows whose last column is padding)."""
+        with torch.inference_mode():
+            logits = self.decoder.step(x.to(self.dev), self.cache, mask.to(self.dev))[:, -1].float()
+        real = mask[:, -1].to(logits.device)
+        self.last = logits if self.last is None else torch.where(real[:, None], logits, self.last)
+        return self.last
+
+    def _line(self, budget: int) -> list[list[int]]:
+        """Each row's greedy line (token ids, its ending token included); the tokens picked at the last step are
+        left pending (fed with the next slot's tokens)."""
+        logits = self._flush()
+        lines: list[list[int]] = [[] for _ in self.pending]
+        live = [True] * len(lines)
+        for t in range(budget):
+            tok = logits.argmax(-1).tolist()
+            picked = list(live)
+            for i in (i for i, on in enumerate(picked) if on):
+                lines[i].append(tok[i])
+                live[i] = tok[i] not in self.eos and "\n" not in self.tok.decode(lines[i])
+            if t == budget - 1 or not any(live):
+                for i in (i for i, on in enumerate(picked) if on):
+                    self.pending[i].append(tok[i])
+                break
+            x = torch.tensor([tok[i] if on else self.pad for i, on in enumerate(picked)])
+            logits = self._step(x[:, None], torch.tensor(picked)[:, None])
+        return lines
 
 
 def next_token_logprobs(decoder: Any, rows: Sequence[list[int]], ids: Sequence[int], pad_id: int = 0) -> torch.Tensor:
@@ -166,4 +262,4 @@ def _value_logprobs(gen: Any, rows: list[list[int]], ids: Sequence[int], params:
                         for i in range(len(rows))])
 
 
-__all__ = ["SCORE_HEAD", "ScoreReadout", "Slot", "fill", "judgement_slots", "next_token_logprobs"]
+__all__ = ["SCORE_HEAD", "CachedFill", "ScoreReadout", "Slot", "fill", "judgement_slots", "next_token_logprobs"]

@@ -32,8 +32,12 @@ Departures from the released code (each also in docs/algorithms.md):
   the released instructions (methods.md §6.2), not the released text;
 - the token split between context and scored answer: the scored tokens are those after the longest common prefix
   of the tokenisations of the context and of context + scored text (one tokenisation of the whole row);
-- skipped items (a rollout under `min_init_tokens` tokens or of one segment, as released, or a row too long for
-  the models) go to `<out>.skipped.jsonl`, not into the SFT file; the released code drops them silently.
+- skipped items (a rollout under `min_init_tokens` tokens or of one segment, as released, or an initial-thinking
+  prompt too long for the generator) go to `<out>.skipped.jsonl`, not into the SFT file; the released code drops
+  them silently; an edit prompt too long for the generator makes that step's K candidates invalid;
+- items are searched in lockstep (`search_batch`, `credo reer --batch`): one generation batch and one scoring call
+  per stage, each item's requests seeded from its own stream, so its result does not depend on its batch mates
+  (the released code batches all items through vLLM with one sampling seed).
 """
 
 from __future__ import annotations
