@@ -26,7 +26,7 @@ Departures from the released code (each also in docs/algorithms.md):
 - `direct_refine` (opt-in, off by default): the rewrite's prefill closes an empty analysis and opens `<refine>`;
 - `edit = "resample"` (opt-in, off by default; for generators that cannot follow the segment-edit prompt): a
   candidate for segment i is a fresh sample of that segment from the initial-thinking context (question, answer,
-  "<think>\n" + the accepted segments before i), stopped at the next blank line — a proposal from the generator's
+  "<think>\\n" + the accepted segments before i), stopped at the next blank line — a proposal from the generator's
   own distribution, as in a Gibbs-style local search, instead of an instructed rewrite; acceptance is unchanged;
 - English prompts only (the Chinese templates and triggers are not used); the prompts are credo's own wording of
   the released instructions (methods.md §6.2), not the released text;
@@ -324,7 +324,7 @@ def sample(gen: Generator, asks: list[Ask], rngs: list[torch.Generator],
 
 
 def initial_ask(question: str, answer: str, trigger: str, cfg: ReerConfig) -> Ask:
-    """The initial trajectory's request: the initial-thinking prompt, prefilled "<think>\n" + the pre-trigger,
+    """The initial trajectory's request: the initial-thinking prompt, prefilled "<think>\\n" + the pre-trigger,
     stopped at "</think>"; its trajectory is the pre-trigger + the completion cut before "</think>"."""
     return Ask(INITIAL_THINKING.format(question=question, answer=answer), "<think>\n" + trigger, 1, ("</think>",),
                cfg.max_new_tokens)
@@ -343,7 +343,7 @@ def rewrite_ask(question: str, answer: str, segs: list[str], i: int, cfg: ReerCo
 
 def resample_ask(question: str, answer: str, segs: list[str], i: int, cfg: ReerConfig) -> Ask:
     """`cfg.candidates` resamples of segment `i` (`ReerConfig.edit = "resample"`, module docstring): continuations
-    of the initial-thinking prompt prefilled with "<think>\n" and the segments before `i`, stopped at a blank line
+    of the initial-thinking prompt prefilled with "<think>\\n" and the segments before `i`, stopped at a blank line
     or "</think>", at most `cfg.segment_tokens` tokens."""
     before = "\n\n".join(segs[:i])
     prefill = "<think>\n" + (before + "\n\n" if before else "")

@@ -16,6 +16,7 @@ from credo.envs.base import Score
 VERIFIERS: dict[str, str] = {
     "integer": "credo.envs.verifiers.answer_tag:verify_integer",
     "math": "credo.envs.verifiers.math:verify_math",
+    "math_tagged": "credo.envs.verifiers.math:verify_math_tagged",  # math, the answer required in a tag or box
     "mcq": "credo.envs.verifiers.choice:verify_choice",
     "number_list": "credo.envs.verifiers.number_list:verify_number_list",
     "numeric": "credo.envs.verifiers.numeric:verify_numeric",

@@ -294,4 +294,22 @@ def verify_math(completion: str, reference: Any) -> Score:
         return Score.unscorable(f"math verifier: {type(e).__name__}: {e}")
 
 
-__all__ = ["MATH_NAMES", "equivalent", "extract_boxed", "extract_math_answer", "read", "strip_words", "verify_math"]
+def verify_math_tagged(completion: str, reference: Any) -> Score:
+    """`verify_math` with the format required: correct only when the answer came from an `<answer>` tag or a
+    `\\boxed{}` (its `format` part is 1). `verify_math` reads an untagged completion as free text, so a reply that
+    restates the problem ("Evaluate 7*7+7 …") is read as the value of that expression; this is the format-required
+    accuracy for an `eval.extra_verifiers` entry. Unscorable when `verify_math` is. Never raises.
+
+    >>> verify_math("7*7+7", "56").value, verify_math_tagged("7*7+7", "56").value
+    (1.0, 0.0)
+    >>> verify_math_tagged("<answer>So it is \\\\boxed{56}.</answer>", "56").value
+    1.0
+    """
+    s = verify_math(completion, reference)
+    if not s.scorable or s.parts.get("format", 0.0) == 1.0:
+        return s
+    return Score(0.0, {**s.parts, "correct": 0.0}, correct=False)
+
+
+__all__ = ["MATH_NAMES", "equivalent", "extract_boxed", "extract_math_answer", "read", "strip_words", "verify_math",
+           "verify_math_tagged"]
