@@ -162,6 +162,18 @@ class CachedFill:
         self.last: torch.Tensor | None = None  # [B, V] logits after each row's last fed token
 
     def run(self, slots: Sequence[Slot], readout: ScoreReadout, line_tokens: int, min_mass: float) -> list[str]:
+        """The filled text of every row (`fill`'s contract); the decoder's module in eval mode meanwhile."""
+        module = getattr(self.decoder, "engine", self.decoder)
+        was = module.training if isinstance(module, torch.nn.Module) else False
+        if was:
+            module.eval()
+        try:
+            return self._run(slots, readout, line_tokens, min_mass)
+        finally:
+            if was:
+                module.train()
+
+    def _run(self, slots: Sequence[Slot], readout: ScoreReadout, line_tokens: int, min_mass: float) -> list[str]:
         nl = self.tok.encode("\n")
         heads = [self.tok.encode(s.prefix) if s.prefix else [] for s in slots]
         room = max(len(p) for p in self.pending) + sum(len(h) + 2 for h in heads)
