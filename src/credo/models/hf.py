@@ -263,6 +263,38 @@ class HFPolicy(torch.nn.Module):
                           **cache_kwargs(decoder, cache))
         return pre.last_hidden_state, suf.last_hidden_state
 
+    @property
+    def packs_prefix(self) -> bool:
+        """Whether `packed_hidden_states` can run: the sdpa or eager attention (those take a custom 4D mask as
+        given), also under activation checkpointing (one plain decoder forward); not with sliding-window layers,
+        whose window the block mask would replace."""
+        c = self.model.config
+        sliding = (getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True)) \
+            or "sliding_attention" in (getattr(c, "layer_types", None) or ())
+        return getattr(c, "_attn_implementation", "sdpa") in ("sdpa", "eager") and not sliding
+
+    def packed_hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                             segments: torch.Tensor) -> torch.Tensor:
+        """Hidden states [n, S, D] of packed rows: `input_ids`, `position_ids`, `segments` [n, S]. A packed row is
+        one prompt (segment 0) followed by several continuations of it (segments 1, 2, …; −1: padding); token j
+        attends to token k ≤ j of its row when k is in the prompt or in j's own segment (a block mask given to
+        the attention as a 4D mask: boolean for sdpa, additive for eager), and `position_ids` restart after the
+        prompt for each continuation, so each continuation's states equal those of prompt + continuation run
+        alone. Layout as in Prefix Grouper (Liu et al. 2025, arXiv 2506.05433); one decoder forward, so
+        activation checkpointing and FSDP2 see an ordinary forward."""
+        S = input_ids.shape[1]
+        q, k = segments[:, :, None], segments[:, None, :]  # [n, S, 1], [n, 1, S]
+        causal = torch.ones(S, S, dtype=torch.bool, device=input_ids.device).tril()
+        allowed = (causal & ((k == 0) | (k == q)))[:, None]  # [n, 1, S, S]; padding sees earlier padding
+        mask: torch.Tensor = allowed
+        if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":
+            mask = torch.zeros(allowed.shape, device=allowed.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        with self.autocast():
+            out = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                           use_cache=False)
+        return out.last_hidden_state
+
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on hidden states [..., D] → logits [..., V] (valid when `chunkable`)."""
         with self.autocast():

@@ -129,6 +129,7 @@ class RLConfig:
     max_tokens_per_microbatch: int = 0  # split minibatches into micro-batches of ≤ this many padded tokens (0: off)
     logprob_chunk: int = 512  # positions whose LM head + log-softmax run at once (trainer.logprobs)
     share_prefix: bool = True  # run a prompt shared by a group's rows once in the update (HF models; logprobs)
+    prefix_pack_tokens: int = 1024  # share_prefix under activation checkpointing/FSDP: longest packed row (0: off)
     ssr: bool = False  # VL-Rethinker Selective Sample Replay in place of rl.selection (trainer.replay.ssr_select)
     ssr_alpha: float = 1.0  # SSR priority exponent: P(j) ∝ |A_j|^alpha (paper and code: 1)
     ssr_buffer: int = 0  # SSR replay history, in samples; 0 = half the rollout batch (released code)

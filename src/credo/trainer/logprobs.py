@@ -9,15 +9,24 @@ O(chunk · V) instead of O(B · T · V); cf. the chunked / "fused linear" cross-
 Cut Cross-Entropy, here with plain PyTorch ops and one extra head forward per chunk in the backward).
 Other policies (Hugging Face VLMs) are scored from their full `forward` logits, chunked the same way after.
 
-Shared prompts (`share_prefix=True`, `rl.share_prefix`): a GRPO group's rows repeat one prompt. When the policy
-has `prefix_hidden_states` (Hugging Face causal LMs) and the rows scored from `positions` share prompts
-(`prompt_groups`), each prompt runs once and its rows continue from its keys and values (Prefix Grouper, Liu
-et al. 2025, arXiv 2506.05433): the same log-probs up to float rounding, and the prompt tokens' share of the
-forward and backward FLOPs divided by the group size.
+Shared prompts (`share_prefix`, `rl.share_prefix`): a GRPO group's rows repeat one prompt; when the rows scored
+from `positions` share prompts (`prompt_groups`), each prompt runs once (Prefix Grouper, Liu et al. 2025, arXiv
+2506.05433): the same log-probs up to float rounding, and the prompt tokens' share of the forward and backward
+FLOPs divided by the group size. Two ways, by `share_prefix`:
+- "cache" (Hugging Face causal LMs without activation checkpointing, `prefix_hidden_states`): the prompts run
+  once, and their keys and values (kept in the autograd graph) are gathered to the rows, whose continuations
+  run on them — two decoder forwards, no wasted attention.
+- "pack" (`packed_hidden_states`, also under activation checkpointing, which turns transformers' KV cache off in
+  training): a group's rows are laid out behind one copy of their prompt, up to `pack_tokens` tokens per packed
+  row (`pack_groups`), with a block mask so that each continuation sees the prompt and itself; one decoder
+  forward (so FSDP2's per-layer gathers are those of a plain forward), at the price of attention over the whole
+  packed row (O(S²) per packed row of S tokens, masked), which `pack_tokens` bounds.
+- "auto": "cache" where the policy can run it, else "pack". "off": the plain forward.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -27,6 +36,8 @@ from credo.core.stats import logprobs_from_logits, token_entropy
 from credo.models.policy import Policy
 
 DEFAULT_CHUNK = 512  # positions per LM-head chunk: 512 × 49152 float32 logits = 100 MB
+DEFAULT_PACK_TOKENS = 1024  # tokens per packed row ("pack"): masked attention ≤ ~1/3 of SmolLM2-135M's matmuls
+SHARE_MODES = ("off", "auto", "cache", "pack")
 
 
 def _score_chunk(
@@ -93,6 +104,92 @@ def _shared_prefix_states(policy: Policy, input_ids: torch.Tensor,
     return both.gather(1, where[:, :, None].expand(B, T, both.shape[2]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """Rows laid out behind shared prompts (`pack_groups`): `input_ids`, `position_ids`, `segments` [n, S] for
+    `packed_hidden_states`, and `where` [B, T]: the flat index (pack · S + column) of each row position's state;
+    positions past a row's last scored token (never read) point at 0."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor
+    where: torch.Tensor
+
+
+def pack_groups(input_ids: torch.Tensor, positions: torch.Tensor,
+                groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor], pack_tokens: int) -> Packing | None:
+    """Pack the rows of `input_ids` [B, T] that share prompts (`groups` from `prompt_groups`) behind one copy of
+    their prompt: a packed row is [prompt, row a's tokens after it, row b's, …] up to `pack_tokens` tokens (a row
+    that does not fit starts a new packed row with the prompt again; a row longer than that alone). A row
+    contributes its tokens up to its last scored position (`positions` [B, T]; the states after it are never
+    read); rows with nothing scored are left out. Returns None when nothing is scored."""
+    B, T = input_ids.shape
+    first, owner, heads = groups
+    scored = positions[:, 1:].bool()  # [B, T-1]: targets 1..T-1
+    last = torch.where(scored.any(1), T - 1 - scored.flip(1).int().argmax(1), -1).tolist()  # [B]
+    ids, first_l, owner_l = input_ids.tolist(), first.tolist(), owner.tolist()
+    packs: list[tuple[list[int], list[int], list[int]]] = []  # (tokens, segments, positions)
+    place: list[tuple[int, int]] = [(-1, 0)] * B  # row → (pack, column of its first token after the prompt)
+    for g, head in enumerate(heads.tolist()):
+        f, cur = first_l[head], -1
+        for b in (i for i in range(B) if owner_l[i] == g and last[i] >= f):
+            n = last[b] - f  # the row's tokens first..last-1 (the state at `last` predicts nothing scored)
+            if cur < 0 or (len(packs[cur][0]) + n > pack_tokens and len(packs[cur][0]) > f):
+                packs.append((ids[head][:f], [0] * f, list(range(f))))
+                cur = len(packs) - 1
+            tokens, segs, pos = packs[cur]
+            place[b] = (cur, len(tokens))
+            tokens += ids[b][f : last[b]]
+            segs += [b + 1] * n
+            pos += range(f, last[b])
+    if not packs:
+        return None
+    S = max(len(p[0]) for p in packs)
+    pad = [(t + [0] * (S - len(t)), p + [0] * (S - len(p)), s + [-1] * (S - len(s))) for t, s, p in packs]
+    dev = input_ids.device
+    t = torch.arange(T, device=dev)[None, :]  # [1, T]
+    pack = torch.tensor([p for p, _ in place], device=dev)[:, None]  # [B, 1]
+    col = torch.tensor([c for _, c in place], device=dev)[:, None]  # [B, 1]
+    f = first.to(dev)[:, None]
+    local = torch.where(t < f, t, col + t - f).clamp(0, S - 1)
+    where = torch.where(pack >= 0, pack.clamp(min=0) * S + local, 0)  # [B, T]
+    return Packing(*(torch.tensor([x[i] for x in pad], device=dev) for i in range(3)), where=where)
+
+
+def _packed_prefix_states(policy: Policy, input_ids: torch.Tensor, positions: torch.Tensor,
+                          groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                          pack_tokens: int) -> torch.Tensor | None:
+    """Hidden states [B, T, D] of `input_ids` through `policy.packed_hidden_states` (`pack_groups`), or None
+    when nothing is scored."""
+    packing = pack_groups(input_ids, positions, groups, pack_tokens)
+    if packing is None:
+        return None
+    states = policy.packed_hidden_states(packing.input_ids, packing.position_ids, packing.segments)  # [n, S, D]
+    return states.reshape(-1, states.shape[-1])[packing.where]  # [B, T, D]
+
+
+def _states(policy: Policy, input_ids: torch.Tensor, images: list | None, positions: torch.Tensor | None,
+            share_prefix: str, pack_tokens: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The states that the head turns into logits [B, T, ·] and the head (module docstring for the modes)."""
+    if share_prefix not in SHARE_MODES:
+        raise ValueError(f"share_prefix {share_prefix!r}: choose one of {SHARE_MODES}")
+    if share_prefix != "off" and positions is not None and not (images and any(images)) \
+            and getattr(policy, "chunkable", False):
+        cache = getattr(policy, "shares_prefix", False) and share_prefix in ("auto", "cache")
+        pack = getattr(policy, "packs_prefix", False) and pack_tokens > 0 and share_prefix in ("auto", "pack")
+        groups = prompt_groups(input_ids, positions) if cache or pack else None
+        if groups is not None and cache:
+            return _shared_prefix_states(policy, input_ids, groups), policy.output_logits
+        if groups is not None:
+            states = _packed_prefix_states(policy, input_ids, positions, groups, pack_tokens)
+            if states is not None:
+                return states, policy.output_logits
+    if getattr(policy, "chunkable", False):
+        return policy.hidden_states(input_ids, images), policy.output_logits  # [B, T, D]
+    # full logits from forward; the log-softmax is still chunked
+    return (policy.forward(input_ids) if images is None else policy.forward(input_ids, images=images)), _identity
+
+
 def sequence_logprobs(
     policy: Policy,
     input_ids: torch.Tensor,
@@ -101,7 +198,8 @@ def sequence_logprobs(
     images: list | None = None,
     positions: torch.Tensor | None = None,
     chunk: int = DEFAULT_CHUNK,
-    share_prefix: bool = False,
+    share_prefix: str = "off",
+    pack_tokens: int = DEFAULT_PACK_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(x_t | x_<t) at every position t ≥ 1 of `input_ids` [B, T] (position 0 gets 0), logits scaled by
     1/temperature exactly as in the sampler; returns logprobs [B, T] (differentiable) and, when `with_entropy`,
@@ -110,23 +208,14 @@ def sequence_logprobs(
     `images`: per row, the row's images (vision policies). `positions` [B, T] (0/1 or bool, optional): only
     these positions are scored, the others get 0 (the update passes its loss mask: the prompt's logits are never
     computed). `chunk`: positions per LM-head chunk (module docstring); raises ValueError when < 1.
-    `share_prefix`: run each prompt shared by several rows once (module docstring), when the policy can
-    (`prefix_hidden_states`, `shares_prefix`), there are no images, `positions` is given and rows share prompts.
+    `share_prefix` ("off", "auto", "cache", "pack"; ValueError otherwise): run each prompt shared by several
+    rows once (module docstring), when the policy can, there are no images, `positions` is given and rows share
+    prompts; `pack_tokens`: the longest packed row ("pack"; 0 turns packing off).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 positions, got {chunk}")
     B, T = input_ids.shape
-    groups = None
-    if share_prefix and positions is not None and not (images and any(images)) \
-            and getattr(policy, "shares_prefix", False) and getattr(policy, "chunkable", False):
-        groups = prompt_groups(input_ids, positions)
-    if groups is not None:
-        states, head = _shared_prefix_states(policy, input_ids, groups), policy.output_logits  # [B, T, D]
-    elif getattr(policy, "chunkable", False):
-        states, head = policy.hidden_states(input_ids, images), policy.output_logits  # [B, T, D]
-    else:  # full logits from forward; the log-softmax is still chunked
-        states = policy.forward(input_ids) if images is None else policy.forward(input_ids, images=images)
-        head = _identity  # states: logits [B, T, V]
+    states, head = _states(policy, input_ids, images, positions, share_prefix, pack_tokens)  # [B, T, D or V]
     sel = torch.ones(B, T - 1, dtype=torch.bool, device=input_ids.device)
     if positions is not None:
         sel = positions[:, 1:].to(device=input_ids.device, dtype=torch.bool)  # [B, T-1]

@@ -130,11 +130,13 @@ def loss_weights(fn: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size) 
     return torch.autograd.grad(fn(x), x, allow_unused=True, materialize_grads=True)[0]  # [b, T]
 
 
-def _share_prefix(cfg: RLConfig) -> bool:
-    """`rl.share_prefix`, in one process only: FSDP2 gathers a layer's shards at each of its forwards, and the
-    shared-prompt forward runs the layers twice, so ranks whose micro-batches differ would issue different
-    collectives."""
-    return cfg.share_prefix and not dist.is_distributed()
+def _share_prefix(cfg: RLConfig) -> str:
+    """The `sequence_logprobs` mode of `rl.share_prefix`: "auto" in one process; "pack" under data parallelism,
+    whose packed forward is one ordinary forward (FSDP2 gathers a layer's shards at each of its forwards, and the
+    "cache" way runs the layers twice, so ranks whose micro-batches differ would issue different collectives)."""
+    if not cfg.share_prefix:
+        return "off"
+    return "pack" if dist.is_distributed() else "auto"
 
 
 def has_signal(batch: Batch, cfg: RLConfig, ref_policy: Policy | None, nll_coef: float) -> bool:
@@ -164,7 +166,7 @@ def recompute_old_logprobs(policy: Policy, batch: Batch, cfg: RLConfig) -> Batch
     for rows in aligned_microbatches(batch, cfg.max_tokens_per_microbatch):
         mb = (_trim(batch.select(rows)) if rows is not None else ghost_microbatch(batch)).to(device)
         lp, _ = sequence_logprobs(policy, mb.input_ids, cfg.temperature, False, mb.images, mb.loss_mask,
-                                  cfg.logprob_chunk, _share_prefix(cfg))
+                                  cfg.logprob_chunk, _share_prefix(cfg), cfg.prefix_pack_tokens)
         if rows is not None:
             old[rows, : lp.shape[1]] = lp.to(old.device)
     return dataclasses.replace(batch, old_logprobs=old)
@@ -186,13 +188,14 @@ def _microbatch_loss(
     if w_nll is not None:
         positions = positions | (w_nll != 0)
     logprobs, entropy = sequence_logprobs(policy, mb.input_ids, cfg.temperature, True, mb.images, positions,
-                                          cfg.logprob_chunk, _share_prefix(cfg))  # [b, T], [b, T]
+                                          cfg.logprob_chunk, _share_prefix(cfg),
+                                          cfg.prefix_pack_tokens)  # [b, T], [b, T]
     loss_tok, m = LOSSES[cfg.loss](logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, params)  # [b, T]
     metrics = {f"loss/{k}": float(v) for k, v in m.items()}
     if cfg.kl_coef > 0 and ref_policy is not None:
         ref_logprobs, _ = sequence_logprobs(ref_policy, mb.input_ids, cfg.temperature, images=mb.images,
                                             positions=mb.loss_mask, chunk=cfg.logprob_chunk,
-                                            share_prefix=_share_prefix(cfg))
+                                            share_prefix=_share_prefix(cfg), pack_tokens=cfg.prefix_pack_tokens)
         kl = KL_ESTIMATORS[cfg.kl_estimator](logprobs, ref_logprobs.detach())  # [b, T]
         loss_tok = loss_tok + cfg.kl_coef * kl
         metrics["loss/kl"] = float(masked_mean(kl.detach(), mb.loss_mask))
