@@ -272,6 +272,27 @@ def test_lora_policy_engine_samples_the_adapted_model(hf_dir):
     assert float(moved.max()) > 1e-2
 
 
+def test_cpu_engine_starts_in_a_process_holding_a_trainer(hf_dir):
+    """vLLM's CPU worker sizes the KV cache as gpu_memory_utilization × RAM minus the resident memory of the
+    process; in `credo train` that process holds the trainer (SmolLM2 after the preset's warm start: 6 GB), and an
+    engine asked for 0.15 of RAM refused to start ("requested memory for kv (-2.4/3.31 GiB)"; this test with
+    `gpu_memory_utilization=0.15` raises the same). The backend's CPU default is a fixed KV cache
+    (`CPU_KV_CACHE_BYTES`): it starts with this process above 0.16 × RAM."""
+    import psutil
+
+    from credo.rollout.vllm import CPU_KV_CACHE_BYTES
+
+    need = int(0.16 * psutil.virtual_memory().total) - psutil.Process().memory_info().rss
+    ballast = torch.ones(max(need, 0) // 4 + 1)  # written, hence resident
+    assert psutil.Process().memory_info().rss > 0.15 * psutil.virtual_memory().total
+    policy, tok = load_hf(hf_dir, gradient_checkpointing=False)
+    gen = VLLMGenerator(policy.eval(), tok, max_batch=8)  # no KV option: the CPU default
+    assert gen.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == CPU_KV_CACHE_BYTES
+    (c,), = gen.generate([GenerationRequest(_prompts(tok, 1)[0])], SamplingParams(4, temperature=0.0))
+    assert len(c.completion_ids) > 0
+    del ballast
+
+
 def test_images_and_bad_requests_raise(fp32):
     policy, tok, gen = fp32
     p = _prompts(tok)[0]

