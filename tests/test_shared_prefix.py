@@ -62,8 +62,12 @@ def _assert_same(got, want):
         torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-@pytest.mark.parametrize("mode,pack_tokens", [("cache", 1024), ("pack", 1024), ("pack", 9)])
-def test_shared_prefix_logprobs_and_gradients_match(policy, mode, pack_tokens):
+@pytest.mark.parametrize("mode,pack_tokens,way", [
+    ("cache", 1024, "prefix"), ("pack", 1024, "packed"), ("pack", 9, "packed"),
+    ("auto", 1024, "packed"),  # every group fits one packed row
+    ("auto", 9, "prefix"),  # a group needs two: the cache way, which the policy can run here
+])
+def test_shared_prefix_logprobs_and_gradients_match(policy, mode, pack_tokens, way):
     ids, mask = _rows(policy.model.config.vocab_size)
     mask[4, 8] = 0  # a hole: an unscored token inside row 4's continuation (a masked observation) stays context
     mask[5, 6:] = 0  # row 5: nothing scored
@@ -76,7 +80,7 @@ def test_shared_prefix_logprobs_and_gradients_match(policy, mode, pack_tokens):
         got = _logprobs_and_grads(policy, ids, mask, mode, pack_tokens)
     finally:
         del policy.prefix_hidden_states, policy.packed_hidden_states
-    assert calls == [{"cache": "prefix_hidden_states", "pack": "packed_hidden_states"}[mode]]
+    assert calls == [f"{way}_hidden_states"]
     assert (got[0][mask == 0] == 0).all()
     _assert_same(got, _logprobs_and_grads(policy, ids, mask, "off"))
 
@@ -91,13 +95,14 @@ def test_pack_groups_by_hand():
     # [1, 2], row 1 [4]; row 2's prompt is [5, 7, 8] and its only scored position 3: nothing after the prompt;
     # row 3 likewise nothing
     assert packing.input_ids.tolist() == [[5, 6, 1, 2, 4], [5, 7, 8, 0, 0]]  # packed rows padded to the longest
+    assert not packing.split
     assert packing.segments.tolist() == [[0, 0, 1, 1, 2], [0, 0, 0, -1, -1]]
     assert packing.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 0, 0]]
     # row 1's state at position 2 (token 4) sits at column 4 of pack 0; row 2 lives in pack 1 (flat offset 5)
     assert packing.where[1, :3].tolist() == [0, 1, 4]
     assert packing.where[2, :3].tolist() == [5, 6, 7]
     two = pack_groups(ids, pos, groups, pack_tokens=4)  # row 1 does not fit behind row 0: the prompt again
-    assert two.input_ids.tolist() == [[5, 6, 1, 2], [5, 6, 4, 0], [5, 7, 8, 0]]
+    assert two.input_ids.tolist() == [[5, 6, 1, 2], [5, 6, 4, 0], [5, 7, 8, 0]] and two.split
     assert pack_groups(ids, torch.zeros_like(pos), groups, 6) is None
 
 

@@ -21,7 +21,9 @@ FLOPs divided by the group size. Two ways, by `share_prefix`:
   row (`pack_groups`), with a block mask so that each continuation sees the prompt and itself; one decoder
   forward (so FSDP2's per-layer gathers are those of a plain forward), at the price of attention over the whole
   packed row (O(S²) per packed row of S tokens, masked), which `pack_tokens` bounds.
-- "auto": "cache" where the policy can run it, else "pack". "off": the plain forward.
+- "auto": "pack" when every group fits in one packed row (measured faster than "cache" there: one forward, no
+  padding between a group's rows; `benchmarks/shared_prefix.py`), else "cache" where the policy can run it, else
+  "pack". "off": the plain forward.
 """
 
 from __future__ import annotations
@@ -108,12 +110,14 @@ def _shared_prefix_states(policy: Policy, input_ids: torch.Tensor,
 class Packing:
     """Rows laid out behind shared prompts (`pack_groups`): `input_ids`, `position_ids`, `segments` [n, S] for
     `packed_hidden_states`, and `where` [B, T]: the flat index (pack · S + column) of each row position's state;
-    positions past a row's last scored token (never read) point at 0."""
+    positions past a row's last scored token (never read) point at 0; `split`: some group took more than one
+    packed row (its rows did not fit in `pack_tokens`)."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     segments: torch.Tensor
     where: torch.Tensor
+    split: bool = False
 
 
 def pack_groups(input_ids: torch.Tensor, positions: torch.Tensor,
@@ -129,12 +133,14 @@ def pack_groups(input_ids: torch.Tensor, positions: torch.Tensor,
     last = torch.where(scored.any(1), T - 1 - scored.flip(1).int().argmax(1), -1).tolist()  # [B]
     ids, first_l, owner_l = input_ids.tolist(), first.tolist(), owner.tolist()
     packs: list[tuple[list[int], list[int], list[int]]] = []  # (tokens, segments, positions)
+    split = False
     place: list[tuple[int, int]] = [(-1, 0)] * B  # row → (pack, column of its first token after the prompt)
     for g, head in enumerate(heads.tolist()):
         f, cur = first_l[head], -1
         for b in (i for i in range(B) if owner_l[i] == g and last[i] >= f):
             n = last[b] - f  # the row's tokens first..last-1 (the state at `last` predicts nothing scored)
             if cur < 0 or (len(packs[cur][0]) + n > pack_tokens and len(packs[cur][0]) > f):
+                split = split or cur >= 0
                 packs.append((ids[head][:f], [0] * f, list(range(f))))
                 cur = len(packs) - 1
             tokens, segs, pos = packs[cur]
@@ -153,17 +159,11 @@ def pack_groups(input_ids: torch.Tensor, positions: torch.Tensor,
     f = first.to(dev)[:, None]
     local = torch.where(t < f, t, col + t - f).clamp(0, S - 1)
     where = torch.where(pack >= 0, pack.clamp(min=0) * S + local, 0)  # [B, T]
-    return Packing(*(torch.tensor([x[i] for x in pad], device=dev) for i in range(3)), where=where)
+    return Packing(*(torch.tensor([x[i] for x in pad], device=dev) for i in range(3)), where=where, split=split)
 
 
-def _packed_prefix_states(policy: Policy, input_ids: torch.Tensor, positions: torch.Tensor,
-                          groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                          pack_tokens: int) -> torch.Tensor | None:
-    """Hidden states [B, T, D] of `input_ids` through `policy.packed_hidden_states` (`pack_groups`), or None
-    when nothing is scored."""
-    packing = pack_groups(input_ids, positions, groups, pack_tokens)
-    if packing is None:
-        return None
+def _packed_prefix_states(policy: Policy, packing: Packing) -> torch.Tensor:
+    """Hidden states [B, T, D] of the packed rows' sequences through `policy.packed_hidden_states`."""
     states = policy.packed_hidden_states(packing.input_ids, packing.position_ids, packing.segments)  # [n, S, D]
     return states.reshape(-1, states.shape[-1])[packing.where]  # [B, T, D]
 
@@ -178,12 +178,11 @@ def _states(policy: Policy, input_ids: torch.Tensor, images: list | None, positi
         cache = getattr(policy, "shares_prefix", False) and share_prefix in ("auto", "cache")
         pack = getattr(policy, "packs_prefix", False) and pack_tokens > 0 and share_prefix in ("auto", "pack")
         groups = prompt_groups(input_ids, positions) if cache or pack else None
+        packing = pack_groups(input_ids, positions, groups, pack_tokens) if groups is not None and pack else None
+        if packing is not None and not (cache and packing.split):  # "auto": packs unless a group needs two
+            return _packed_prefix_states(policy, packing), policy.output_logits
         if groups is not None and cache:
             return _shared_prefix_states(policy, input_ids, groups), policy.output_logits
-        if groups is not None:
-            states = _packed_prefix_states(policy, input_ids, positions, groups, pack_tokens)
-            if states is not None:
-                return states, policy.output_logits
     if getattr(policy, "chunkable", False):
         return policy.hidden_states(input_ids, images), policy.output_logits  # [B, T, D]
     # full logits from forward; the log-softmax is still chunked
