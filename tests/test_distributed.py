@@ -6,6 +6,7 @@
 2. `torchrun --nproc-per-node 2 -m credo train` finishes; rank 0's metrics and report are complete; a run stopped
    at step k and resumed with N = 2 is bit-identical to the uninterrupted N = 2 run; resumed with N = 1 it continues
    from the same checkpoint (model, optimizer, data position), with other samples (only statistically equal).
+3. The SFT warm start with N = 2 (each rank its share of every batch, gradients summed) equals one process's.
 """
 
 from __future__ import annotations
@@ -135,6 +136,49 @@ def test_two_process_update_equals_one_process(tmp_path):
         assert m["loss/optimizer_steps"] == ref["loss/optimizer_steps"] == 4.0, key
         assert abs(m["loss/policy"] - ref["loss/policy"]) < 1e-5, key
         assert abs(m["loss/grad_norm"] - ref["loss/grad_norm"]) < 1e-4, key
+
+
+# ---- data-parallel SFT warm start --------------------------------------------------------------------------------
+
+SFT_BATCHES = [5, 1]  # an uneven split (3 rows / 2 rows), and a rank with no rows at all
+
+
+def _sft(batch_size: int) -> tuple[dict[str, torch.Tensor], list[float]]:
+    from credo.envs.arith import ArithConfig, ArithEnv
+    from credo.models.tokenizer import CharTokenizer
+    from credo.trainer.config import SFTConfig
+    from credo.trainer.sft import sft
+
+    torch.manual_seed(0)
+    tok = CharTokenizer()
+    policy = TinyLM(TinyConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=160))
+    env = ArithEnv(ArithConfig(n_sft=32, n_train=8, n_test=8, direct_frac=0.5))
+    hist = sft(policy, tok, env, SFTConfig(steps=3, batch_size=batch_size, lr=1e-3, warmup=1), seed=0)
+    return {n: p.detach().clone() for n, p in policy.state_dict().items()}, [m["sft/loss"] for m in hist]
+
+
+def _sft_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    assert dist.init_from_env("cpu")
+    results = {b: _sft(b) for b in SFT_BATCHES}
+    torch.save(results, f"{out}.{rank}")
+    dist.close()
+
+
+def test_two_process_sft_equals_one_process(tmp_path):
+    """The warm start under torchrun: each rank runs its share of every batch, gradients summed over ranks, the
+    loss normalised by the batch's token count: the same parameters and losses as one process (within 1e-5)."""
+    out = tmp_path / "sft.pt"
+    mp.spawn(_sft_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
+    for b in SFT_BATCHES:
+        state, losses = _sft(b)
+        for r in range(2):
+            got, got_losses = ranks[r][b]
+            assert got_losses == pytest.approx(losses, abs=1e-5), (b, r)
+            for n, p in state.items():
+                torch.testing.assert_close(got[n], p, atol=1e-5, rtol=0, msg=f"batch {b} rank {r} {n}")
 
 
 # ---- DAPO dynamic sampling with global counts -------------------------------------------------------------------

@@ -16,6 +16,8 @@ trainer calls them unconditionally and one process behaves as before.
 - Generation: ranks decode on full weights (`generation_copy`, refreshed by `copy_full_weights` parameter by
   parameter, so no rank holds the full model twice during the refresh); rollouts and rank 0's evaluation then need
   no collective.
+- SFT warm start (before sharding): each rank runs its share of every batch on a whole copy of the model and the
+  gradients are summed (`all_reduce_grads`), the loss normalised by the batch's global token count.
 - Checkpoints: `full_model_state` / `full_optimizer_state` gather each tensor in turn onto rank 0 in the
   one-process format (same keys, integer optimizer ids), so a checkpoint resumes with any number of processes;
   `load_optimizer_state` cuts the full tensors back into this rank's shards.
@@ -135,6 +137,19 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_reduce_grads(parameters: Iterable[torch.Tensor]) -> None:
+    """Sum each trainable parameter's gradient over ranks, in place (zeros stand in where a rank has none, e.g. an
+    empty share of the batch): data parallelism on whole, unsharded modules, as DDP does (the SFT warm start runs
+    before FSDP2 shards the policy). Nothing when not distributed."""
+    if not is_distributed():
+        return
+    for p in parameters:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
 
 
 def from_main(fn: Callable[[], Any]) -> Any:

@@ -97,14 +97,17 @@ def _eval(ctx: stages.StepContext, step: int, run_dir: Path) -> dict[str, Any]:
 def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: MultiSink) -> tuple[Any, Any]:
     """The model RL starts from, saved as start_model/: `model.path`, else a fresh TinyLM; trained by SFT on the
     env's "sft" split when `sft.enabled` (for a model from `model.path` only with `sft.on_model_path`). Data
-    parallel: rank 0 makes it, the other ranks wait and load its start_model/."""
-    if not dist.is_main():
+    parallel: every rank loads the model and runs the SFT on its share of each batch (`trainer.sft.sft`); rank 0
+    saves start_model/ and the other ranks load it (so every rank starts RL from rank 0's bytes)."""
+    warm = cfg.sft.enabled and (cfg.sft.on_model_path or not cfg.model.path)
+    if not dist.is_main() and not warm:
         dist.barrier()
         return load_policy(run_dir / "start_model", cfg.model)
     torch.manual_seed(cfg.run.seed)
     policy, tok = load_policy(cfg.model.path, cfg.model) if cfg.model.path else build_policy(cfg.model)
-    if cfg.sft.enabled and (cfg.sft.on_model_path or not cfg.model.path):
-        bar = tqdm(total=cfg.sft.steps, desc="sft", disable=not cfg.run.progress, dynamic_ncols=True)
+    if warm:
+        bar = tqdm(total=cfg.sft.steps, desc="sft", disable=not (cfg.run.progress and dist.is_main()),
+                   dynamic_ncols=True)
 
         def on_step(step: int, m: dict[str, float]) -> None:
             sink.log({"phase": "sft", "step": step, **m})
@@ -113,8 +116,12 @@ def _warm_start(cfg: Config, env: Any, run_dir: Path, sink: MultiSink) -> tuple[
 
         sft(policy, tok, env, cfg.sft, cfg.run.seed, on_step)
         bar.close()
-    save_policy(policy, tok, run_dir / "start_model")
+    if dist.is_main():
+        save_policy(policy, tok, run_dir / "start_model")
     dist.barrier()
+    if not dist.is_main():
+        del policy
+        return load_policy(run_dir / "start_model", cfg.model)
     return policy, tok
 
 

@@ -17,6 +17,7 @@ from credo.envs.tools import TOOLS, Tool
 from credo.models.policy import Policy
 from credo.rollout.engine import encode_prompt
 from credo.rollout.multiturn import reference_trajectory
+from credo.trainer import distributed as dist
 from credo.trainer.config import SFTConfig
 from credo.trainer.logprobs import sequence_logprobs
 
@@ -63,7 +64,7 @@ def sft_rows(
 
 
 def self_completions(policy: Policy, tokenizer: Any, env: Environment, examples: list, cfg: SFTConfig,
-                     seed: int) -> tuple[list, list[str], dict[str, float]]:
+                     seed: int, require: bool = True) -> tuple[list, list[str], dict[str, float]]:
     """Warm-start data from the model's own correct samples: rejection-sampling fine-tuning (STaR, Zelikman et
     al. 2022, arXiv 2203.14465; RFT, Yuan et al. 2023, arXiv 2308.01825), so that the warm start teaches the
     env's answer format without replacing how the model already works problems out.
@@ -75,12 +76,15 @@ def self_completions(policy: Policy, tokenizer: Any, env: Environment, examples:
     envs whose reference completion is the answer block, e.g. reasoning-gym's `<answer>N</answer>`). Identical
     completions of one example are kept once. Returns (examples, completions) aligned, and counts
     `sft/self_samples`, `sft/self_kept`, `sft/self_examples` (examples with at least one kept sample).
-    Raises ValueError when no sample is kept (nothing to train on)."""
+    Raises ValueError when no sample is kept (nothing to train on) and `require`."""
     from credo.envs.runner import run_inline
     from credo.envs.verifiers import get_verifier
     from credo.rollout.backend import SamplingParams, as_generator
     from credo.rollout.engine import rollout
 
+    if not examples:  # an empty share (data parallelism)
+        _no_samples(0, cfg, require)
+        return [], [], {"sft/self_samples": 0.0, "sft/self_kept": 0.0, "sft/self_examples": 0.0}
     params = SamplingParams(cfg.self_max_new_tokens, temperature=1.0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -100,12 +104,32 @@ def self_completions(policy: Policy, tokenizer: Any, env: Environment, examples:
         elif b is not None and b.correct:
             kept.setdefault((i // cfg.self_samples, t), (ex, f"{t}\n{env.reference_completion(ex)}"))
     if not kept:
-        judge = cfg.self_verifier or "the env's own"
-        raise ValueError(f"sft.source=self: none of {len(texts)} samples was correct (verifier: {judge}); "
-                         "nothing to warm-start on")
+        _no_samples(len(texts), cfg, require)
     stats = {"sft/self_samples": float(len(texts)), "sft/self_kept": float(len(kept)),
              "sft/self_examples": float(len({k[0] for k in kept}))}
     return [v[0] for v in kept.values()], [v[1] for v in kept.values()], stats
+
+
+def _no_samples(n: int, cfg: SFTConfig, require: bool) -> None:
+    if require:
+        judge = cfg.self_verifier or "the env's own"
+        raise ValueError(f"sft.source=self: none of {n} samples was correct (verifier: {judge}); "
+                         "nothing to warm-start on")
+
+
+def _self_data(policy: Policy, tokenizer: Any, env: Environment, examples: list, cfg: SFTConfig,
+               seed: int) -> tuple[list, list[str], dict[str, float]]:
+    """`self_completions` on this rank's share of `examples` (its own sampling seed), gathered from every rank in
+    rank order, counts summed (one process: `self_completions` itself)."""
+    if not dist.is_distributed():
+        return self_completions(policy, tokenizer, env, examples, cfg, seed)
+    parts = dist.all_gather_object(self_completions(policy, tokenizer, env, dist.share(examples), cfg,
+                                                    dist.rank_seed(seed), require=False))
+    exs = [e for p in parts for e in p[0]]
+    stats = {k: sum(p[2][k] for p in parts) for k in parts[0][2]}
+    if not exs:
+        _no_samples(int(stats["sft/self_samples"]), cfg, True)
+    return exs, [c for p in parts for c in p[1]], stats
 
 
 def sft_tensors(tokenizer: Any, env: Environment, examples: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,10 +182,15 @@ def sft(
 ) -> list[dict[str, float]]:
     """Train `policy` in place on the environment's "sft" split; returns per-step metrics. `tools` (default:
     the whole registry) and `max_images` serve multi-turn references (`sft_rows`); tool images are resampled to
-    the model's `image_size`."""
+    the model's `image_size`.
+
+    Under torchrun (every rank calls it, each on a whole copy of the model): each batch is drawn alike on every
+    rank, each rank runs its contiguous share of the rows, the loss is normalised by the batch's token count and
+    the gradients are summed over ranks (`distributed.all_reduce_grads`), so one step is the one-process step up
+    to float rounding; `sft.source = "self"` samples each rank's share of the examples (`_self_data`)."""
     examples, completions, first = env.examples("sft"), None, {}
     if cfg.source == "self":
-        examples, completions, first = self_completions(policy, tokenizer, env, examples, cfg, seed)
+        examples, completions, first = _self_data(policy, tokenizer, env, examples, cfg, seed)
     elif cfg.source != "reference":
         raise ValueError(f"sft.source must be 'reference' or 'self', got {cfg.source!r}")
     image_size = getattr(getattr(policy, "cfg", None), "image_size", 48)
@@ -174,11 +203,12 @@ def sft(
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        idx = torch.randint(0, ids.shape[0], (cfg.batch_size,), generator=g)
-        n_tokens = mask[idx].sum().clamp_min(1).to(dev)
+        batch = torch.randint(0, ids.shape[0], (cfg.batch_size,), generator=g)  # alike on every rank
+        n_tokens = mask[batch].sum().clamp_min(1).to(dev)
+        idx = torch.tensor(dist.share(batch.tolist()), dtype=torch.long)  # this rank's rows (all in one process)
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=dev)
-        for part in length_buckets(lengths[idx].tolist()):  # token_mean over the batch, in length groups
+        for part in (length_buckets(lengths[idx].tolist()) if len(idx) else []):  # token_mean, in length groups
             rows = idx[part]
             T = int(lengths[rows].max())  # trim padding columns
             imgs = [images[i] for i in rows.tolist()] if images is not None else None
@@ -186,10 +216,11 @@ def sft(
             part_loss = (-lp * mask[rows, :T].to(dev)).sum() / n_tokens
             part_loss.backward()
             loss += part_loss.detach()
+        dist.all_reduce_grads(policy.parameters())
         gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
-        m = {"sft/loss": loss.item(), "sft/grad_norm": float(gnorm), "sft/lr": opt.param_groups[0]["lr"],
-             **(first if step == 0 else {})}
+        m = {"sft/loss": dist.all_reduce([loss.item()])[0], "sft/grad_norm": float(gnorm),
+             "sft/lr": opt.param_groups[0]["lr"], **(first if step == 0 else {})}
         history.append(m)
         if on_step is not None:
             on_step(step, m)
