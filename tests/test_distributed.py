@@ -6,7 +6,8 @@
 2. `torchrun --nproc-per-node 2 -m credo train` finishes; rank 0's metrics and report are complete; a run stopped
    at step k and resumed with N = 2 is bit-identical to the uninterrupted N = 2 run; resumed with N = 1 it continues
    from the same checkpoint (model, optimizer, data position), with other samples (only statistically equal).
-3. The SFT warm start with N = 2 (each rank its share of every batch, gradients summed) equals one process's.
+3. The SFT warm start with N = 2 (each rank its share of every batch, gradients summed) equals one process's; so
+   does an update of a Hugging Face model whose groups share prompts (packed rows under FSDP2).
 """
 
 from __future__ import annotations
@@ -136,6 +137,86 @@ def test_two_process_update_equals_one_process(tmp_path):
         assert m["loss/optimizer_steps"] == ref["loss/optimizer_steps"] == 4.0, key
         assert abs(m["loss/policy"] - ref["loss/policy"]) < 1e-5, key
         assert abs(m["loss/grad_norm"] - ref["loss/grad_norm"]) < 1e-4, key
+
+
+# ---- shared prompts under FSDP2: a Hugging Face model, rows packed behind their prompt -------------------------
+
+
+def _shared_prompt_batch(vocab: int) -> Batch:
+    """8 rows: 2 groups of 4 rows, each group one 5-token prompt, completions of 2-9 tokens, advantages ±1."""
+    g = torch.Generator().manual_seed(2)
+    prompt, lens = 5, [3, 9, 2, 6, 7, 4, 8, 5]
+    B, T = len(lens), prompt + max(lens)
+    ids = torch.randint(3, vocab, (B, T), generator=g)
+    for i in range(B):
+        ids[i, :prompt] = ids[i // 4 * 4, :prompt]
+    attn, loss_mask = torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T)
+    for i, n in enumerate(lens):
+        attn[i, : prompt + n] = True
+        loss_mask[i, prompt : prompt + n] = 1.0
+        ids[i, prompt + n :] = 0
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, 1.0, -1.0, 1.0])
+    old = (torch.randn(B, T, generator=g) * 0.1 - 3.0) * loss_mask
+    return Batch(input_ids=ids, attention_mask=attn, loss_mask=loss_mask, segment_ids=torch.zeros(B, T).long(),
+                 old_logprobs=old, advantages=sign[:, None] * loss_mask, group_ids=torch.arange(B) // 4,
+                 rewards=torch.zeros(B))
+
+
+def _hf_update(path: str, rows: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], int]:
+    """One SGD step of a tiny Hugging Face Llama (activation checkpointing on) on `rows` of the shared-prompt batch
+    (all rows when None), sharded when distributed; the full state and how many packed forwards ran."""
+    import credo.trainer.logprobs as logprobs
+    from credo.models.hf import load_hf
+
+    policy, _ = load_hf(path, gradient_checkpointing=True)
+    batch = _shared_prompt_batch(policy.model.config.vocab_size)
+    if rows is not None:
+        batch = batch.select(torch.arange(*rows))
+    calls, packed = [], logprobs._packed_prefix_states
+    logprobs._packed_prefix_states = lambda *a: calls.append(1) or packed(*a)
+    try:
+        policy = dist.shard_policy(policy)
+        cfg = RLConfig(minibatches=1, ppo_epochs=1, lr=0.5, warmup_steps=0, max_grad_norm=1e9, max_new_tokens=16)
+        policy_update(policy, torch.optim.SGD(policy.parameters()), batch, cfg, torch.Generator().manual_seed(0))
+    finally:
+        logprobs._packed_prefix_states = packed
+    return dist.full_model_state(policy), len(calls)
+
+
+def _hf_pack_worker(rank: int, world: int, port: int, path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    assert dist.init_from_env("cpu")
+    state, calls = _hf_update(path, [(0, 4), (4, 8)][rank])  # whole groups per rank, as the rollout splits them
+    if dist.is_main():
+        torch.save((state, calls), out)
+    dist.close()
+
+
+def test_two_process_update_with_packed_prompts_equals_one_process(tmp_path):
+    """Under torchrun the update runs shared prompts the "pack" way (one ordinary forward, FSDP2's hooks on
+    `packed_hidden_states`), here with activation checkpointing on a Hugging Face model: N = 2 gives one
+    process's parameters within 1e-5."""
+    from credo.models.tiny_hf import make_tiny_hf
+
+    path = make_tiny_hf(tmp_path / "m", arch="llama", hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                        intermediate_size=128, vocab_size=64)
+    out = tmp_path / "pack.pt"
+    mp.spawn(_hf_pack_worker, args=(2, _free_port(), str(path), str(out)), nprocs=2, join=True)
+    state, calls = torch.load(out, weights_only=False)
+    ref, ref_calls = _hf_update(str(path), None)
+    assert calls >= 1 and ref_calls >= 1  # both took the packed way
+    before = _hf_state(path)
+    assert max(float((ref[n] - before[n]).abs().max()) for n in ref) > 1e-3  # the step moved the weights
+    for n, p in ref.items():
+        torch.testing.assert_close(state[n], p, atol=1e-5, rtol=0, msg=n)
+
+
+def _hf_state(path: Path) -> dict[str, torch.Tensor]:
+    from credo.models.hf import load_hf
+
+    policy, _ = load_hf(path, gradient_checkpointing=False)
+    return {n: t.detach().clone() for n, t in policy.state_dict().items()}
 
 
 # ---- data-parallel SFT warm start --------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ trainer calls them unconditionally and one process behaves as before.
   (compute dtype for parameters, float32 gradient reductions; the sharded masters stay float32). `hidden_states`
   is registered as a forward method, so the trainer's chunked log-probs (`trainer.logprobs`: body once, LM head in
   chunks) run through FSDP's hooks: the root's parameters are gathered once per micro-batch and stay gathered until
-  its backward (`reshard_after_forward=False`), whatever the number of LM-head chunks per rank. Gradients are
+  its backward (`reshard_after_forward=False`), whatever the number of LM-head chunks per rank; so is
+  `packed_hidden_states` (shared prompts under data parallelism, `trainer.logprobs`). Gradients are
   reduce-scattered as SUMS (`set_gradient_divide_factor(1)`): the update normalises every rank's loss by global
   counts already (`trainer.update`), so the sum over ranks is the one-process gradient.
 - Generation: ranks decode on full weights (`generation_copy`, refreshed by `copy_full_weights` parameter by
@@ -255,8 +256,9 @@ def shard_policy(policy: nn.Module, compute_dtype: torch.dtype | None = None) ->
     for layer in decoder_layers(policy):
         fully_shard(layer, **kwargs)
     fully_shard(policy, reshard_after_forward=False, **kwargs)
-    if hasattr(policy, "hidden_states"):
-        register_fsdp_forward_method(policy, "hidden_states")
+    for method in ("hidden_states", "packed_hidden_states"):  # the log-prob forwards (trainer.logprobs)
+        if hasattr(policy, method):
+            register_fsdp_forward_method(policy, method)
     for m in policy.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # sums: each rank's loss is its share of the global loss
