@@ -46,3 +46,16 @@ def test_auto_is_native_for_a_tiny_model_and_on_cpu(tmp_path):
     hf_policy, hf_tok = load_hf(d)
     assert resolve_backend("auto", hf_policy) == "native"  # on CPU, whatever is installed
     assert type(make_generator("auto", hf_policy, hf_tok)).__name__ == "NativeGenerator"
+
+
+def test_rollout_sleep_needs_the_vllm_backend(tmp_path):
+    """`rollout.sleep` is vLLM's sleep mode: with the native backend the run stops at once (before any model
+    loads), with one line saying what it needs."""
+    from credo.trainer.config import load_config
+    from credo.trainer.loop import train
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "rollout.sleep=true"])
+    with pytest.raises(ValueError, match="rollout.sleep is vLLM's sleep mode") as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())  # stopped before the run wrote anything

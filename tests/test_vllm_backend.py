@@ -293,6 +293,14 @@ def test_cpu_engine_starts_in_a_process_holding_a_trainer(hf_dir):
     del ballast
 
 
+def test_sleep_mode_is_refused_where_vllm_has_none(hf_dir):
+    """`rollout.sleep`: vLLM's sleep mode exists on CUDA/ROCm/XPU only; the CPU build refuses it with one line
+    before an engine starts (the GPU test, `test_vllm_gpu.py`, checks that sleeping frees memory)."""
+    policy, tok = load_hf(hf_dir, gradient_checkpointing=False)
+    with pytest.raises(ValueError, match="sleep mode needs a CUDA"):
+        VLLMGenerator(policy, tok, max_batch=8, sleep=True, **KV)
+
+
 def test_images_and_bad_requests_raise(fp32):
     policy, tok, gen = fp32
     p = _prompts(tok)[0]

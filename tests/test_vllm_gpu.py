@@ -71,3 +71,24 @@ def test_gpu_logprobs_top_p_and_greedy_after_a_sync(engine):
         agree = sum(a == b for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=False))
         print(f"bf16 engine on CUDA: {agree}/{32 * len(prompts)} greedy tokens agree with the trainer")
         assert all(g[0] == w[0] for g, w in zip(got, want, strict=True))
+
+
+def test_gpu_sleep_mode_frees_memory_and_keeps_outputs(hf_dir):
+    """`rollout.sleep`: after a rollout the engine sleeps (weights to host memory, KV cache dropped), so free GPU
+    memory rises; a sync and the next rollout wake it, and greedy outputs equal an engine that never sleeps."""
+    policy, tok = load_hf(hf_dir, device="cuda", gradient_checkpointing=False)
+    prompts = [GenerationRequest(tok.encode_prompt(t)) for t in ("What is 12 + 7?", "Name a colour.")]
+    greedy = SamplingParams(16, temperature=0.0)
+    awake = VLLMGenerator(policy.eval(), tok, max_batch=8, gpu_memory_utilization=0.2)
+    want = [c[0].completion_ids.tolist() for c in awake.generate(prompts, greedy)]
+    del awake
+    torch.cuda.empty_cache()
+    gen = VLLMGenerator(policy, tok, max_batch=8, gpu_memory_utilization=0.2, sleep=True)
+    free_awake = torch.cuda.mem_get_info()[0]
+    first = gen.generate(prompts, greedy)  # sleeps at its end
+    free_asleep = torch.cuda.mem_get_info()[0]
+    print(f"\nfree GPU memory: engine awake {free_awake / 2**30:.2f} GiB, asleep {free_asleep / 2**30:.2f} GiB")
+    assert free_asleep > free_awake
+    gen.sync_weights(policy)  # wakes the weights
+    again = gen.generate(prompts, greedy)
+    assert [c[0].completion_ids.tolist() for c in first] == want == [c[0].completion_ids.tolist() for c in again]

@@ -88,6 +88,12 @@ def weight_plan(engine_params: dict[str, tuple[int, ...]], trainer_names: set[st
     return plan
 
 
+def _sleep_mode_available() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
 class VLLMGenerator:
     """The vLLM backend (module docstring) on `policy` (an `HFPolicy` text model) and its `tokenizer`.
 
@@ -95,8 +101,9 @@ class VLLMGenerator:
     dtype); `max_batch`: most sequences decoded at once (vLLM's `max_num_seqs`); `max_len`: longest prompt +
     completion (None: the model's `max_position_embeddings`, capped at 4096); `gpu_memory_utilization`: the GPU
     memory share (None: 0.3); on a CPU the KV cache is `engine_kwargs["kv_cache_memory_bytes"]` (default
-    `CPU_KV_CACHE_BYTES`) unless `gpu_memory_utilization` is given; `seed`: the engine's own seed;
-    `engine_kwargs` go to `vllm.LLM`.
+    `CPU_KV_CACHE_BYTES`) unless `gpu_memory_utilization` is given; `seed`: the engine's own seed; `sleep`:
+    release the engine's memory between rollouts (`sleep`; ValueError where vLLM has no sleep mode, e.g. its CPU
+    build); `engine_kwargs` go to `vllm.LLM`.
     Raises TypeError for a policy without a Hugging Face model.
     """
 
@@ -111,6 +118,7 @@ class VLLMGenerator:
         gpu_memory_utilization: float | None = None,
         seed: int = 0,
         image_size: int | None = None,
+        sleep: bool = False,
         **engine_kwargs: Any,
     ) -> None:
         model = getattr(policy, "model", None)
@@ -120,6 +128,9 @@ class VLLMGenerator:
         if getattr(model.config, "vision_config", None) is not None:
             raise ValueError("rollout.backend='vllm': vision-language models stay on rollout.backend='native' "
                              "(vLLM's image path needs torchvision, which cannot load beside credo's CPU torch)")
+        if sleep and not _sleep_mode_available():
+            raise ValueError("rollout.sleep: vLLM's sleep mode needs a CUDA (or ROCm/XPU) platform; this vLLM build "
+                             "has none (the CPU build keeps its memory)")
         self.policy, self.tokenizer = policy, tokenizer
         self.image_size = image_size or 48
         self.dtype = _dtype(dtype if dtype is not None else getattr(policy, "compute_dtype", torch.float32))
@@ -136,8 +147,10 @@ class VLLMGenerator:
         self.llm = vllm.LLM(
             model=self._dir.name, load_format="dummy", dtype=self.dtype, seed=seed, max_model_len=self.max_len,
             max_num_seqs=max_batch, enforce_eager=True, logprobs_mode="raw_logprobs",
-            gpu_memory_utilization=gpu_memory_utilization or 0.3, **engine_kwargs,
+            gpu_memory_utilization=gpu_memory_utilization or 0.3, enable_sleep_mode=sleep, **engine_kwargs,
         )
+        self.sleep_mode = sleep
+        self._asleep: set[str] = set()  # the parts of the engine's memory released (`sleep`)
         self._scale = 1.0
         self._stale: str | None = "weights not synced yet"
         self.sync_weights(policy)
@@ -157,6 +170,22 @@ class VLLMGenerator:
             self._apply(set_scale)
             self._scale = scale
 
+    # ---- sleep mode (GPUs) ------------------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Release the engine's device memory until the next sync or rollout: vLLM's sleep level 1 (weights to
+        host memory, KV cache dropped), as TRL's colocate mode does during the update. Nothing unless built with
+        `sleep=True`; `generate` calls it at its end."""
+        if self.sleep_mode and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = {"weights", "kv_cache"}
+
+    def _wake(self, *tags: str) -> None:
+        """Bring back the released parts named (`weights` before a sync, both before a rollout)."""
+        if todo := [t for t in tags if t in self._asleep]:
+            self.llm.wake_up(tags=todo)
+            self._asleep -= set(todo)
+
     # ---- weights ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -168,6 +197,7 @@ class VLLMGenerator:
         ValueError."""
         if policy is not self.policy:
             raise ValueError("sync_weights: this generator was built on another policy object; build a new one")
+        self._wake("weights")  # the KV cache stays released until the next rollout
         # under the model's names, tied weights once; a LoRA policy's merged weights (HFPolicy.engine_weights)
         src = policy.engine_weights() if hasattr(policy, "engine_weights") else dict(policy.model.named_parameters())
         shapes = self._apply(_logical_shapes)
@@ -202,7 +232,8 @@ class VLLMGenerator:
         wrong = self._apply(lambda m: _readback(m, expected, src, dtype) + _probe_linears(m, expected, src, dtype))
         if wrong:
             raise RuntimeError(f"vLLM weight sync: engine tensors differ from the trainer's after loading: {wrong}")
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        if "kv_cache" not in self._asleep:  # (sleeping cleared it)
+            self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self._stale = None
 
     # ---- generation -------------------------------------------------------------------------------------------
@@ -220,6 +251,15 @@ class VLLMGenerator:
             if not 0 <= r.prompt_logprobs < len(r.prompt_ids):
                 raise ValueError(f"prompt_logprobs={r.prompt_logprobs}: needs 0 <= k < len(prompt_ids) = "
                                  f"{len(r.prompt_ids)}")
+        self._wake("weights", "kv_cache")
+        try:
+            return self._generate(requests, params, rng)
+        finally:
+            self.sleep()
+
+    def _generate(
+        self, requests: list[GenerationRequest], params: SamplingParams, rng: torch.Generator | None
+    ) -> list[list[Completion]]:
         greedy = params.temperature <= 0
         t_lp = params.logprob_temperature or (1.0 if greedy else params.temperature)
         self._set_logit_scale(1.0 / t_lp)

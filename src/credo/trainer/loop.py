@@ -27,7 +27,7 @@ from credo.models import build_policy, load_policy, save_policy
 from credo.models.lora import LoraPolicy, apply_lora
 from credo.rewards.perception import make_reasoner
 from credo.rewards.terms import RewardModel, TermContext, term_weights
-from credo.rollout.backend import make_generator
+from credo.rollout.backend import make_generator, resolve_backend
 from credo.trainer import checkpoint as ckpt
 from credo.trainer import distributed as dist
 from credo.trainer import stages
@@ -140,6 +140,10 @@ def train(cfg: Config) -> dict[str, float]:
                 VerifyRunner(env.verify, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s))
         joined = dist.init_from_env(cfg.model.device)  # under torchrun: one rank of a data-parallel run
         stack.callback(dist.close if joined else lambda: None)
+        if dist.world_size() > 1:
+            _refuse_under_torchrun(cfg)  # before the warm start loads a model
+        if cfg.rollout.sleep and cfg.rollout.backend == "native":
+            raise ValueError("rollout.sleep is vLLM's sleep mode: it needs rollout.backend = 'vllm'")
         run = build_run(cfg, env, runner, eval_runner)
         return run_loop(run)
 
@@ -232,12 +236,15 @@ def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any
     """(what the generation backend decodes with, the backend, the policy to train). One process: the policy, its
     backend, the policy. Under torchrun: a full-weight copy for TinyLM (`dist.generation_copy`) or the native
     engine's own copy for Hugging Face models, built before the policy is FSDP-sharded (`dist.shard_policy`)."""
-    if dist.world_size() > 1:
-        _refuse_under_torchrun(cfg)
     if dist.world_size() > cfg.rl.prompts_per_step:
         raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} < {dist.world_size()} processes")
     gen_policy = dist.generation_copy(policy)
-    gen = make_generator(cfg.rollout.backend, gen_policy, tok, max_batch=cfg.rollout.max_batch)
+    options: dict[str, Any] = {"max_batch": cfg.rollout.max_batch}
+    if cfg.rollout.sleep:
+        if resolve_backend(cfg.rollout.backend, gen_policy) != "vllm":
+            raise ValueError("rollout.sleep is vLLM's sleep mode: it needs rollout.backend = 'vllm'")
+        options["sleep"] = True
+    gen = make_generator(cfg.rollout.backend, gen_policy, tok, **options)
     if dist.is_distributed() and getattr(gen, "decoder", None) is policy and not hasattr(policy, "blocks"):
         raise ValueError("under torchrun a Hugging Face model must decode on the native engine (a Llama-family "
                          "model with model.native_decode = true)")
