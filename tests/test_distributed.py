@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -162,54 +163,70 @@ def _shared_prompt_batch(vocab: int) -> Batch:
                  rewards=torch.zeros(B))
 
 
-def _hf_update(path: str, rows: tuple[int, int] | None) -> tuple[dict[str, torch.Tensor], int]:
+def _hf_update(path: str, rows: tuple[int, int] | None, lora: bool = False) -> tuple[dict[str, torch.Tensor], int]:
     """One SGD step of a tiny Hugging Face Llama (activation checkpointing on) on `rows` of the shared-prompt batch
-    (all rows when None), sharded when distributed; the full state and how many packed forwards ran."""
+    (all rows when None), sharded when distributed (with `lora`: rank-4 adapters, replicated as the loop keeps
+    them); the full state (the adapters' with `lora`) and how many packed forwards ran."""
     import credo.trainer.logprobs as logprobs
     from credo.models.hf import load_hf
+    from credo.models.lora import apply_lora
 
     policy, _ = load_hf(path, gradient_checkpointing=True)
+    if lora:
+        policy = apply_lora(policy, SimpleNamespace(rank=4, alpha=8.0, dropout=0.0,
+                                                    target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
     batch = _shared_prompt_batch(policy.model.config.vocab_size)
     if rows is not None:
         batch = batch.select(torch.arange(*rows))
     calls, packed = [], logprobs._packed_prefix_states
     logprobs._packed_prefix_states = lambda *a: calls.append(1) or packed(*a)
     try:
-        policy = dist.shard_policy(policy)
+        policy = policy if lora else dist.shard_policy(policy)
         cfg = RLConfig(minibatches=1, ppo_epochs=1, lr=0.5, warmup_steps=0, max_grad_norm=1e9, max_new_tokens=16)
-        policy_update(policy, torch.optim.SGD(policy.parameters()), batch, cfg, torch.Generator().manual_seed(0))
+        params = [p for p in policy.parameters() if p.requires_grad]
+        policy_update(policy, torch.optim.SGD(params), batch, cfg, torch.Generator().manual_seed(0))
     finally:
         logprobs._packed_prefix_states = packed
-    return dist.full_model_state(policy), len(calls)
+    return (policy.adapter_state_dict() if lora else dist.full_model_state(policy)), len(calls)
 
 
 def _hf_pack_worker(rank: int, world: int, port: int, path: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     assert dist.init_from_env("cpu")
-    state, calls = _hf_update(path, [(0, 4), (4, 8)][rank])  # whole groups per rank, as the rollout splits them
-    if dist.is_main():
-        torch.save((state, calls), out)
+    rows = [(0, 4), (4, 8)][rank]  # whole groups per rank, as the rollout splits them
+    results = {lora: _hf_update(path, rows, lora) for lora in (False, True)}
+    torch.save(results, f"{out}.{rank}")
     dist.close()
 
 
 def test_two_process_update_with_packed_prompts_equals_one_process(tmp_path):
     """Under torchrun the update runs shared prompts the "pack" way (one ordinary forward, FSDP2's hooks on
     `packed_hidden_states`), here with activation checkpointing on a Hugging Face model: N = 2 gives one
-    process's parameters within 1e-5."""
+    process's parameters within 1e-5; and with LoRA adapters (not sharded, gradients summed over ranks) every
+    rank's adapters equal one process's."""
     from credo.models.tiny_hf import make_tiny_hf
 
     path = make_tiny_hf(tmp_path / "m", arch="llama", hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
                         intermediate_size=128, vocab_size=64)
     out = tmp_path / "pack.pt"
     mp.spawn(_hf_pack_worker, args=(2, _free_port(), str(path), str(out)), nprocs=2, join=True)
-    state, calls = torch.load(out, weights_only=False)
+    ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
+    state, calls = ranks[0][False]
     ref, ref_calls = _hf_update(str(path), None)
     assert calls >= 1 and ref_calls >= 1  # both took the packed way
     before = _hf_state(path)
     assert max(float((ref[n] - before[n]).abs().max()) for n in ref) > 1e-3  # the step moved the weights
     for n, p in ref.items():
         torch.testing.assert_close(state[n], p, atol=1e-5, rtol=0, msg=n)
+    # LoRA under torchrun: replicated adapters, gradients summed over ranks: every rank holds one process's adapters
+    ref, _ = _hf_update(str(path), None, lora=True)
+    assert any(float(t.abs().max()) > 1e-4 for n, t in ref.items() if "lora_B" in n)  # B moved from its zeros
+    for r in range(2):
+        got, _ = ranks[r][True]
+        assert got.keys() == ref.keys()
+        for n, p in ref.items():
+            torch.testing.assert_close(got[n], p, atol=1e-5, rtol=0, msg=f"LoRA rank {r} {n}")
 
 
 def _hf_state(path: Path) -> dict[str, torch.Tensor]:
@@ -466,6 +483,32 @@ def test_resume_with_one_process_continues_from_the_checkpoint(runs):
     assert state["step"] == 3 and state["data_pos"] == 3 * 4 and "ranks" not in state
 
 
+def test_torchrun_lora_run_checkpoints_adapters_and_saves_a_merged_model(tmp_path):
+    """`torchrun --nproc-per-node 2 -m credo train` with LoRA on a tiny Hugging Face Llama: the adapters replicated,
+    their gradients summed; the KL reference is the base (adapters off); the checkpoint keeps the adapters only, as
+    one process writes it, and final_model/ is a plain transformers directory."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from credo.models.tiny_hf import make_tiny_hf
+    from credo.trainer import checkpoint as ckpt
+
+    hf_dir = make_tiny_hf(tmp_path / "m", arch="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                          intermediate_size=128)
+    _credo_train(2, tmp_path, f"model.path={hf_dir}", "model.lora.rank=4", "model.lora.alpha=8",
+                 "env.name=toy_env:make", "sft.enabled=false", "rl.prompts_per_step=4", "rl.group_size=4",
+                 "rl.max_new_tokens=8", "rl.lr=1e-2", "rl.kl_coef=0.05", "rl.steps=2", "run.checkpoint_every=1",
+                 "eval.every=100", "eval.n_samples=0", "run.name=lora")
+    run = tmp_path / "lora"
+    state = ckpt.load(run / "checkpoint.pt")
+    assert state["step"] == 2 and all(".lora_A." in k or ".lora_B." in k for k in state["model"])
+    assert any(float(t.abs().max()) > 0 for k, t in state["model"].items() if ".lora_B." in k)  # it trained
+    rl = [r for r in _records(run) if r["phase"] == "rl"]
+    assert len(rl) == 2 and all(r.get("loss/optimizer_steps", 0) > 0 for r in rl)
+    merged = AutoModelForCausalLM.from_pretrained(run / "final_model")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
 def test_torchrun_dapo_refill_finishes_with_global_counts(tmp_path):
     """DAPO dynamic sampling under torchrun with a sparse reward: extra rounds are rolled on both ranks, the run
     ends, and rank 0's record holds the global counts."""
@@ -487,12 +530,12 @@ def test_what_torchrun_does_not_support_is_refused_before_any_model_loads() -> N
     _refuse_under_torchrun(cfg)  # the default run is supported
     cfg.rl.dynamic_sampling = True  # supported: refill rounds with global counts (trainer/dapo.py)
     _refuse_under_torchrun(cfg)
-    cfg.model.lora.rank = 8
+    cfg.model.lora.rank = 8  # supported: replicated adapters, gradients summed
+    _refuse_under_torchrun(cfg)
     cfg.reward.r3 = 1.0
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValueError, match="R3"):
         _refuse_under_torchrun(cfg)
-    assert "model.lora" in str(e.value) and "R3" in str(e.value)
-    cfg.model.lora.rank, cfg.r3.policy = 0, "initial"
+    cfg.r3.policy = "initial"
     _refuse_under_torchrun(cfg)  # R3 scoring with the frozen start model is fine
     cfg.rollout.backend = "vllm"
     with pytest.raises(ValueError, match="vllm"):

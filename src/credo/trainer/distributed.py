@@ -17,6 +17,9 @@ trainer calls them unconditionally and one process behaves as before.
 - Generation: ranks decode on full weights (`generation_copy`, refreshed by `copy_full_weights` parameter by
   parameter, so no rank holds the full model twice during the refresh); rollouts and rank 0's evaluation then need
   no collective.
+- LoRA policies are not sharded: every rank holds the frozen base and the adapters whole (the adapters are a
+  small share of the memory), and the adapters' gradients are summed over ranks after each backward
+  (`sync_replicated_grads`, as DDP with peft); checkpoints keep the adapters as one process does.
 - SFT warm start (before sharding): each rank runs its share of every batch on a whole copy of the model and the
   gradients are summed (`all_reduce_grads`), the loss normalised by the batch's global token count.
 - Checkpoints: `full_model_state` / `full_optimizer_state` gather each tensor in turn onto rank 0 in the
@@ -151,6 +154,21 @@ def all_reduce_grads(parameters: Iterable[torch.Tensor]) -> None:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
+
+
+def is_sharded_module(module: nn.Module) -> bool:
+    """Whether `module` holds FSDP2-sharded parameters (`shard_policy`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def sync_replicated_grads(module: nn.Module) -> None:
+    """Under data parallelism with a module that is not sharded (a LoRA policy: every rank holds the frozen base
+    and the adapters whole), sum the gradients over ranks (`all_reduce_grads`); nothing for an FSDP2-sharded
+    module (its backward reduce-scatters) or in one process."""
+    if is_distributed() and not is_sharded_module(module):
+        all_reduce_grads(module.parameters())
 
 
 def from_main(fn: Callable[[], Any]) -> Any:

@@ -248,6 +248,8 @@ def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any
     if dist.is_distributed() and getattr(gen, "decoder", None) is policy and not hasattr(policy, "blocks"):
         raise ValueError("under torchrun a Hugging Face model must decode on the native engine (a Llama-family "
                          "model with model.native_decode = true)")
+    if isinstance(policy, LoraPolicy):  # replicated, its gradients summed (trainer.distributed module docstring)
+        return gen_policy, gen, policy
     return gen_policy, gen, dist.shard_policy(policy, getattr(policy, "compute_dtype", None))
 
 
@@ -256,7 +258,6 @@ def _refuse_under_torchrun(cfg: Config) -> None:
     number of forwards through a sharded policy would hang the collectives)."""
     live_r3 = (cfg.reward.r3 > 0 or cfg.reward.r3_aggregate > 0) and cfg.r3.policy != "initial"
     refused = {
-        "model.lora (adapters are not sharded or gathered yet)": cfg.model.lora.rank > 0,
         "rollout.backend = 'vllm' (one engine per rank is not wired yet)": cfg.rollout.backend == "vllm",
         "R3 with r3.policy live or lagged (it scores with, or copies, the sharded policy)": live_r3,
     }
@@ -312,7 +313,8 @@ def save(run: Run, step: int) -> None:
     """Atomic checkpoint: model, optimizer, step, data position, RNG, metrics so far, method state. Data parallel
     (collective): whole tensors gathered onto rank 0, which writes; every rank's RNG and method state in `ranks`."""
     ctx = run.ctx
-    model = dist.full_model_state(ctx.policy) if dist.is_distributed() else ckpt.model_state(ctx.policy)
+    sharded = dist.is_distributed() and dist.is_sharded_module(ctx.policy)
+    model = dist.full_model_state(ctx.policy) if sharded else ckpt.model_state(ctx.policy)  # replicas: rank 0's
     optimizer = dist.full_optimizer_state(run.opt)
     methods = {name: obj.state_dict() for name, obj in run.methods.items()}
     ranks = dist.all_gather_object({"rng": ckpt.rng_state(ctx.generator), "methods": methods})
@@ -376,6 +378,11 @@ def _save_final(run: Run) -> None:
     path = run.run_dir / "final_model"
     if not dist.is_distributed():
         save_policy(run.ctx.policy, run.ctx.tokenizer, path)
+        return
+    if not dist.is_sharded_module(run.ctx.policy):  # replicated (LoRA): rank 0 saves its own (merged) copy
+        if dist.is_main():
+            save_policy(run.ctx.policy, run.ctx.tokenizer, path)
+        dist.barrier()
         return
     state = dist.full_model_state(run.ctx.policy)
     if dist.is_main():

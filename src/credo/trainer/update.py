@@ -318,6 +318,7 @@ def policy_update(
                 diff = _diff_metrics(logprobs, mb.old_logprobs, mb.loss_mask)
             if dist.is_distributed():  # the global loss: the ranks' shares add up
                 loss_value = dist.all_reduce([loss_value])[0]
+            dist.sync_replicated_grads(policy)  # an unsharded (LoRA) policy under torchrun: sum the gradients
             grad_norm = dist.clip_grad_norm(policy.parameters(), cfg.max_grad_norm)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
