@@ -301,6 +301,22 @@ def test_sleep_mode_is_refused_where_vllm_has_none(hf_dir):
         VLLMGenerator(policy, tok, max_batch=8, sleep=True, **KV)
 
 
+def test_seeded_requests_beyond_one_steps_token_budget(hf_dir):
+    """vLLM's CPU build crashed ("CPU Generator does not use offset") when a seeded request's prompt was split
+    over two scheduler steps (chunked prefill): the preset's first evaluation (400 seeded samples) hit it. The
+    backend turns chunked prefill off on CPUs (as vLLM's own CPU platform does for MLA models); 70 seeded prompts
+    of 60 tokens (4200 > the 4096-token step budget; with chunked prefill the 69th was split) now decode, each as
+    it does alone."""
+    policy, tok = load_hf(hf_dir, gradient_checkpointing=False)
+    gen = VLLMGenerator(policy.eval(), tok, max_batch=128, **KV)
+    g = torch.Generator().manual_seed(0)
+    reqs = [GenerationRequest(torch.randint(3, 200, (60,), generator=g).tolist(), seed=i) for i in range(70)]
+    outs = gen.generate(reqs, SamplingParams(4, temperature=1.0))
+    assert [len(o) for o in outs] == [1] * 70
+    alone = gen.generate([reqs[-1]], SamplingParams(4, temperature=1.0))
+    assert outs[-1][0].completion_ids.tolist() == alone[0][0].completion_ids.tolist()
+
+
 def test_images_and_bad_requests_raise(fp32):
     policy, tok, gen = fp32
     p = _prompts(tok)[0]

