@@ -12,6 +12,7 @@ The measured differences are printed (`-s`) and the tolerances are the asserts b
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -315,6 +316,29 @@ def test_seeded_requests_beyond_one_steps_token_budget(hf_dir):
     assert [len(o) for o in outs] == [1] * 70
     alone = gen.generate([reqs[-1]], SamplingParams(4, temperature=1.0))
     assert outs[-1][0].completion_ids.tolist() == alone[0][0].completion_ids.tolist()
+
+
+def test_train_end_to_end_on_the_vllm_backend(hf_dir, tmp_path):
+    """`credo train … rollout.backend=vllm` runs the loop: vLLM's engine creates a torch.distributed group of one in
+    this process, which the trainer once took for data parallelism (it sharded the policy with FSDP2 and the first
+    weight sync after an update failed on DTensors); the run stays one process, and `time/sync` and the
+    sampler/trainer mismatch are logged every step."""
+    from credo.trainer import distributed as dist
+    from credo.trainer.config import load_config
+    from credo.trainer.loop import train
+
+    train(load_config(None, [
+        f"model.path={hf_dir}", "rollout.backend=vllm", "env.name=toy_env:make", "sft.enabled=false",
+        "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=4", "rl.max_new_tokens=8", "rl.lr=1e-2",
+        "rl.warmup_steps=0", "eval.every=100", "eval.n_samples=0", "reward.workers=0", "run.progress=false",
+        f"run.out_dir={tmp_path}", "run.name=v", "run.checkpoint_every=100"]))
+    assert not dist.is_distributed() and dist.world_size() == 1
+    rl = [r for r in map(json.loads, (tmp_path / "v" / "metrics.jsonl").read_text().splitlines())
+          if r["phase"] == "rl"]
+    assert len(rl) == 2 and all("time/sync" in r and "rollout/logprob_diff" in r for r in rl)
+    assert rl[0]["rollout/logprob_diff"] < 1e-4  # fp32 engine and trainer: the same log-probs
+    report = (tmp_path / "v" / "report.html").read_text()
+    assert "time/sync" in report and "rollout/logprob_diff" in report and "rollout/logprob_kl" in report
 
 
 def test_images_and_bad_requests_raise(fp32):

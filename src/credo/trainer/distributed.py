@@ -46,8 +46,10 @@ from torch import nn
 
 
 def is_distributed() -> bool:
-    """Whether a process group is initialised (under `torchrun`, after `init_from_env`)."""
-    return dist.is_available() and dist.is_initialized()
+    """Whether this process is one of several data-parallel ranks: a process group of more than one process is
+    initialised (under `torchrun`, after `init_from_env`). A group of one is not: vLLM's in-process engine creates
+    one of its own (world size 1), and the one-process run must stay one (no FSDP sharding, no collectives)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
@@ -87,7 +89,7 @@ def init_from_env(device: str = "cpu") -> bool:
 
 def close() -> None:
     """Leave the process group, if one is initialised."""
-    if is_distributed():
+    if dist.is_available() and dist.is_initialized():  # also a group of one (torchrun --nproc-per-node 1)
         dist.destroy_process_group()
 
 

@@ -188,6 +188,7 @@ def write_report(
         parts += ["<h2>Evaluations</h2>", _table(["step", *eval_keys], rows)]
     parts += _samples_section(ev)
     parts += _judge_section(rl)
+    parts += _mismatch_section(rl)
     timing = [k for k in _keys(rl, "time/") if k != "time/step"]
     if timing:
         step_mean = _mean(_series(rl, "time/step")[1])
@@ -201,6 +202,19 @@ def write_report(
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         parts.append(f"<h2>Config</h2><pre>{html.escape(text)}</pre>")
     return write_page(run_dir / "report.html", name, parts)
+
+
+def _mismatch_section(rl: list[dict]) -> list[str]:
+    """The sampler/trainer mismatch per RL step (`rollout/logprob_diff`: mean |Δ log p|, `rollout/logprob_kl`: k3 KL
+    on the trained tokens; truncated importance sampling's weights when on), mean and max over the steps."""
+    keys = [k for k in _keys(rl, "rollout/") if k.startswith(("rollout/logprob_", "rollout/tis_"))]
+    rows = []
+    for k in keys:
+        ys = _series(rl, k)[1]
+        rows.append([k, _fmt(_mean(ys)), _fmt(max(ys) if ys else None)])
+    if not rows:
+        return []
+    return ["<h2>Sampler vs trainer log-probs</h2>", _table(["metric", "mean over steps", "max"], rows)]
 
 
 def _samples_section(ev: list[dict]) -> list[str]:
