@@ -254,6 +254,7 @@ def _minibatch_step(
             sums[k] = sums.get(k, 0.0) + (v if k == "loss/rethink_nll" else share * v)
     if mb.planning_mask is not None:
         sums.update(entropy_split(entropy, mb.planning_mask, mb.loss_mask))
+    dist.sync_replicated_grads(policy)  # an unsharded (LoRA) policy under torchrun: its gradients summed over ranks
     return total, sums, logprobs
 
 
@@ -318,7 +319,6 @@ def policy_update(
                 diff = _diff_metrics(logprobs, mb.old_logprobs, mb.loss_mask)
             if dist.is_distributed():  # the global loss: the ranks' shares add up
                 loss_value = dist.all_reduce([loss_value])[0]
-            dist.sync_replicated_grads(policy)  # an unsharded (LoRA) policy under torchrun: sum the gradients
             grad_norm = dist.clip_grad_norm(policy.parameters(), cfg.max_grad_norm)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
