@@ -341,6 +341,38 @@ def test_train_end_to_end_on_the_vllm_backend(hf_dir, tmp_path):
     assert "time/sync" in report and "rollout/logprob_diff" in report and "rollout/logprob_kl" in report
 
 
+def test_torchrun_one_engine_per_rank_synced_after_each_update(hf_dir, tmp_path):
+    """`torchrun --nproc-per-node 2 -m credo train … rollout.backend=vllm`: each rank builds its own engine on the
+    process group torchrun made (vLLM's external launcher) and rolls out its share; after each update the sync
+    gathers the FSDP2-sharded weights one tensor at a time. The fp32 engines sample with the trainer's log-probs at
+    step 2, after step 1's update moved the weights (the logged difference is summed over both ranks' tokens)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "credo",
+           "train", f"model.path={hf_dir}", "rollout.backend=vllm", "env.name=toy_env:make", "sft.enabled=false",
+           "rl.steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "rl.max_new_tokens=8", "rl.lr=1e-2",
+           "rl.warmup_steps=0", "eval.every=100", "eval.n_samples=0", "reward.workers=0", "run.progress=false",
+           "run.threads=1", f"run.out_dir={tmp_path}", "run.name=tv", "run.checkpoint_every=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "tests")}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = tmp_path / "tv"
+    rl = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["phase"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2]
+    assert len(torch.load(run / "checkpoint.pt", weights_only=False)["ranks"]) == 2  # two processes ran
+    assert rl[0]["loss/optimizer_steps"] > 0 and all("time/sync" in r for r in rl)
+    print("\ntorchrun × 2 vLLM engines, |Δ log p| per step:", [r["rollout/logprob_diff"] for r in rl])
+    assert rl[1]["rollout/logprob_diff"] < 1e-4
+    start, final = load_file(run / "start_model" / "model.safetensors"), load_file(run / "final_model" /
+                                                                                    "model.safetensors")
+    assert max(float((final[k] - start[k]).abs().max()) for k in final) > 1e-3  # the update moved the weights
+
+
 def test_images_and_bad_requests_raise(fp32):
     policy, tok, gen = fp32
     p = _prompts(tok)[0]
@@ -353,7 +385,7 @@ def test_images_and_bad_requests_raise(fp32):
 @pytest.fixture(scope="module")
 def smollm2():
     if not (SMOLLM2 / "config.json").is_file():
-        pytest.skip(f"{SMOLLM2} not cached (credo models pull smollm2-135m-instruct)")
+        pytest.skip(f"{SMOLLM2} not cached (credo models convert smollm2-135m-instruct)")
     policy, tok = load_hf(SMOLLM2, gradient_checkpointing=False)
     return policy.eval(), tok, VLLMGenerator(policy, tok, max_batch=16, max_len=512, **KV)
 

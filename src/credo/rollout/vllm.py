@@ -29,6 +29,13 @@ How it meets the contract:
 - Images: not supported here (Qwen2-VL's processor path in vLLM needs torchvision, which cannot load beside the
   CPU torch build); image requests raise ValueError naming the native backend.
 
+Under torchrun (data parallelism, `trainer.distributed`): one engine per rank, each on its rank's device, built on
+the process group torchrun set up (vLLM's `external_launcher` executor: its tensor-parallel groups are of size one,
+and the ranks form what vLLM calls external data parallelism, each engine generating on its own). Each rank rolls
+out its own share of the prompts; a sync gathers the FSDP2-sharded trainer weights one tensor at a time (a
+collective every rank runs in the same order), so no rank holds a second full copy of the model beside its
+engine's.
+
 Engine options: in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, set here: the trainer reaches the model for
 weight updates, and no process re-imports the caller's `__main__`), `enforce_eager=True` (no compilation),
 on GPUs `gpu_memory_utilization` (default 0.3 of the GPU's memory), on CPUs a KV cache of fixed size
@@ -146,6 +153,8 @@ class VLLMGenerator:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(self._dir.name)
         tokenizer.tk.save_pretrained(self._dir.name)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:  # torchrun: one engine
+            engine_kwargs.setdefault("distributed_executor_backend", "external_launcher")  # per rank (docstring)
         if not cuda:  # module docstring: a fixed KV cache, whole prefills
             if gpu_memory_utilization is None:
                 engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
@@ -214,7 +223,7 @@ class VLLMGenerator:
         if bad:
             raise RuntimeError(f"vLLM weight sync: shapes differ, nothing loaded: {bad}")
         dtype, model_config = self.dtype, self.llm.llm_engine.vllm_config.model_config
-        weights = [(n, src[n].detach().to(dtype)) for _, parts in plan for n in parts]
+        weights = ((n, _full(src[n], dtype)) for _, parts in plan for n in parts)  # one tensor gathered at a time
 
         def load(m: Any) -> set[str]:
             from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
@@ -319,6 +328,13 @@ def _dtype(d: str | torch.dtype) -> torch.dtype:
     return table[d]
 
 
+def _full(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` whole in `dtype`: an FSDP2 shard (DTensor) is all-gathered first, a collective that every rank runs for
+    the same tensors in the same order (each rank syncs its own engine from the same plan)."""
+    t = t.detach()
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).to(dtype)
+
+
 def _logical_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """Every engine parameter's checkpoint-format shape: the CPU build packs linear weights for its GEMM kernels
     and leaves an empty parameter behind, whose shape is the layer's (output, input) per partition."""
@@ -348,7 +364,7 @@ def _readback(model: Any, plan: dict[str, list[str]], src: dict[str, torch.Tenso
     for name, p in model.named_parameters():
         if p.numel() == 0:
             continue
-        want = torch.cat([src[n].detach().to(dtype) for n in plan[name]]).to(device=p.device, dtype=p.dtype)
+        want = torch.cat([_full(src[n], dtype) for n in plan[name]]).to(device=p.device, dtype=p.dtype)
         if not torch.equal(p.data[: want.shape[0]], want):
             wrong.append(name)
     return wrong
@@ -369,7 +385,7 @@ def _probe_linears(
         key = key_of.get(id(w)) if isinstance(w, torch.Tensor) else None
         if key not in plan or not hasattr(getattr(mod, "quant_method", None), "apply"):
             continue
-        w = torch.cat([src[n].detach().to(dtype) for n in plan[key]]).float()
+        w = torch.cat([_full(src[n], dtype) for n in plan[key]]).float()
         x = torch.randn(2, w.shape[1], generator=g).to(dtype)
         y = mod.quant_method.apply(mod, x.to(next(iter(mod.parameters())).device)).float().cpu()
         ref = x.float() @ w.T  # [2, out]

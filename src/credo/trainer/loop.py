@@ -258,7 +258,6 @@ def _refuse_under_torchrun(cfg: Config) -> None:
     number of forwards through a sharded policy would hang the collectives)."""
     live_r3 = (cfg.reward.r3 > 0 or cfg.reward.r3_aggregate > 0) and cfg.r3.policy != "initial"
     refused = {
-        "rollout.backend = 'vllm' (one engine per rank is not wired yet)": cfg.rollout.backend == "vllm",
         "R3 with r3.policy live or lagged (it scores with, or copies, the sharded policy)": live_r3,
     }
     bad = [what for what, on in refused.items() if on]
