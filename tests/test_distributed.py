@@ -395,6 +395,78 @@ def test_ssr_with_two_processes_draws_once_over_the_global_batch(tmp_path):
     assert (adv0.abs() > 0).all() and (adv1.abs() > 0).all() and len(ids0) + len(ids1) == 16
 
 
+# ---- R3 scored with the sharded live policy, and a lagged whole copy ---------------------------------------------
+
+R3_MODEL = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=64)
+
+
+def _r3_values(policy: torch.nn.Module, kind: str, start_model: str, groups: list[int]) -> list[list[float]]:
+    """R3 of `groups`' samples (group 2's example has no reference) over two reward calls, the live policy's
+    weights scaled by 1.05 between them; r3.lag = 1, so the lagged copy catches up at the second call."""
+    from test_r3 import PROMPT, REF, TOK, _sample
+
+    from credo.data import Example
+    from credo.rewards.r3 import R3
+    from credo.rewards.terms import TermContext
+    from credo.trainer.config import Config, ModelConfig
+    from credo.trainer.logprobs import sequence_logprobs
+
+    cfg = Config()
+    cfg.model = ModelConfig(**R3_MODEL)
+    cfg.r3.policy, cfg.r3.lag = kind, 1
+    term = R3(TermContext(cfg=cfg, env=None, tokenizer=TOK, policy=policy, logprobs=sequence_logprobs,
+                          start_model=start_model))
+    examples = [Example("e0", PROMPT, REF), Example("e1", PROMPT, "12"), Example("e2", PROMPT, None)]
+    out = []
+    for _ in range(2):
+        samples = [_sample(i, group=g, ex_id=f"e{g}") for g in groups for i in range(3)]
+        out.append(term(samples, examples).values.tolist())
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.mul_(1.05)
+    return out
+
+
+def _r3_worker(rank: int, world: int, port: int, start_model: str, out: str) -> None:
+    from credo.models import load_policy
+    from credo.trainer.config import ModelConfig
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    assert dist.init_from_env("cpu")
+    groups = [0, 1] if rank == 0 else [2]  # rank 1 has nothing to score: it still runs the collective forward
+    results = {}
+    for kind in ("live", "lagged"):
+        policy = dist.shard_policy(load_policy(start_model, ModelConfig(**R3_MODEL))[0])
+        results[kind] = _r3_values(policy, kind, start_model, groups)
+    torch.save(results, f"{out}.{rank}")
+    dist.close()
+
+
+def test_two_process_r3_with_live_and_lagged_policies_equals_one_process(tmp_path):
+    """R3 under FSDP2: "live" scores through the sharded policy (one forward per reward call on every rank, also
+    on a rank with nothing to score), "lagged" keeps a whole copy refreshed from the gathered shards; each rank's
+    values equal one process's on the same samples within 1e-5."""
+    from credo.models import build_policy, load_policy, save_policy
+    from credo.models.tokenizer import CharTokenizer
+    from credo.trainer.config import ModelConfig
+
+    torch.manual_seed(0)
+    save_policy(build_policy(ModelConfig(**R3_MODEL))[0], CharTokenizer(), tmp_path / "start")
+    start = str(tmp_path / "start")
+    mp.spawn(_r3_worker, args=(2, _free_port(), start, str(tmp_path / "r3")), nprocs=2, join=True)
+    got = [torch.load(f"{tmp_path / 'r3'}.{r}", weights_only=False) for r in (0, 1)]
+    for kind in ("live", "lagged"):
+        ref = _r3_values(load_policy(start, ModelConfig(**R3_MODEL))[0], kind, start, [0, 1, 2])
+        for call in range(2):
+            assert got[0][kind][call] == pytest.approx(ref[call][:6], abs=1e-5), (kind, call)
+            assert all(math.isnan(v) for v in got[1][kind][call]) and all(math.isnan(v) for v in ref[call][6:])
+    # the live policy moved between the calls: the values changed; the lagged copy caught up at the second call
+    assert max(abs(a - b) for a, b in zip(got[0]["live"][0], got[0]["live"][1], strict=True)) > 1e-4
+    assert got[0]["lagged"][0] != pytest.approx(got[0]["live"][1], abs=1e-4)  # before: the start weights
+    assert got[0]["lagged"][1] == pytest.approx(got[0]["live"][1], abs=1e-5)  # after the refresh: the live ones
+
+
 # ---- torchrun end to end --------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -509,6 +581,20 @@ def test_torchrun_lora_run_checkpoints_adapters_and_saves_a_merged_model(tmp_pat
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+@pytest.mark.parametrize("kind", ["live", "lagged"])
+def test_torchrun_r3_run_finishes(tmp_path, kind):
+    """`torchrun --nproc-per-node 2 -m credo train` with the R3 term scored by the live (sharded) policy or a
+    lagged whole copy (r3.lag = 1: refreshed from the gathered shards at every reward call after the first), the
+    update running on R3's dense values; a checkpoint saved at step 2 (the lagged copy's weights included)."""
+    _credo_train(2, tmp_path, f"run.name=r3{kind}", "rl.steps=2", "reward.function=", "reward.outcome=0",
+                 "reward.r3=1", f"r3.policy={kind}", "r3.lag=1", "run.checkpoint_every=2")
+    rl = [r for r in _records(tmp_path / f"r3{kind}") if r["phase"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2] and all(math.isfinite(r["r3/sigma_max"]) for r in rl)
+    assert all(r["loss/optimizer_steps"] > 0 for r in rl)
+    state = torch.load(tmp_path / f"r3{kind}" / "checkpoint.pt", weights_only=False)
+    assert len(state["ranks"]) == 2
+
+
 def test_torchrun_dapo_refill_finishes_with_global_counts(tmp_path):
     """DAPO dynamic sampling under torchrun with a sparse reward: extra rounds are rolled on both ranks, the run
     ends, and rank 0's record holds the global counts."""
@@ -520,22 +606,3 @@ def test_torchrun_dapo_refill_finishes_with_global_counts(tmp_path):
         assert r["dapo/prompts"] == 4 * (1 + r["dapo/rounds"]) and 0 <= r["dapo/informative_groups"] <= 4
         assert r["dapo/short"] == float(r["dapo/informative_groups"] < 4)
     print("dapo records:", [{k: v for k, v in r.items() if k.startswith("dapo/")} for r in rl])
-
-
-def test_what_torchrun_does_not_support_is_refused_before_any_model_loads() -> None:
-    from credo.trainer.config import Config
-    from credo.trainer.loop import _refuse_under_torchrun
-
-    cfg = Config()
-    _refuse_under_torchrun(cfg)  # the default run is supported
-    cfg.rl.dynamic_sampling = True  # supported: refill rounds with global counts (trainer/dapo.py)
-    _refuse_under_torchrun(cfg)
-    cfg.model.lora.rank = 8  # supported: replicated adapters, gradients summed
-    _refuse_under_torchrun(cfg)
-    cfg.reward.r3 = 1.0
-    with pytest.raises(ValueError, match="R3"):
-        _refuse_under_torchrun(cfg)
-    cfg.r3.policy = "initial"
-    _refuse_under_torchrun(cfg)  # R3 scoring with the frozen start model is fine
-    cfg.rollout.backend = "vllm"  # supported: one engine per rank (tests/test_vllm_backend.py)
-    _refuse_under_torchrun(cfg)

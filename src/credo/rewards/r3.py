@@ -7,9 +7,9 @@ no verifier can check: the policy's own certainty about the *reference* answer g
 
 ĉ_i is sample i's chain of thought: its completion up to the last `<answer>` tag (the env's answer tag,
 `r3.answer_tag`); the reference y* is teacher-forced after `ĉ_i + "<answer>"`. The G rows of a group and the
-masked row (`r3.masked_cot`, default the empty chain of thought) are scored in one forward of the reward policy
-through the trainer's log-prob function (`trainer.logprobs.sequence_logprobs`, handed over as `TermContext.logprobs`:
-the rewards layer never imports the trainer).
+masked row (`r3.masked_cot`, default the empty chain of thought), for every group of the call, are scored in one
+forward of the reward policy through the trainer's log-prob function (`trainer.logprobs.sequence_logprobs`,
+handed over as `TermContext.logprobs`: the rewards layer never imports the trainer).
 
 Choices the paper leaves open (each a config key, listed in docs/algorithms.md):
 - w_Δ (`r3.weighting`): "softmax" w = softmax_j(σ_j / τ) (default, τ = `r3.tau`), "linear" w_j = σ_j / Σ_k σ_k
@@ -135,24 +135,30 @@ Scorer = Callable[[Tensor, Tensor], Tensor]
 """(input_ids [N, T] long, right-padded; positions [N, T] bool) → log π(x_t | x_<t) [N, T] at the positions."""
 
 
-def group_rows(prefixes: list[list[int]], ref_ids: list[int], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Right-padded rows `prefix + reference` [N, T] and the positions of the reference tokens [N, T] bool."""
-    J = len(ref_ids)
-    T = max(len(p) for p in prefixes) + J
+def group_rows(prefixes: list[list[int]], refs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-padded rows `prefixes[r] + refs[r]` [N, T] and the positions of the reference tokens [N, T] bool."""
+    T = max(len(p) + len(ref) for p, ref in zip(prefixes, refs, strict=True))
     ids = torch.full((len(prefixes), T), pad_id, dtype=torch.long)
     pos = torch.zeros(len(prefixes), T, dtype=torch.bool)
-    for r, p in enumerate(prefixes):
+    for r, (p, ref) in enumerate(zip(prefixes, refs, strict=True)):
         ids[r, : len(p)] = torch.tensor(p, dtype=torch.long)
-        ids[r, len(p) : len(p) + J] = torch.tensor(ref_ids, dtype=torch.long)
-        pos[r, len(p) : len(p) + J] = True
+        ids[r, len(p) : len(p) + len(ref)] = torch.tensor(ref, dtype=torch.long)
+        pos[r, len(p) : len(p) + len(ref)] = True
     return ids, pos
 
 
-def reference_logprobs(scorer: Scorer, prefixes: list[list[int]], ref_ids: list[int], pad_id: int) -> Tensor:
-    """log π(y*_j | prefix_r, y*_<j) [N, J] for every prefix, in one call of `scorer` (one forward)."""
-    ids, pos = group_rows(prefixes, ref_ids, pad_id)
+def reference_logprobs(scorer: Scorer, prefixes: list[list[int]], refs: list[list[int]], pad_id: int,
+                       always: bool = False) -> list[Tensor]:
+    """log π(y*_j | prefix_r, y*_<j) [J_r] for every row r (reference `refs[r]`, J_r = len(refs[r])), all rows in
+    ONE call of `scorer` (one forward). No rows: no call, unless `always` (then one forward of a one-token row: a
+    scorer on an FSDP2-sharded policy is a collective, called once per reward call on every rank)."""
+    if not prefixes:
+        if always:
+            scorer(torch.full((1, 1), pad_id, dtype=torch.long), torch.zeros(1, 1, dtype=torch.bool))
+        return []
+    ids, pos = group_rows(prefixes, refs, pad_id)
     lp = scorer(ids, pos)  # [N, T]
-    return lp[pos.to(lp.device)].view(len(prefixes), len(ref_ids)).float().cpu()  # [N, J]
+    return list(lp[pos.to(lp.device)].float().cpu().split([len(ref) for ref in refs]))
 
 
 # ---- the reward policy ------------------------------------------------------------------------------------------
@@ -165,10 +171,21 @@ def _device(policy: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def _is_sharded(policy: Any) -> bool:
+    """Whether `policy` holds FSDP2-sharded (DTensor) parameters: its forward is then a collective."""
+    params = policy.parameters() if hasattr(policy, "parameters") else ()
+    return any(hasattr(p, "full_tensor") for p in params)
+
+
 class RewardPolicy:
     """π_rwd and its scorer: "live" (the trainer's policy), "initial" (`start_model` loaded frozen), "lagged" (a
     frozen copy of the live policy, refreshed from it every `lag` calls of `tick`). `state_dict` holds the call count
-    and, for "lagged", the copy's weights, so a resumed run scores with the same weights."""
+    and, for "lagged", the copy's weights, so a resumed run scores with the same weights.
+
+    Under data parallelism (an FSDP2-sharded live policy, `trainer.distributed`): "live" scores through the sharded
+    policy, one forward per reward call on every rank (`collective`); "lagged" keeps a whole frozen copy on every
+    rank, loaded from `start_model` (the live policy's weights when RL starts) and refreshed one gathered tensor at
+    a time (every rank ticks at the same reward calls); "initial" is a whole copy as in one process."""
 
     def __init__(self, kind: str, policy: Any, logprobs: Callable[..., Any] | None, start_model: str = "",
                  model_cfg: Any = None, lag: int = 10, chunk: int = 512) -> None:
@@ -186,13 +203,28 @@ class RewardPolicy:
             from credo.models import load_policy
 
             self.frozen = load_policy(start_model, model_cfg)[0].eval().requires_grad_(False)
+        elif kind == "lagged" and _is_sharded(policy):  # a whole copy, not a second sharded module
+            if not start_model:
+                raise ValueError("r3.policy = \"lagged\" on a sharded policy needs the run's start model")
+            from credo.models import load_policy
+
+            self.frozen = load_policy(start_model, model_cfg)[0].eval().requires_grad_(False)
         elif kind == "lagged":
             self.frozen = copy.deepcopy(policy).eval().requires_grad_(False)
 
+    @property
+    def collective(self) -> bool:
+        """Whether scoring runs the sharded live policy (a collective: one scorer call per reward call per rank)."""
+        return self.frozen is None and _is_sharded(self.live)
+
+    @torch.no_grad()
     def tick(self) -> None:
-        """One reward call: a lagged copy is refreshed from the live policy every `lag` calls."""
+        """One reward call: a lagged copy is refreshed from the live policy every `lag` calls (sharded tensors
+        gathered one at a time)."""
         if self.kind == "lagged" and self.calls > 0 and self.calls % self.lag == 0:
-            self.frozen.load_state_dict(self.live.state_dict())
+            target = self.frozen.state_dict()
+            for k, v in self.live.state_dict().items():
+                target[k].copy_(v.full_tensor() if hasattr(v, "full_tensor") else v)
         self.calls += 1
 
     def scorer(self) -> Scorer:
@@ -241,24 +273,32 @@ class R3Scores:
     def __init__(self, tokenizer: Any, answer_tag: str = "answer", masked_cot: str = "", masked: bool = True) -> None:
         self.tok, self.tag, self.masked_cot, self.masked = tokenizer, answer_tag, masked_cot, masked
 
-    def __call__(self, samples: list[Sample], examples: list[Example], scorer: Scorer) -> tuple[dict, dict, dict]:
+    def __call__(self, samples: list[Sample], examples: list[Example], scorer: Scorer,
+                 always: bool = False) -> tuple[dict, dict, dict]:
+        """All groups' rows in one scorer call (`reference_logprobs`; `always`: a call even with no rows)."""
         by_id = {e.id: e for e in examples}
-        logp, masked, refs = {}, {}, {}
+        prefixes: list[list[int]] = []
+        row_refs: list[list[int]] = []
+        refs: dict[int, list[int]] = {}
         open_tag = f"<{self.tag}>"
-        for g, idx in _groups(samples).items():
+        for idx in _groups(samples).values():
             ref = by_id[samples[idx[0]].example_id].reference
             ref_ids = self.tok.encode(str(ref)) if ref is not None else []
             if not ref_ids:
                 continue
             prompt = samples[idx[0]].prompt_ids.tolist()
-            prefixes = [prompt + self.tok.encode(split_cot(samples[i].scored_text, self.tag)[0] + open_tag)
-                        for i in idx]
+            rows = [prompt + self.tok.encode(split_cot(samples[i].scored_text, self.tag)[0] + open_tag) for i in idx]
             if self.masked:
-                prefixes.append(prompt + self.tok.encode(self.masked_cot + open_tag))
-            lp = reference_logprobs(scorer, prefixes, ref_ids, self.tok.pad_id)  # [G(+1), J]
-            logp[g] = lp[: len(idx)]
-            masked[g] = lp[len(idx)] if self.masked else None
-            refs[g] = ref_ids
+                rows.append(prompt + self.tok.encode(self.masked_cot + open_tag))
+            refs[samples[idx[0]].group_id] = ref_ids
+            prefixes += rows
+            row_refs += [ref_ids] * len(rows)
+        lps = iter(reference_logprobs(scorer, prefixes, row_refs, self.tok.pad_id, always))
+        logp, masked = {}, {}
+        for g, idx in _groups(samples).items():
+            if g in refs:
+                logp[g] = torch.stack([next(lps) for _ in idx])  # [G, J]
+                masked[g] = next(lps) if self.masked else None  # [J]
         return logp, masked, refs
 
 
@@ -282,7 +322,7 @@ class R3:
 
     def __call__(self, samples: list[Sample], examples: list[Example]) -> TermResult:
         self.rpolicy.tick()
-        logp, masked, _ = self.scores(samples, examples, self.rpolicy.scorer())
+        logp, masked, _ = self.scores(samples, examples, self.rpolicy.scorer(), self.rpolicy.collective)
         out = torch.full((len(samples),), math.nan)
         sig_max, masked_mean = [], []
         for g, idx in _groups(samples).items():

@@ -140,8 +140,6 @@ def train(cfg: Config) -> dict[str, float]:
                 VerifyRunner(env.verify, workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s))
         joined = dist.init_from_env(cfg.model.device)  # under torchrun: one rank of a data-parallel run
         stack.callback(dist.close if joined else lambda: None)
-        if dist.world_size() > 1:
-            _refuse_under_torchrun(cfg)  # before the warm start loads a model
         if cfg.rollout.sleep and cfg.rollout.backend == "native":
             raise ValueError("rollout.sleep is vLLM's sleep mode: it needs rollout.backend = 'vllm'")
         run = build_run(cfg, env, runner, eval_runner)
@@ -251,18 +249,6 @@ def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any
     if isinstance(policy, LoraPolicy):  # replicated, its gradients summed (trainer.distributed module docstring)
         return gen_policy, gen, policy
     return gen_policy, gen, dist.shard_policy(policy, getattr(policy, "compute_dtype", None))
-
-
-def _refuse_under_torchrun(cfg: Config) -> None:
-    """What data-parallel training does not support yet, refused before any rank loads a model (a rank-dependent
-    number of forwards through a sharded policy would hang the collectives)."""
-    live_r3 = (cfg.reward.r3 > 0 or cfg.reward.r3_aggregate > 0) and cfg.r3.policy != "initial"
-    refused = {
-        "R3 with r3.policy live or lagged (it scores with, or copies, the sharded policy)": live_r3,
-    }
-    bad = [what for what, on in refused.items() if on]
-    if bad:
-        raise ValueError(f"not supported under torchrun yet: {'; '.join(bad)}")
 
 
 def _reward_model(cfg: Config, env: Any, gen: Any, tok: Any, policy: Any, run_dir: Path) -> RewardModel:
