@@ -400,9 +400,14 @@ def test_ssr_with_two_processes_draws_once_over_the_global_batch(tmp_path):
 R3_MODEL = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=64)
 
 
-def _r3_values(policy: torch.nn.Module, kind: str, start_model: str, groups: list[int]) -> list[list[float]]:
+R3_CASES = [("live", 0), ("live", 40), ("lagged", 0)]  # (r3.policy, rl.max_tokens_per_microbatch)
+
+
+def _r3_values(policy: torch.nn.Module, kind: str, start_model: str, groups: list[int],
+               max_tokens: int = 0) -> list[list[float]]:
     """R3 of `groups`' samples (group 2's example has no reference) over two reward calls, the live policy's
-    weights scaled by 1.05 between them; r3.lag = 1, so the lagged copy catches up at the second call."""
+    weights scaled by 1.05 between them; r3.lag = 1, so the lagged copy catches up at the second call. A budget
+    of 40 padded tokens: two rows per forward, so rank 0 makes 4 forwards a call and rank 1 none of its own."""
     from test_r3 import PROMPT, REF, TOK, _sample
 
     from credo.data import Example
@@ -413,7 +418,7 @@ def _r3_values(policy: torch.nn.Module, kind: str, start_model: str, groups: lis
 
     cfg = Config()
     cfg.model = ModelConfig(**R3_MODEL)
-    cfg.r3.policy, cfg.r3.lag = kind, 1
+    cfg.r3.policy, cfg.r3.lag, cfg.rl.max_tokens_per_microbatch = kind, 1, max_tokens
     term = R3(TermContext(cfg=cfg, env=None, tokenizer=TOK, policy=policy, logprobs=sequence_logprobs,
                           start_model=start_model))
     examples = [Example("e0", PROMPT, REF), Example("e1", PROMPT, "12"), Example("e2", PROMPT, None)]
@@ -436,17 +441,17 @@ def _r3_worker(rank: int, world: int, port: int, start_model: str, out: str) -> 
     assert dist.init_from_env("cpu")
     groups = [0, 1] if rank == 0 else [2]  # rank 1 has nothing to score: it still runs the collective forward
     results = {}
-    for kind in ("live", "lagged"):
+    for kind, max_tokens in R3_CASES:
         policy = dist.shard_policy(load_policy(start_model, ModelConfig(**R3_MODEL))[0])
-        results[kind] = _r3_values(policy, kind, start_model, groups)
+        results[kind, max_tokens] = _r3_values(policy, kind, start_model, groups, max_tokens)
     torch.save(results, f"{out}.{rank}")
     dist.close()
 
 
 def test_two_process_r3_with_live_and_lagged_policies_equals_one_process(tmp_path):
-    """R3 under FSDP2: "live" scores through the sharded policy (one forward per reward call on every rank, also
-    on a rank with nothing to score), "lagged" keeps a whole copy refreshed from the gathered shards; each rank's
-    values equal one process's on the same samples within 1e-5."""
+    """R3 under FSDP2: "live" scores through the sharded policy (every rank makes the same number of forwards, also
+    a rank with nothing to score, with and without a token budget), "lagged" keeps a whole copy refreshed from the
+    gathered shards; each rank's values equal one process's on the same samples within 1e-5."""
     from credo.models import build_policy, load_policy, save_policy
     from credo.models.tokenizer import CharTokenizer
     from credo.trainer.config import ModelConfig
@@ -456,15 +461,17 @@ def test_two_process_r3_with_live_and_lagged_policies_equals_one_process(tmp_pat
     start = str(tmp_path / "start")
     mp.spawn(_r3_worker, args=(2, _free_port(), start, str(tmp_path / "r3")), nprocs=2, join=True)
     got = [torch.load(f"{tmp_path / 'r3'}.{r}", weights_only=False) for r in (0, 1)]
-    for kind in ("live", "lagged"):
-        ref = _r3_values(load_policy(start, ModelConfig(**R3_MODEL))[0], kind, start, [0, 1, 2])
+    for case in R3_CASES:
+        ref = _r3_values(load_policy(start, ModelConfig(**R3_MODEL))[0], *case[:1], start, [0, 1, 2], case[1])
         for call in range(2):
-            assert got[0][kind][call] == pytest.approx(ref[call][:6], abs=1e-5), (kind, call)
-            assert all(math.isnan(v) for v in got[1][kind][call]) and all(math.isnan(v) for v in ref[call][6:])
+            assert got[0][case][call] == pytest.approx(ref[call][:6], abs=1e-5), (case, call)
+            assert all(math.isnan(v) for v in got[1][case][call]) and all(math.isnan(v) for v in ref[call][6:])
+    live, lagged = got[0]["live", 0], got[0]["lagged", 0]
+    assert got[0]["live", 40] == [pytest.approx(v, abs=1e-5) for v in live]  # the budget changes no value
     # the live policy moved between the calls: the values changed; the lagged copy caught up at the second call
-    assert max(abs(a - b) for a, b in zip(got[0]["live"][0], got[0]["live"][1], strict=True)) > 1e-4
-    assert got[0]["lagged"][0] != pytest.approx(got[0]["live"][1], abs=1e-4)  # before: the start weights
-    assert got[0]["lagged"][1] == pytest.approx(got[0]["live"][1], abs=1e-5)  # after the refresh: the live ones
+    assert max(abs(a - b) for a, b in zip(live[0], live[1], strict=True)) > 1e-4
+    assert lagged[0] != pytest.approx(live[1], abs=1e-4)  # before: the start weights
+    assert lagged[1] == pytest.approx(live[1], abs=1e-5)  # after the refresh: the live ones
 
 
 # ---- torchrun end to end --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from credo.data import Example, Sample, Score
 from credo.models import build_policy, save_policy
 from credo.models.tokenizer import CharTokenizer
-from credo.rewards.r3 import RewardPolicy, r3_weights, split_cot
+from credo.rewards.r3 import RewardPolicy, r3_weights, row_chunks, split_cot
 from credo.rewards.terms import RewardModel, TermContext, term_weights
 from credo.trainer.config import Config, ModelConfig
 from credo.trainer.logprobs import sequence_logprobs
@@ -210,3 +210,11 @@ def test_r3_through_the_registry_on_a_tiny_model(tmp_path):
     fresh = [_sample(i, group=g, ex_id=f"e{g}") for g in (0, 1) for i in range(3)]
     RewardModel({"r3": 1.0}, ctx)(fresh, examples)
     assert [s.reward_parts["r3"] for s in fresh] == pytest.approx([s.reward_parts["r3"] for s in samples], abs=1e-5)
+
+
+def test_row_chunks_by_a_padded_token_budget():
+    # rows of 5, 7, 3, 9, 2 tokens, budget 15: [5, 7] pads to 2·7 = 14; adding 3 → 3·7 = 21 > 15, so a new chunk;
+    # [3, 9] → 18 > 15, so 3 alone; 9 alone (2·9 > 15 with the 2); a row over the budget still gets a chunk
+    assert row_chunks([5, 7, 3, 9, 2], 15) == [[0, 1], [2], [3], [4]]
+    assert row_chunks([5, 7, 3, 9, 2], 18) == [[0, 1], [2, 3], [4]]
+    assert row_chunks([5, 7, 3], 0) == [[0, 1, 2]] and row_chunks([20], 4) == [[0]] and row_chunks([], 10) == []

@@ -7,9 +7,10 @@ no verifier can check: the policy's own certainty about the *reference* answer g
 
 ĉ_i is sample i's chain of thought: its completion up to the last `<answer>` tag (the env's answer tag,
 `r3.answer_tag`); the reference y* is teacher-forced after `ĉ_i + "<answer>"`. The G rows of a group and the
-masked row (`r3.masked_cot`, default the empty chain of thought), for every group of the call, are scored in one
-forward of the reward policy through the trainer's log-prob function (`trainer.logprobs.sequence_logprobs`,
-handed over as `TermContext.logprobs`: the rewards layer never imports the trainer).
+masked row (`r3.masked_cot`, default the empty chain of thought), for every group of the call, are scored in
+forwards of the reward policy of at most `rl.max_tokens_per_microbatch` padded tokens (one forward when 0)
+through the trainer's log-prob function (`trainer.logprobs.sequence_logprobs`, handed over as
+`TermContext.logprobs`: the rewards layer never imports the trainer).
 
 Choices the paper leaves open (each a config key, listed in docs/algorithms.md):
 - w_Δ (`r3.weighting`): "softmax" w = softmax_j(σ_j / τ) (default, τ = `r3.tau`), "linear" w_j = σ_j / Σ_k σ_k
@@ -147,18 +148,47 @@ def group_rows(prefixes: list[list[int]], refs: list[list[int]], pad_id: int) ->
     return ids, pos
 
 
+def row_chunks(lengths: list[int], max_tokens: int = 0) -> list[list[int]]:
+    """Consecutive row indices in chunks of at most `max_tokens` padded tokens (rows × longest row; a longer row
+    alone); 0: one chunk of all rows. No rows: no chunk."""
+    chunks: list[list[int]] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if chunks and (max_tokens <= 0 or (len(chunks[-1]) + 1) * max(longest, n) <= max_tokens):
+            chunks[-1].append(i)
+            longest = max(longest, n)
+        else:
+            chunks.append([i])
+            longest = n
+    return chunks
+
+
+def _global_max(n: int) -> int:
+    """The largest `n` over the ranks of the default process group (an all-reduce)."""
+    import torch.distributed as tdist
+
+    dev = "cuda" if tdist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([n], device=dev)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def reference_logprobs(scorer: Scorer, prefixes: list[list[int]], refs: list[list[int]], pad_id: int,
-                       always: bool = False) -> list[Tensor]:
-    """log π(y*_j | prefix_r, y*_<j) [J_r] for every row r (reference `refs[r]`, J_r = len(refs[r])), all rows in
-    ONE call of `scorer` (one forward). No rows: no call, unless `always` (then one forward of a one-token row: a
-    scorer on an FSDP2-sharded policy is a collective, called once per reward call on every rank)."""
-    if not prefixes:
-        if always:
-            scorer(torch.full((1, 1), pad_id, dtype=torch.long), torch.zeros(1, 1, dtype=torch.bool))
-        return []
-    ids, pos = group_rows(prefixes, refs, pad_id)
-    lp = scorer(ids, pos)  # [N, T]
-    return list(lp[pos.to(lp.device)].float().cpu().split([len(ref) for ref in refs]))
+                       max_tokens: int = 0, collective: bool = False) -> list[Tensor]:
+    """log π(y*_j | prefix_r, y*_<j) [J_r] for every row r (reference `refs[r]`, J_r = len(refs[r])): the rows
+    right-padded, in scorer calls (forwards) of at most `max_tokens` padded tokens (`row_chunks`; 0: one call).
+    `collective`: the scorer runs an FSDP2-sharded policy, a collective, so every rank makes the same number of
+    calls: the largest over the ranks, a rank with fewer adding one-token rows (its result unused)."""
+    chunks = row_chunks([len(p) + len(ref) for p, ref in zip(prefixes, refs, strict=True)], max_tokens)
+    n_calls = _global_max(len(chunks)) if collective else len(chunks)  # agreed before any forward
+    out: list[Tensor] = []
+    for idx in chunks:
+        ids, pos = group_rows([prefixes[i] for i in idx], [refs[i] for i in idx], pad_id)
+        lp = scorer(ids, pos)  # [n, T]
+        out += lp[pos.to(lp.device)].float().cpu().split([len(refs[i]) for i in idx])
+    for _ in range(n_calls - len(chunks)):
+        scorer(torch.full((1, 1), pad_id, dtype=torch.long), torch.zeros(1, 1, dtype=torch.bool))
+    return out
 
 
 # ---- the reward policy ------------------------------------------------------------------------------------------
@@ -273,9 +303,9 @@ class R3Scores:
     def __init__(self, tokenizer: Any, answer_tag: str = "answer", masked_cot: str = "", masked: bool = True) -> None:
         self.tok, self.tag, self.masked_cot, self.masked = tokenizer, answer_tag, masked_cot, masked
 
-    def __call__(self, samples: list[Sample], examples: list[Example], scorer: Scorer,
-                 always: bool = False) -> tuple[dict, dict, dict]:
-        """All groups' rows in one scorer call (`reference_logprobs`; `always`: a call even with no rows)."""
+    def __call__(self, samples: list[Sample], examples: list[Example], scorer: Scorer, max_tokens: int = 0,
+                 collective: bool = False) -> tuple[dict, dict, dict]:
+        """All groups' rows in scorer calls of at most `max_tokens` padded tokens (`reference_logprobs`)."""
         by_id = {e.id: e for e in examples}
         prefixes: list[list[int]] = []
         row_refs: list[list[int]] = []
@@ -293,7 +323,7 @@ class R3Scores:
             refs[samples[idx[0]].group_id] = ref_ids
             prefixes += rows
             row_refs += [ref_ids] * len(rows)
-        lps = iter(reference_logprobs(scorer, prefixes, row_refs, self.tok.pad_id, always))
+        lps = iter(reference_logprobs(scorer, prefixes, row_refs, self.tok.pad_id, max_tokens, collective))
         logp, masked = {}, {}
         for g, idx in _groups(samples).items():
             if g in refs:
@@ -319,10 +349,12 @@ class R3:
         self.scores = R3Scores(ctx.tokenizer, c.answer_tag, c.masked_cot, masked)
         self.rpolicy = RewardPolicy(c.policy, ctx.policy, ctx.logprobs, ctx.start_model, ctx.cfg.model, c.lag,
                                     ctx.cfg.rl.logprob_chunk)
+        self.max_tokens = ctx.cfg.rl.max_tokens_per_microbatch  # the update's token budget per forward (0: none)
 
     def __call__(self, samples: list[Sample], examples: list[Example]) -> TermResult:
         self.rpolicy.tick()
-        logp, masked, _ = self.scores(samples, examples, self.rpolicy.scorer(), self.rpolicy.collective)
+        logp, masked, _ = self.scores(samples, examples, self.rpolicy.scorer(), self.max_tokens,
+                                      self.rpolicy.collective)
         out = torch.full((len(samples),), math.nan)
         sig_max, masked_mean = [], []
         for g, idx in _groups(samples).items():
@@ -384,4 +416,4 @@ class R3Length:
 
 __all__ = ["R3", "WEIGHTINGS", "R3Aggregate", "R3Length", "R3Scores", "RewardPolicy", "aggregate_certainty",
            "group_rows", "length_reward", "r3_reward", "r3_weights", "reference_logprobs", "reference_sigma",
-           "split_cot"]
+           "row_chunks", "split_cot"]
