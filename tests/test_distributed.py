@@ -8,6 +8,7 @@
    from the same checkpoint (model, optimizer, data position), with other samples (only statistically equal).
 3. The SFT warm start with N = 2 (each rank its share of every batch, gradients summed) equals one process's; so
    does an update of a Hugging Face model whose groups share prompts (packed rows under FSDP2).
+4. R3 scored with the sharded live policy or a lagged whole copy gives each rank one process's values.
 """
 
 from __future__ import annotations
@@ -398,8 +399,6 @@ def test_ssr_with_two_processes_draws_once_over_the_global_batch(tmp_path):
 # ---- R3 scored with the sharded live policy, and a lagged whole copy ---------------------------------------------
 
 R3_MODEL = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=64)
-
-
 R3_CASES = [("live", 0), ("live", 40), ("lagged", 0)]  # (r3.policy, rl.max_tokens_per_microbatch)
 
 
@@ -439,7 +438,7 @@ def _r3_worker(rank: int, world: int, port: int, start_model: str, out: str) -> 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     assert dist.init_from_env("cpu")
-    groups = [0, 1] if rank == 0 else [2]  # rank 1 has nothing to score: it still runs the collective forward
+    groups = [0, 1] if rank == 0 else [2]  # rank 1 has nothing to score: one-token forwards match rank 0's count
     results = {}
     for kind, max_tokens in R3_CASES:
         policy = dist.shard_policy(load_policy(start_model, ModelConfig(**R3_MODEL))[0])
@@ -462,7 +461,7 @@ def test_two_process_r3_with_live_and_lagged_policies_equals_one_process(tmp_pat
     mp.spawn(_r3_worker, args=(2, _free_port(), start, str(tmp_path / "r3")), nprocs=2, join=True)
     got = [torch.load(f"{tmp_path / 'r3'}.{r}", weights_only=False) for r in (0, 1)]
     for case in R3_CASES:
-        ref = _r3_values(load_policy(start, ModelConfig(**R3_MODEL))[0], *case[:1], start, [0, 1, 2], case[1])
+        ref = _r3_values(load_policy(start, ModelConfig(**R3_MODEL))[0], case[0], start, [0, 1, 2], case[1])
         for call in range(2):
             assert got[0][case][call] == pytest.approx(ref[call][:6], abs=1e-5), (case, call)
             assert all(math.isnan(v) for v in got[1][case][call]) and all(math.isnan(v) for v in ref[call][6:])
