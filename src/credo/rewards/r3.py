@@ -311,7 +311,8 @@ class R3Scores:
         row_refs: list[list[int]] = []
         refs: dict[int, list[int]] = {}
         open_tag = f"<{self.tag}>"
-        for idx in _groups(samples).values():
+        groups = _groups(samples)
+        for idx in groups.values():
             ref = by_id[samples[idx[0]].example_id].reference
             ref_ids = self.tok.encode(str(ref)) if ref is not None else []
             if not ref_ids:
@@ -325,7 +326,7 @@ class R3Scores:
             row_refs += [ref_ids] * len(rows)
         lps = iter(reference_logprobs(scorer, prefixes, row_refs, self.tok.pad_id, max_tokens, collective))
         logp, masked = {}, {}
-        for g, idx in _groups(samples).items():
+        for g, idx in groups.items():
             if g in refs:
                 logp[g] = torch.stack([next(lps) for _ in idx])  # [G, J]
                 masked[g] = next(lps) if self.masked else None  # [J]
