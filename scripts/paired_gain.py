@@ -1,6 +1,7 @@
 """Start → end held-out accuracy of one or more runs (seeds), with the paired per-problem gain pooled over them.
 
     python scripts/paired_gain.py runs/smollm2-s0 runs/smollm2-s1 runs/smollm2-s2 [--keys correct,correct@numeric]
+    python scripts/paired_gain.py runs/vllm-s0 runs/vllm-s1 --versus runs/native-s0 runs/native-s1
 
 Reads each run's first and last `evals/step_*.jsonl` (written by `credo train` at every evaluation: one row per
 held-out problem, in the same order). Prints, per key (a per-problem flag: `correct` is the environment's
@@ -8,7 +9,10 @@ format-required verdict, `correct@<verifier>` one of `eval.extra_verifiers`): ea
 their mean ± std over runs, and the pooled paired gain mean(d) ± SE with d = end − start per (run, problem)
 (`credo.core.stats.paired_gain`); with samples, pass@k at start and end (Chen et al.'s estimator). `--json`
 also writes the numbers. `--start EVAL.json` (from `credo eval … --out`, e.g. of the model before a warm start)
-replaces every run's first evaluation as the start.
+replaces every run's first evaluation as the start. `--versus RUN…`: a second group of runs (another setting, its
+own seeds), summarised the same way, then per key the difference of the two groups' per-run gains and of their
+end accuracies: mean difference ± Welch SE over seeds and the exact permutation p over seeds
+(`credo.core.stats.seed_difference`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from credo.core.stats import paired_gain, pass_at_k
+from credo.core.stats import paired_gain, pass_at_k, seed_difference
 
 
 def _evals(run: Path) -> tuple[Path, Path]:
@@ -78,16 +82,7 @@ def summarize(runs: list[Path], keys: list[str], ks: list[int], start: Path | No
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--keys", default="correct,correct@numeric")
-    p.add_argument("--pass-k", default="1,4")
-    p.add_argument("--json", type=Path, help="also write the numbers here")
-    p.add_argument("--start", type=Path, help="a `credo eval --out` JSON used as every run's start")
-    args = p.parse_args(argv)
-    res = summarize(args.runs, [k for k in args.keys.split(",") if k], [int(k) for k in args.pass_k.split(",")],
-                    args.start)
+def _print(res: dict) -> None:
     for key, r in res["keys"].items():
         print(f"{key}:")
         for pr in r["per_run"]:
@@ -100,6 +95,42 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio:.2f} SE)")
     for k in [x for x in res if x.startswith("pass@")]:
         print(f"{k}: {res[k]['start']:.3f} -> {res[k]['end']:.3f} (mean over runs)")
+
+
+def versus(a: dict, b: dict) -> dict:
+    """Per key: group a − group b in per-run gain (end − start) and in end accuracy, over seeds
+    (`seed_difference`: mean difference, Welch SE, exact permutation p)."""
+    out = {}
+    for key in a["keys"]:
+        ra, rb = a["keys"][key]["per_run"], b["keys"][key]["per_run"]
+        out[key] = {}
+        for what, f in (("gain", lambda r: r["end"] - r["start"]), ("end", lambda r: r["end"])):
+            d, se, p = seed_difference([f(r) for r in ra], [f(r) for r in rb])
+            out[key][what] = {"diff": d, "se": se, "p": p}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--versus", nargs="+", type=Path, help="a second group of runs to compare with")
+    p.add_argument("--keys", default="correct,correct@numeric")
+    p.add_argument("--pass-k", default="1,4")
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--start", type=Path, help="a `credo eval --out` JSON used as every run's start")
+    args = p.parse_args(argv)
+    keys, ks = [k for k in args.keys.split(",") if k], [int(k) for k in args.pass_k.split(",")]
+    res = summarize(args.runs, keys, ks, args.start)
+    _print(res)
+    if args.versus:
+        other = summarize(args.versus, keys, ks, args.start)
+        print("--- versus ---")
+        _print(other)
+        res = {"a": res, "b": other, "a_minus_b": versus(res, other)}
+        for key, v in res["a_minus_b"].items():
+            for what, x in v.items():
+                print(f"{key}: {what} a − b {x['diff']:+.4f} ± {x['se']:.4f} (Welch SE over seeds, "
+                      f"{len(args.runs)} vs {len(args.versus)} runs); permutation p {x['p']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return 0

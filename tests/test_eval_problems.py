@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from credo.core.stats import paired_gain
+from credo.core.stats import paired_gain, seed_difference
 from credo.trainer.config import load_config
 from credo.trainer.loop import train
 
@@ -17,6 +17,17 @@ def test_paired_gain_by_hand():
     assert paired_gain([0.0], [1.0]) == (1.0, 0.0)
     with pytest.raises(ValueError, match="equal"):
         paired_gain([1, 0], [1])
+
+
+def test_seed_difference_by_hand():
+    # a = (0, 1, 2), b = (3, 4, 5): diff −3; s² = 1 each, SE = √(1/3 + 1/3); of the C(6, 3) = 20 relabellings only
+    # the two extreme ones reach |diff| = 3: p = 2/20
+    diff, se, p = seed_difference([0.0, 1.0, 2.0], [3.0, 4.0, 5.0])
+    assert diff == -3.0 and se == pytest.approx((2 / 3) ** 0.5, abs=1e-12) and p == pytest.approx(0.1, abs=1e-12)
+    diff, se, p = seed_difference([1.0, 3.0], [3.0, 1.0])  # the same values: no difference, every split as far
+    assert diff == 0.0 and p == 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        seed_difference([1.0], [2.0, 3.0])
 
 
 def test_train_writes_one_row_per_held_out_problem(tiny_overrides, tmp_path):
