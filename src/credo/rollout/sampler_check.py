@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from credo.rollout.backend import Completion
+from credo.rollout.sampler import _top_p_filter
 
 
 @dataclass
@@ -43,10 +44,7 @@ def nucleus_logprobs(logits: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
     renormalised; −inf outside the set. `top_p` ≥ 1: the plain log softmax."""
     if top_p >= 1.0:
         return torch.log_softmax(logits, -1)
-    p = torch.softmax(logits, -1)
-    sp, order = p.sort(-1, descending=True)
-    keep = torch.zeros_like(sp, dtype=torch.bool).scatter(-1, order, (sp.cumsum(-1) - sp) < top_p)
-    return torch.log_softmax(logits.masked_fill(~keep, -math.inf), -1)
+    return torch.log_softmax(_top_p_filter(logits, top_p), -1)  # the native sampler's nucleus, one definition
 
 
 @torch.no_grad()
