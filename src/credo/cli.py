@@ -125,8 +125,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 def cmd_reer(args: argparse.Namespace) -> int:
     from credo.envs.dataset import DatasetError
-    from credo.trainer.reer import ReerConfig
     from credo.trainer.reer_io import reer_from_files
+    from credo.trainer.reer_parts import ReerConfig
 
     cfg = ReerConfig(candidates=args.candidates, max_steps=args.max_steps, stop_threshold=args.threshold,
                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -24,16 +24,8 @@ import torch
 
 from credo.envs.dataset import DatasetError
 from credo.rollout.backend import Generator
-from credo.trainer.reer import (
-    PolicyScorer,
-    ReerConfig,
-    ReerJob,
-    ReerResult,
-    Scorer,
-    good_answer,
-    search_batch,
-    sft_solution,
-)
+from credo.trainer.reer import ReerJob, ReerResult, search_batch
+from credo.trainer.reer_parts import PolicyScorer, ReerConfig, Scorer, good_answer, sft_solution
 
 
 @dataclass
