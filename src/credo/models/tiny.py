@@ -10,7 +10,9 @@ as the fast decoding engine, while the trainer keeps the Hugging Face model.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from credo.models.packed import DENSE, DenseLinears, pack, worth_packing
 
 
 @dataclass
@@ -184,7 +188,8 @@ class Block(nn.Module):
         return x + self.down(self._act(self.up(self.ln2(x))))
 
     def decode(
-        self, x: torch.Tensor, rot: torch.Tensor, bias: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor, slot: int
+        self, x: torch.Tensor, rot: torch.Tensor, bias: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor, slot: int,
+        lin: DenseLinears = DENSE,
     ) -> torch.Tensor:
         """One new token per row, x [B, d], written to cache slot `slot`; attends over the cache's whole storage
         ck/cv [B, Hkv, S, Dh] with the additive `bias` [B·Hkv, 1, S] (0 or -inf) masking pad and empty slots.
@@ -193,11 +198,12 @@ class Block(nn.Module):
         dispatch than to compute: RoPE of all query and key heads is one batched matmul by the rows' rotation
         matrices `rot` [B, Dh, Dh] (see `TinyLM.rotations`); scale and mask go into the score matmul
         (baddbmm); the residual adds go into the output projections (addmm); a plain bmm attention beats the
-        CPU flash kernel ~10x at one query.
+        CPU flash kernel ~10x at one query. `lin` does the weight products (`models.packed`: plain, or on
+        prepacked weights while `TinyLM.packed` is on).
         """
         B, d = x.shape
         H, Hkv, Dh = self.n_heads, self.kv_heads, self.dh
-        qkv = F.linear(self.ln1(x), self.qkv.weight, self.qkv.bias)  # [B, (H + 2·Hkv)·Dh]
+        qkv = lin.linear(self.ln1(x), self.qkv.weight, self.qkv.bias)  # [B, (H + 2·Hkv)·Dh]
         qk = torch.bmm(qkv[:, : (H + Hkv) * Dh].view(B, H + Hkv, Dh), rot)  # rotated q and k heads
         ck[:, :, slot] = qk[:, H:]
         cv[:, :, slot] = qkv[:, (H + Hkv) * Dh :].view(B, Hkv, Dh)
@@ -205,8 +211,8 @@ class Block(nn.Module):
         S = ck.shape[2]
         scores = torch.baddbmm(bias, q, ck.view(B * Hkv, S, Dh).transpose(1, 2), alpha=Dh**-0.5)
         a = torch.bmm(scores.softmax(-1), cv.view(B * Hkv, S, Dh)).view(B, d)
-        x = torch.addmm(x, a, self.proj.weight.t())
-        return torch.addmm(x, self._act(self.up(self.ln2(x))), self.down.weight.t())
+        x = lin.residual(x, a, self.proj.weight)
+        return lin.residual(x, self._act(lin.linear(self.ln2(x), self.up.weight)), self.down.weight)
 
     def _act(self, h: torch.Tensor) -> torch.Tensor:
         """The MLP's nonlinearity on the up projection: SwiGLU (gate and up halves) or tanh-GELU."""
@@ -228,6 +234,7 @@ class TinyLM(nn.Module):
             raise ValueError(f"d_model={cfg.d_model} must be divisible by n_heads={cfg.n_heads}, "
                              f"and n_heads by n_kv_heads={cfg.kv_heads}")
         self.cfg = cfg
+        self._linears: DenseLinears = DENSE  # `packed` swaps in prepacked weights while a generation call runs
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -255,9 +262,12 @@ class TinyLM(nn.Module):
         pos = pos.clamp(0, self.cfg.max_len - 1)
         return self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # [B, 1, t, Dh/2]
 
+    def _head_weight(self) -> torch.Tensor:
+        """The output projection [V, D]: the embedding when tied."""
+        return self.embed.weight if self.head is None else self.head.weight
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.embed.weight if self.head is None else self.head.weight
-        return F.linear(self.ln_f(x), w)  # [B, t, V]
+        return F.linear(self.ln_f(x), self._head_weight())  # [B, t, V]
 
     def embed_inputs(self, input_ids: torch.Tensor, images: list | None = None) -> torch.Tensor:
         """Token embeddings [B, t, D]. A text model takes no images (`TinyVLM` overrides this)."""
@@ -367,9 +377,30 @@ class TinyLM(nn.Module):
         bias = bias.masked_fill_(~cache.key_valid[:, None, None], float("-inf")).expand(B, Hkv, 1, S)
         bias = bias.reshape(B * Hkv, 1, S)
         x = self.embed_inputs(input_ids, images)[:, 0]
+        lin = self._linears
         for i, blk in enumerate(self.blocks):
-            x = blk.decode(x, rot, bias, cache.k[i], cache.v[i], slot)
-        return self._logits(x[:, None])
+            x = blk.decode(x, rot, bias, cache.k[i], cache.v[i], slot, lin)
+        return lin.linear(self.ln_f(x), self._head_weight())[:, None]  # [B, 1, V]
+
+    @contextlib.contextmanager
+    def packed(self, rows: int, new_tokens: int) -> Iterator[None]:
+        """Within the block, one-token decoding (`step`) multiplies by oneDNN-packed copies of the weights, made on
+        entry and dropped on exit (`models.packed`: ~2x faster products at decoding's few rows on a CPU); a no-op
+        when the call is too short to gain the packing back (`worth_packing(rows, new_tokens)`) or oneDNN cannot
+        pack these weights (not float32 on a CPU). The weights must not change inside the block."""
+        linears = None
+        if worth_packing(rows, new_tokens):
+            weights = [w for blk in self.blocks for w in (blk.qkv.weight, blk.proj.weight, blk.up.weight,
+                                                           blk.down.weight)]
+            linears = pack([*weights, self._head_weight()], batch_hint=rows)
+        if linears is None:
+            yield
+            return
+        self._linears = linears
+        try:
+            yield
+        finally:
+            self._linears = DENSE
 
     # ---- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

@@ -6,7 +6,8 @@ What decodes:
 - Hugging Face Llama-family models (`model.native_decode`, the default): a native engine, a `TinyLM` copy of the
   weights in the compute dtype (`models.hf.build_native_engine`); `sync_weights` copies the trainer's weights into
   it, all tensors or none (`models.hf.copy_into_native`): `policy.engine_weights()`, which for a LoRA policy are the
-  merged weights W + (α/r)·B A (`models.lora`).
+  merged weights W + (α/r)·B A (`models.lora`). On a CPU a call decodes on oneDNN-packed copies of the engine's
+  weights, made when it starts and dropped when it ends (`TinyLM.packed`, `models.packed`).
 - Any other model with `new_cache` / `step` (a `models.policy.Decoder`: other Hugging Face architectures through
   their own cache, Qwen2-VL): the model itself.
 
@@ -89,7 +90,9 @@ class NativeGenerator:
                 raise ValueError(f"prompt_logprobs={r.prompt_logprobs}: needs 0 <= k < len(prompt_ids) = "
                                  f"{len(r.prompt_ids)}")
         done: list[Completion | None] = [None] * len(rows)
-        with self._eval_mode():
+        packed = (self.engine.packed(min(len(rows), self.max_batch), params.max_new_tokens)
+                  if self.engine is not None else contextlib.nullcontext())
+        with self._eval_mode(), packed:
             for idx, g in self._batches(rows, rng):
                 for k, d in zip(idx, self._decode([rows[k] for k in idx], params, g), strict=True):
                     done[k] = self._completion(d, rows[k], params)

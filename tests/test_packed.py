@@ -1,0 +1,107 @@
+"""Decoding on oneDNN-packed weights (`models.packed`, `TinyLM.packed`): the same products as the plain path, used
+only inside a generation call, rebuilt at every call so a weight change between calls is never missed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from credo.models import packed as packed_mod
+from credo.models.packed import DENSE, DenseLinears, PackedLinears, can_pack, pack, worth_packing
+from credo.models.tiny import TinyConfig, TinyLM
+
+needs_onednn = pytest.mark.skipif(not can_pack(torch.zeros(1)), reason="PyTorch without oneDNN float32 packing")
+
+
+@needs_onednn
+def test_packed_products_equal_the_plain_ones():
+    g = torch.Generator().manual_seed(0)
+    w, w_other = torch.randn(48, 32, generator=g), torch.randn(48, 32, generator=g)
+    b, x, res = torch.randn(48, generator=g), torch.randn(5, 32, generator=g), torch.randn(5, 48, generator=g)
+    lin = pack([w], batch_hint=64)  # a hint other than the rows used: any row count gives the same product
+    assert isinstance(lin, PackedLinears)
+    torch.testing.assert_close(lin.linear(x, w, b), x @ w.T + b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lin.linear(x, w), x @ w.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lin.residual(res, x, w), res + x @ w.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lin.linear(x[:, None], w), (x @ w.T)[:, None], atol=1e-5, rtol=1e-5)  # [B, 1, in]
+    torch.testing.assert_close(lin.linear(x, w_other), x @ w_other.T, atol=0, rtol=0)  # not packed: plain
+
+
+def test_where_packing_applies():
+    assert not can_pack(torch.zeros(4, 4, dtype=torch.float64))
+    assert pack([], batch_hint=8) is None
+    assert pack([torch.zeros(4, 4, dtype=torch.float64)], batch_hint=8) is None
+    assert worth_packing(64, packed_mod.MIN_DECODE_STEPS) and not worth_packing(64, packed_mod.MIN_DECODE_STEPS - 1)
+    assert not worth_packing(0, 64)
+    assert isinstance(DENSE, DenseLinears) and not isinstance(DENSE, PackedLinears)
+
+
+def _decode_logits(model: TinyLM, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    cache = model.new_cache(prompt.shape[0], prompt.shape[1] + tokens.shape[1])
+    out = [model.step(prompt, cache, last_only=True)[:, -1]]
+    for t in range(tokens.shape[1]):
+        out.append(model.step(tokens[:, t : t + 1], cache)[:, -1])
+    return torch.stack(out, 1)  # [B, 1 + T, V]
+
+
+@needs_onednn
+@pytest.mark.parametrize("arch", ["gelu_tied", "swiglu_gqa_untied"])
+def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch):
+    cfg = (TinyConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64) if arch == "gelu_tied" else
+           TinyConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, mlp="swiglu",
+                      qkv_bias=True, tie_embeddings=False))
+    torch.manual_seed(0)
+    model = TinyLM(cfg).eval()
+    prompt, tokens = torch.randint(0, 50, (3, 5)), torch.randint(0, 50, (3, 20))
+    with torch.inference_mode():
+        plain = _decode_logits(model, prompt, tokens)
+        with model.packed(rows=3, new_tokens=20):
+            assert isinstance(model._linears, PackedLinears)
+            packed = _decode_logits(model, prompt, tokens)
+        assert model._linears is DENSE
+        with pytest.raises(KeyError), model.packed(rows=3, new_tokens=20):
+            raise KeyError("a failing call")
+        assert model._linears is DENSE  # restored on an exception too
+        with model.packed(rows=3, new_tokens=packed_mod.MIN_DECODE_STEPS - 1):
+            assert model._linears is DENSE  # too short to gain the packing back
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+    assert (plain[:, 1:] - plain[:, :1]).abs().max() > 1e-3  # the steps' logits differ: the comparison is not empty
+
+
+@needs_onednn
+def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, monkeypatch):
+    """A Hugging Face policy's native engine decodes each call on fresh packed weights: after an optimizer step and
+    `sync_weights`, the next call's log-probs are those of the updated model, equal (tokens, log-probs within
+    1e-5) to a call that does not pack."""
+    pytest.importorskip("transformers")
+    from credo.models.hf import load_hf
+    from credo.models.tiny_hf import make_tiny_hf
+    from credo.rollout.backend import GenerationRequest, SamplingParams
+    from credo.rollout.native import NativeGenerator
+
+    d = make_tiny_hf(tmp_path, arch="qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     intermediate_size=128)
+    policy, tok = load_hf(d)
+    gen = NativeGenerator(policy, tok)
+    reqs = [GenerationRequest(tok.encode_prompt(t), n=3) for t in ("1+1", "what is 17+25?")]
+    params = SamplingParams(max_new_tokens=24, temperature=1.0)
+    seen = []
+    step = gen.engine.step
+    monkeypatch.setattr(gen.engine, "step", lambda *a, **k: seen.append(type(gen.engine._linears)) or step(*a, **k))
+
+    def run(packing: bool) -> list:
+        monkeypatch.setattr(packed_mod, "MIN_DECODE_STEPS", 16 if packing else 10**9)
+        return [c for cs in gen.generate(reqs, params, torch.Generator().manual_seed(3)) for c in cs]
+
+    before = run(True)
+    assert PackedLinears in seen and gen.engine._linears is DENSE
+    opt = torch.optim.SGD(policy.parameters(), lr=2.0)
+    ids = torch.tensor([tok.encode_prompt("7*8")])
+    policy.forward(ids).logsumexp(-1).mean().backward()
+    opt.step()
+    gen.sync_weights(policy)
+    after, plain = run(True), run(False)
+    assert any(not torch.equal(a.logprobs, b.logprobs) for a, b in zip(after, before, strict=True))
+    for a, p in zip(after, plain, strict=True):
+        assert torch.equal(a.completion_ids, p.completion_ids)
+        torch.testing.assert_close(a.logprobs, p.logprobs, atol=1e-5, rtol=0)
