@@ -8,7 +8,9 @@ distinct characters, so that groups are never all-equal and every step trains). 
 method: credo runs each group's prompt once in the update (`rl.share_prefix`; under checkpointing the group's rows
 packed behind it), TRL runs it once per row.
 
-Figures, each side measured in a subprocess of its own (so that peak RSS is the side's own):
+Figures, each side measured in a subprocess of its own (so that peak RSS is the side's own), every side with PyTorch's
+huge-page CPU allocations on (`THP_MEM_ALLOC_ENABLE=1`, which the `credo` command sets: `cli.huge_page_allocations`;
+an explicit value in the environment is kept):
 - rollout tok/s: credo's native backend vs HF `generate`, 64 rows × 64 tokens (EOS off), float32 and bfloat16;
 - RL step seconds and peak RSS: `credo train` vs TRL `GRPOTrainer` (the first step is warm-up, not counted);
 - credo at 16 prompts × 8 (does it run, at what peak RSS);
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -208,7 +211,8 @@ def update_flops(d: Path, prompt_lens: list[int], response_len: float) -> float:
 def run_side(args: list[str]) -> dict:
     """Run this script as `--side …` in a subprocess; its last line is `RESULT <json>`."""
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1")}  # as `credo` sets it
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, env=env)
     lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         tail = (out.stdout + out.stderr)[-3000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +165,44 @@ def test_return_freed_memory_applies_on_glibc_once():
     applied = return_freed_memory()
     assert applied == sys.platform.startswith("linux")  # mallopt returns 1 on success
     assert return_freed_memory() is applied  # cached: set once per process
+
+
+_THP_PROBE = """
+import resource, sys
+from credo.cli import huge_page_allocations
+acts = huge_page_allocations()
+import os, torch
+from credo.trainer.update import return_freed_memory
+return_freed_memory()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.empty(4 * 2**20).fill_(1.0)  # 16 MiB, mmapped and unmapped each time
+print(acts, os.environ["THP_MEM_ALLOC_ENABLE"], resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+def _thp_probe(env_value: str | None) -> tuple[str, str, int]:
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = env_value
+    out = subprocess.run([sys.executable, "-c", _THP_PROBE], capture_output=True, text=True, env=env, check=True)
+    acts, value, faults = out.stdout.split()
+    return acts, value, int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages and mallopt are Linux's")
+def test_huge_page_allocations_cut_the_page_faults_of_fresh_buffers():
+    """`credo`'s entry point turns PyTorch's huge-page allocations on before torch is imported (an explicit value
+    in the environment wins); where the kernel lends huge pages on request, a 16 MiB buffer taken fresh from the
+    system 20 times faults ~8x less than on 4 KiB pages (measured here: 10465 vs 81985 faults; the rest are the
+    4 KiB pages around each 2 MiB-aligned block)."""
+    on, off = _thp_probe(None), _thp_probe("0")
+    assert on[:2] == ("True", "1") and off[:2] == ("True", "0")
+    assert off[2] >= 20 * 4096 * 0.9  # 4 KiB pages: every page of every buffer faults
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.exists() or "[never]" in mode.read_text():
+        pytest.skip("this kernel lends no transparent huge pages (the setting is harmless there)")
+    assert on[2] < off[2] / 4
