@@ -254,8 +254,11 @@ def main() -> None:
         detail = "" if "update_s" not in r else (
             f"  (rollout {r['rollout_s']:.2f} s, update {r['update_s']:.2f} s, mean response "
             f"{r['response_len']:.1f} tokens, {r['optimizer_steps']:.0f} optimizer steps)")
-        summary = f"{r['step_s']:7.2f} s/step over {r['steps']} steps  peak RSS {r['peak_rss_gb']:.2f} GB{detail}"
-        print(f"rl step {name:10s} " + (r.get("error") or summary))
+        if "error" in r:
+            print(f"rl step {name:10s} {r['error']}")
+            continue
+        print(f"rl step {name:10s} {r['step_s']:7.2f} s/step over {r['steps']} steps  peak RSS "
+              f"{r['peak_rss_gb']:.2f} GB{detail}")
     from transformers import AutoTokenizer
 
     from credo.models.hf import HFTokenizer

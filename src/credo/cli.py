@@ -15,8 +15,8 @@ def huge_page_allocations() -> bool:
     which c10's CPU allocator reads at its first allocation: so before torch is imported, as `main` does), unless
     the environment already sets it. The update gives large freed buffers back to the system
     (`trainer.update.return_freed_memory`, which keeps peak RSS low), so every large activation is fresh memory,
-    and on 4 KiB pages its page faults cost ~10% of an update of SmolLM2-135M on 2 cores (64 rows, ~3.8k tokens,
-    gradient checkpointing: 54.3 / 54.9 s without, 47.1-50.0 s with, peak RSS unchanged). Takes effect where the
+    and on 4 KiB pages its page faults cost time: an update of SmolLM2-135M on 2 cores (64 rows, ~3.8k tokens,
+    gradient checkpointing) took 54.3 / 54.9 s without, 47.1-50.0 s with, peak RSS unchanged. Takes effect where the
     kernel's THP mode is `madvise` or `always`; returns whether torch was still unimported (the setting can act)."""
     import os
 

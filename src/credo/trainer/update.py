@@ -18,6 +18,10 @@ Memory and work, decided the same way on every rank (so that data-parallel ranks
 - On glibc (Linux), large buffers are always mmapped and unmapped when freed (`return_freed_memory`): with its
   default the threshold rises to 32 MiB after the first free, so a step's activations (~16 MiB tensors for a 135M
   model) stay in the heap, fragmented: SmolLM2-135M, 64 rows × 109 tokens, peak RSS 5.8 GB → 2.9 GB (fused AdamW).
+  Each large buffer is then fresh memory, paid in page faults; the `credo` command has PyTorch take it in 2 MiB
+  huge pages (`cli.huge_page_allocations`). SmolLM2-135M forward + backward of 64 rows (~3.8k packed tokens,
+  checkpointing), 2 cores: 54.3 / 54.9 s on 4 KiB pages, 47.1–50.0 s on huge pages, 37.8 s with buffers left in
+  the heap (glibc's default) at 2.2× the peak RSS (3.9 vs 1.8 GB).
 """
 
 from __future__ import annotations
