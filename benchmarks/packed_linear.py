@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
+    if a.rows < 8 or a.rows % 8:
+        ap.error("--rows must be a multiple of 8 (groups of 8 samples)")
     torch.set_num_threads(a.threads)
     if not can_pack(torch.zeros(1)):
         raise SystemExit("this PyTorch build cannot pack float32 weights with oneDNN")

@@ -3,6 +3,8 @@ only inside a generation call, rebuilt at every call so a weight change between 
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -32,8 +34,27 @@ def test_where_packing_applies():
     assert pack([], batch_hint=8) is None
     assert pack([torch.zeros(4, 4, dtype=torch.float64)], batch_hint=8) is None
     assert worth_packing(64, packed_mod.MIN_DECODE_STEPS) and not worth_packing(64, packed_mod.MIN_DECODE_STEPS - 1)
-    assert not worth_packing(0, 64)
+    assert worth_packing(packed_mod.MIN_ROWS, 64) and not worth_packing(packed_mod.MIN_ROWS - 1, 64)
     assert isinstance(DENSE, DenseLinears) and not isinstance(DENSE, PackedLinears)
+
+
+@contextlib.contextmanager
+def _packed_products(monkeypatch):
+    """Counts the products that take a packed weight within the block (a list of one int) and fails on one that
+    falls back to the plain path, so a test passes only if decoding really multiplies by packed copies."""
+    hits = [0]
+    get = PackedLinears._get
+
+    def counted(self, weight):
+        packed = get(self, weight)
+        if packed is None:
+            raise AssertionError("a decoding product fell back to the plain path")
+        hits[0] += 1
+        return packed
+
+    with monkeypatch.context() as m:
+        m.setattr(PackedLinears, "_get", counted)
+        yield hits
 
 
 def _decode_logits(model: TinyLM, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -46,7 +67,7 @@ def _decode_logits(model: TinyLM, prompt: torch.Tensor, tokens: torch.Tensor) ->
 
 @needs_onednn
 @pytest.mark.parametrize("arch", ["gelu_tied", "swiglu_gqa_untied"])
-def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch):
+def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, monkeypatch):
     cfg = (TinyConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64) if arch == "gelu_tied" else
            TinyConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, mlp="swiglu",
                       qkv_bias=True, tie_embeddings=False))
@@ -55,15 +76,23 @@ def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch):
     prompt, tokens = torch.randint(0, 50, (3, 5)), torch.randint(0, 50, (3, 20))
     with torch.inference_mode():
         plain = _decode_logits(model, prompt, tokens)
-        with model.packed(rows=3, new_tokens=20):
+        with model.packed(rows=8, new_tokens=20):
             assert isinstance(model._linears, PackedLinears)
-            packed = _decode_logits(model, prompt, tokens)
+            outer = model._linears
+            with model.packed(rows=8, new_tokens=20):
+                assert model._linears is outer  # nested: the outer block's copies
+            assert model._linears is outer
+            with _packed_products(monkeypatch) as hits:  # every product of a decoding step takes a packed weight
+                packed = _decode_logits(model, prompt, tokens)
+            assert hits[0] == tokens.shape[1] * (4 * cfg.n_layers + 1)  # qkv, proj, up, down per layer; the head
         assert model._linears is DENSE
-        with pytest.raises(KeyError), model.packed(rows=3, new_tokens=20):
+        with pytest.raises(KeyError), model.packed(rows=8, new_tokens=20):
             raise KeyError("a failing call")
         assert model._linears is DENSE  # restored on an exception too
-        with model.packed(rows=3, new_tokens=packed_mod.MIN_DECODE_STEPS - 1):
+        with model.packed(rows=8, new_tokens=packed_mod.MIN_DECODE_STEPS - 1):
             assert model._linears is DENSE  # too short to gain the packing back
+        with model.packed(rows=packed_mod.MIN_ROWS - 1, new_tokens=64):
+            assert model._linears is DENSE  # too few rows
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
     assert (plain[:, 1:] - plain[:, :1]).abs().max() > 1e-3  # the steps' logits differ: the comparison is not empty
 
@@ -83,7 +112,7 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, monkeypatch):
                      intermediate_size=128)
     policy, tok = load_hf(d)
     gen = NativeGenerator(policy, tok)
-    reqs = [GenerationRequest(tok.encode_prompt(t), n=3) for t in ("1+1", "what is 17+25?")]
+    reqs = [GenerationRequest(tok.encode_prompt(t), n=4) for t in ("1+1", "what is 17+25?")]  # 8 rows
     params = SamplingParams(max_new_tokens=24, temperature=1.0)
     seen = []
     step = gen.engine.step
@@ -91,7 +120,10 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, monkeypatch):
 
     def run(packing: bool) -> list:
         monkeypatch.setattr(packed_mod, "MIN_DECODE_STEPS", 16 if packing else 10**9)
-        return [c for cs in gen.generate(reqs, params, torch.Generator().manual_seed(3)) for c in cs]
+        with _packed_products(monkeypatch) as hits:
+            out = [c for cs in gen.generate(reqs, params, torch.Generator().manual_seed(3)) for c in cs]
+        assert (hits[0] > 0) == packing  # the packed products ran, and only when packing
+        return out
 
     before = run(True)
     assert PackedLinears in seen and gen.engine._linears is DENSE
@@ -105,3 +137,20 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, monkeypatch):
     for a, p in zip(after, plain, strict=True):
         assert torch.equal(a.completion_ids, p.completion_ids)
         torch.testing.assert_close(a.logprobs, p.logprobs, atol=1e-5, rtol=0)
+
+
+def test_vlm_decoding_never_samples_the_image_placeholder():
+    """TinyVLM pins the placeholder's logit in its head; the one-token decoding path (plain or packed) goes through
+    that head too."""
+    from credo.models.vlm import TinyVLM, VLMConfig
+
+    torch.manual_seed(0)
+    model = TinyVLM(VLMConfig(vocab_size=60, d_model=32, n_layers=2, n_heads=4, d_ff=64, image_token_id=59)).eval()
+    pid = model.cfg.image_token_id
+    prompt, tokens = torch.randint(0, pid, (8, 5)), torch.randint(0, pid, (8, 17))
+    with torch.inference_mode():
+        plain = _decode_logits(model, prompt, tokens)
+        with model.packed(rows=8, new_tokens=17):
+            packed = _decode_logits(model, prompt, tokens)
+    assert (plain[..., pid] == -1e9).all() and (packed[..., pid] == -1e9).all()
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)

@@ -16,8 +16,9 @@ def huge_page_allocations() -> bool:
     the environment already sets it. The update gives large freed buffers back to the system
     (`trainer.update.return_freed_memory`, which keeps peak RSS low), so every large activation is fresh memory,
     and on 4 KiB pages its page faults cost time: an update of SmolLM2-135M on 2 cores (64 rows, ~3.8k tokens,
-    gradient checkpointing) took 54.3 / 54.9 s without, 47.1-50.0 s with, peak RSS unchanged. Takes effect where the
-    kernel's THP mode is `madvise` or `always`; returns whether torch was still unimported (the setting can act)."""
+    gradient checkpointing) took 54.3 / 54.9 s without, 47.1-50.0 s with, peak RSS unchanged. It matters where the
+    kernel's THP mode is `madvise` (under `always` huge pages come anyway, under `never` not at all); returns
+    whether torch was still unimported (the setting can act)."""
     import os
 
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

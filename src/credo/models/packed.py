@@ -10,19 +10,23 @@ as vLLM's and IPEX's CPU linears on prepacked weights.
 
 Packed copies are made when a generation call starts (`PackedLinears`) and dropped when it ends, so they can never
 be stale (weights change only between calls: the optimizer step, `sync_weights`) and cost memory only while the
-engine decodes. Packing the whole of SmolLM2-135M takes ~0.3 s here, so the engine packs only calls long enough
-to gain it back (`worth_packing`). Where oneDNN cannot pack (no CPU build of it, a GPU tensor, a dtype this CPU's
-oneDNN refuses — bfloat16 here) `pack` returns None and the engine keeps `DenseLinears`.
+engine decodes (the engine's float32 linear and head weights once more, 0.54 GB for SmolLM2-135M: the RL step of
+`benchmarks/real_model.py` peaked at 3.51 GB with packing, 3.33 GB with `rollout.pack_weights=false`). Packing the
+whole of SmolLM2-135M takes ~0.3 s here, so the engine packs only calls that can gain it back (`worth_packing`;
+`rollout.pack_weights = false` turns it off). Only float32 weights on a CPU with oneDNN are packed (this CPU's
+oneDNN refuses bfloat16 packing); elsewhere `pack` returns None and the engine keeps `DenseLinears`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
-MIN_DECODE_STEPS = 16  # a call decoding fewer tokens than this is not packed (`worth_packing`)
+MIN_DECODE_STEPS = 16  # a call allowed fewer new tokens than this is not packed (`worth_packing`)
+MIN_ROWS = 8  # nor a call of fewer rows: at 1 row packed products gain little or lose (`benchmarks/packed_linear.py`)
 
 
 class DenseLinears:
@@ -67,30 +71,38 @@ class PackedLinears(DenseLinears):
         return torch.ops.mkldnn._linear_pointwise.binary(x, res, packed, None, "add")
 
 
-def can_pack(weight: torch.Tensor) -> bool:
-    """Whether oneDNN packs `weight` here: a float32 CPU tensor, PyTorch built with oneDNN, and a trial pack of a
-    small matrix of the same dtype succeeds (some CPUs' oneDNN refuses bfloat16 packing)."""
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+@functools.cache
+def _onednn_packs_float32() -> bool:
+    """PyTorch is built with oneDNN and a trial float32 pack succeeds (checked once per process)."""
+    if not torch.backends.mkldnn.is_available():
         return False
     try:
-        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=weight.dtype), 8)
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8), 8)
     except (RuntimeError, AttributeError):
         return False
     return True
 
 
+def can_pack(weight: torch.Tensor) -> bool:
+    """Whether oneDNN packs `weight` here: a float32 CPU tensor, and this PyTorch packs float32 with oneDNN."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and _onednn_packs_float32()
+
+
 def worth_packing(rows: int, new_tokens: int) -> bool:
-    """Whether a generation call of `rows` rows × up to `new_tokens` tokens gains back the packing (~3 decoding
-    steps of work): at least MIN_DECODE_STEPS tokens to decode."""
-    return rows > 0 and new_tokens >= MIN_DECODE_STEPS
+    """Whether a generation call of `rows` rows × up to `new_tokens` new tokens is packed: at least MIN_ROWS rows
+    and MIN_DECODE_STEPS tokens allowed (the packing costs ~3 decoding steps of a 64-row batch; at 8 rows packed
+    products run 1.6–2.9× faster, at 1 row some run slower). A call that ends early (EOS, stop strings) may not
+    gain it back."""
+    return rows >= MIN_ROWS and new_tokens >= MIN_DECODE_STEPS
 
 
 def pack(weights: Iterable[torch.Tensor], batch_hint: int) -> PackedLinears | None:
-    """`PackedLinears` over `weights`, or None when the first cannot be packed here (`can_pack`)."""
+    """`PackedLinears` over `weights`, or None when any of them cannot be packed here (`can_pack`)."""
     weights = list(weights)
-    if not weights or not can_pack(weights[0]):
+    if not weights or not all(map(can_pack, weights)):
         return None
     return PackedLinears(weights, batch_hint)
 
 
-__all__ = ["DENSE", "MIN_DECODE_STEPS", "DenseLinears", "PackedLinears", "can_pack", "pack", "worth_packing"]
+__all__ = ["DENSE", "MIN_DECODE_STEPS", "MIN_ROWS", "DenseLinears", "PackedLinears", "can_pack", "pack",
+           "worth_packing"]

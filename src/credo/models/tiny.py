@@ -266,8 +266,9 @@ class TinyLM(nn.Module):
         """The output projection [V, D]: the embedding when tied."""
         return self.embed.weight if self.head is None else self.head.weight
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.ln_f(x), self._head_weight())  # [B, t, V]
+    def _logits(self, x: torch.Tensor, lin: DenseLinears = DENSE) -> torch.Tensor:
+        """The LM head on hidden states [..., D] → logits [..., V] (`lin`: plain, or packed weights in decoding)."""
+        return lin.linear(self.ln_f(x), self._head_weight())
 
     def embed_inputs(self, input_ids: torch.Tensor, images: list | None = None) -> torch.Tensor:
         """Token embeddings [B, t, D]. A text model takes no images (`TinyVLM` overrides this)."""
@@ -380,16 +381,17 @@ class TinyLM(nn.Module):
         lin = self._linears
         for i, blk in enumerate(self.blocks):
             x = blk.decode(x, rot, bias, cache.k[i], cache.v[i], slot, lin)
-        return lin.linear(self.ln_f(x), self._head_weight())[:, None]  # [B, 1, V]
+        return self._logits(x[:, None], lin)  # [B, 1, V]
 
     @contextlib.contextmanager
     def packed(self, rows: int, new_tokens: int) -> Iterator[None]:
         """Within the block, one-token decoding (`step`) multiplies by oneDNN-packed copies of the weights, made on
         entry and dropped on exit (`models.packed`: ~2x faster products at decoding's few rows on a CPU); a no-op
         when the call is too short to gain the packing back (`worth_packing(rows, new_tokens)`) or oneDNN cannot
-        pack these weights (not float32 on a CPU). The weights must not change inside the block."""
+        pack these weights (not float32 on a CPU). The weights must not change inside the block. Nested inside
+        another `packed` block it reuses the outer block's copies."""
         linears = None
-        if worth_packing(rows, new_tokens):
+        if self._linears is DENSE and worth_packing(rows, new_tokens):
             weights = [w for blk in self.blocks for w in (blk.qkv.weight, blk.proj.weight, blk.up.weight,
                                                            blk.down.weight)]
             linears = pack([*weights, self._head_weight()], batch_hint=rows)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from credo.models.packed import DENSE, DenseLinears
 from credo.models.tiny import TinyConfig, TinyLM
 from credo.models.tokenizer import CharTokenizer
 
@@ -76,10 +77,10 @@ class TinyVLM(TinyLM):
         nn.init.normal_(self.patch.weight, std=0.02)
         nn.init.normal_(self.patch_pos, std=0.02)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, lin: DenseLinears = DENSE) -> torch.Tensor:
         """The placeholder is input only: its logit is pinned to -1e9 so that it is never sampled (probability
         exactly 0 in float32; finite, so entropies and temperature scaling stay finite)."""
-        logits = super()._logits(x)
+        logits = super()._logits(x, lin)
         logits[..., self.cfg.image_token_id] = -1e9
         return logits
 

@@ -40,7 +40,8 @@ class NativeGenerator:
 
     `native`: decode a Hugging Face Llama-family model on a native engine copy (None: the policy's
     `native_decode`, off for other models); `max_batch`: rows per decode batch; `max_len` / `image_size`: override
-    the model's (`policy.cfg.max_len`, `policy.cfg.image_size`; no limit / 48 when it has none).
+    the model's (`policy.cfg.max_len`, `policy.cfg.image_size`; no limit / 48 when it has none); `pack`: the
+    engine decodes on oneDNN-packed weights where that pays (`TinyLM.packed`; `rollout.pack_weights`).
     Raises TypeError when neither the policy nor an engine for it can step-decode.
     """
 
@@ -53,8 +54,9 @@ class NativeGenerator:
         max_batch: int = 512,
         max_len: int | None = None,
         image_size: int | None = None,
+        pack: bool = True,
     ) -> None:
-        self.policy, self.tokenizer, self.max_batch = policy, tokenizer, max_batch
+        self.policy, self.tokenizer, self.max_batch, self.pack = policy, tokenizer, max_batch, pack
         cfg = getattr(policy, "cfg", None)
         self.max_len: int | None = max_len if max_len is not None else getattr(cfg, "max_len", None)
         self.image_size: int = image_size or getattr(cfg, "image_size", 48)
@@ -91,7 +93,7 @@ class NativeGenerator:
                                  f"{len(r.prompt_ids)}")
         done: list[Completion | None] = [None] * len(rows)
         packed = (self.engine.packed(min(len(rows), self.max_batch), params.max_new_tokens)
-                  if self.engine is not None else contextlib.nullcontext())
+                  if self.engine is not None and self.pack else contextlib.nullcontext())
         with self._eval_mode(), packed:
             for idx, g in self._batches(rows, rng):
                 for k, d in zip(idx, self._decode([rows[k] for k in idx], params, g), strict=True):

@@ -238,6 +238,8 @@ def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any
         raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} < {dist.world_size()} processes")
     gen_policy = dist.generation_copy(policy)
     options: dict[str, Any] = {"max_batch": cfg.rollout.max_batch}
+    if resolve_backend(cfg.rollout.backend, gen_policy) == "native":
+        options["pack"] = cfg.rollout.pack_weights
     if cfg.rollout.sleep:
         if resolve_backend(cfg.rollout.backend, gen_policy) != "vllm":
             raise ValueError("rollout.sleep is vLLM's sleep mode: it needs rollout.backend = 'vllm'")
