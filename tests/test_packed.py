@@ -4,6 +4,7 @@ only inside a generation call, rebuilt at every call so a weight change between 
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -93,6 +94,9 @@ def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, monke
             assert model._linears is DENSE  # too short to gain the packing back
         with model.packed(rows=packed_mod.MIN_ROWS - 1, new_tokens=64):
             assert model._linears is DENSE  # too few rows
+        copied = copy.deepcopy(model)  # a deep copy (a reference model, a generation copy) packs as well
+        with copied.packed(rows=8, new_tokens=20):
+            assert isinstance(copied._linears, PackedLinears)
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
     assert (plain[:, 1:] - plain[:, :1]).abs().max() > 1e-3  # the steps' logits differ: the comparison is not empty
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from credo.models.packed import DENSE, DenseLinears, pack, worth_packing
+from credo.models.packed import DENSE, DenseLinears, PackedLinears, pack, worth_packing
 
 
 @dataclass
@@ -391,7 +391,7 @@ class TinyLM(nn.Module):
         pack these weights (not float32 on a CPU). The weights must not change inside the block. Nested inside
         another `packed` block it reuses the outer block's copies."""
         linears = None
-        if self._linears is DENSE and worth_packing(rows, new_tokens):
+        if not isinstance(self._linears, PackedLinears) and worth_packing(rows, new_tokens):
             weights = [w for blk in self.blocks for w in (blk.qkv.weight, blk.proj.weight, blk.up.weight,
                                                            blk.down.weight)]
             linears = pack([*weights, self._head_weight()], batch_hint=rows)
