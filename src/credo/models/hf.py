@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from credo.models.prefix_attention import ATTENTION, flatten, use_prefix_attention
 from credo.models.tiny import TinyConfig, TinyLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -200,6 +201,7 @@ class HFPolicy(torch.nn.Module):
         self.compute_dtype = compute_dtype or p.dtype  # autocast dtype of the forward (the parameters' if none)
         self.chunkable = plain_lm_head(model)  # `output_logits(hidden_states(x))` equals `forward(x)`
         self.native_decode = native  # decode on a native engine copy when the architecture allows it
+        use_prefix_attention(model)  # sdpa + packed rows' prefix attention (`models.prefix_attention`)
 
     @property
     def device(self) -> torch.device:
@@ -233,7 +235,7 @@ class HFPolicy(torch.nn.Module):
         """Whether `prefix_hidden_states` can run: with the sdpa or eager attention (the ones the test holds to
         the plain forward), and not under activation checkpointing, which turns the KV cache off in training
         mode (transformers sets `use_cache=False` there)."""
-        if getattr(self.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        if getattr(self.model.config, "_attn_implementation", "sdpa") not in ("sdpa", ATTENTION, "eager"):
             return False
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft: base
         flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") \
@@ -271,28 +273,37 @@ class HFPolicy(torch.nn.Module):
         c = self.model.config
         sliding = (getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True)) \
             or "sliding_attention" in (getattr(c, "layer_types", None) or ())
-        return getattr(c, "_attn_implementation", "sdpa") in ("sdpa", "eager") and not sliding
+        return getattr(c, "_attn_implementation", "sdpa") in ("sdpa", ATTENTION, "eager") and not sliding
 
     def packed_hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                              segments: torch.Tensor) -> torch.Tensor:
         """Hidden states [n, S, D] of packed rows: `input_ids`, `position_ids`, `segments` [n, S]. A packed row is
         one prompt (segment 0) followed by several continuations of it (segments 1, 2, …; −1: padding); token j
-        attends to token k ≤ j of its row when k is in the prompt or in j's own segment (a block mask given to
-        the attention as a 4D mask: boolean for sdpa, additive for eager), and `position_ids` restart after the
-        prompt for each continuation, so each continuation's states equal those of prompt + continuation run
-        alone. Layout as in Prefix Grouper (Liu et al. 2025, arXiv 2506.05433); one decoder forward, so
-        activation checkpointing and FSDP2 see an ordinary forward."""
+        attends to token k ≤ j of its row when k is in the prompt or in j's own segment, and `position_ids`
+        restart after the prompt for each continuation, so each continuation's states equal those of prompt +
+        continuation run alone. Layout as in Prefix Grouper (Liu et al. 2025, arXiv 2506.05433); one decoder
+        forward, so activation checkpointing and FSDP2 see an ordinary forward. With the sdpa attention (switched
+        to `models.prefix_attention.ATTENTION` at construction) the rows' real tokens run as one row and each prompt and
+        continuation attends only to its own keys (`models.prefix_attention`; padding states are 0); with eager the
+        block mask is given to the attention as an additive 4D mask over the padded rows."""
+        decoder = self.model.get_decoder()
+        if getattr(self.model.config, "_attn_implementation", None) == ATTENTION:
+            keep, layout = flatten(segments)  # [n, S]
+            ids = input_ids[keep][None]  # [1, N]
+            with self.autocast():
+                h = decoder(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=position_ids[keep][None],
+                            use_cache=False, credo_prefix_layout=layout).last_hidden_state[0]  # [N, D]
+            flat = keep.reshape(-1).nonzero().squeeze(1)  # [N]
+            out = h.new_zeros(keep.numel(), h.shape[-1]).index_copy(0, flat, h)
+            return out.view(*keep.shape, h.shape[-1])
         S = input_ids.shape[1]
         q, k = segments[:, :, None], segments[:, None, :]  # [n, S, 1], [n, 1, S]
         causal = torch.ones(S, S, dtype=torch.bool, device=input_ids.device).tril()
         allowed = (causal & ((k == 0) | (k == q)))[:, None]  # [n, 1, S, S]; padding sees earlier padding
-        mask: torch.Tensor = allowed
-        if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":
-            mask = torch.zeros(allowed.shape, device=allowed.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        mask = torch.zeros(allowed.shape, device=allowed.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(torch.float32).min)
         with self.autocast():
-            out = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                           use_cache=False)
+            out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,11 @@ FLOPs divided by the group size. Two ways, by `share_prefix`:
   run on them — two decoder forwards, no wasted attention.
 - "pack" (`packed_hidden_states`, also under activation checkpointing, which turns transformers' KV cache off in
   training): a group's rows are laid out behind one copy of their prompt, up to `pack_tokens` tokens per packed
-  row (`pack_groups`), with a block mask so that each continuation sees the prompt and itself; one decoder
-  forward (so FSDP2's per-layer gathers are those of a plain forward), at the price of attention over the whole
-  packed row (O(S²) per packed row of S tokens, masked), which `pack_tokens` bounds.
+  row (`pack_groups`), each continuation seeing the prompt and itself; one decoder forward (so FSDP2's per-layer
+  gathers are those of a plain forward). Hugging Face models with the sdpa attention run the packed rows' real
+  tokens as one row, each prompt and continuation over its own keys (`models.prefix_attention`); others (eager,
+  TinyLM) take a block mask, at the price of attention over the whole packed row (O(S²) per packed row of S
+  tokens, masked), which `pack_tokens` bounds.
 - "auto": "pack" when every group fits in one packed row (measured faster than "cache" there: one forward, no
   padding between a group's rows; `benchmarks/shared_prefix.py`), else "cache" where the policy can run it, else
   "pack". "off": the plain forward.
