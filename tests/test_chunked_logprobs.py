@@ -118,3 +118,31 @@ def test_backward_holds_no_full_vocabulary_tensor():
 def test_bad_chunk_is_an_error():
     with pytest.raises(ValueError, match="chunk"):
         sequence_logprobs(_tiny(), torch.zeros(1, 3, dtype=torch.long), chunk=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dtype, temperature):
+    """`_HeadLogprob` (bias-free linear heads: `HFPolicy.lm_head`) gives the log-probs, entropies and gradients of
+    `_score_chunk` under activation checkpointing (plain autograd), in float32 and with bfloat16 compute."""
+    from credo.trainer import logprobs as L
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(13, 16, generator=g, requires_grad=True)
+    w = (torch.randn(37, 16, generator=g) * 0.5).requires_grad_(True)
+    y = torch.randint(0, 37, (13,), generator=g)
+    up = torch.randn(13, generator=g)
+
+    def head(x):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            return torch.nn.functional.linear(x, w)
+
+    lp0, ent0 = torch.utils.checkpoint.checkpoint(L._score_chunk, head, h, y, temperature, True, use_reentrant=False)
+    g0 = torch.autograd.grad((lp0 * up).sum(), (h, w))
+    lp1, ent1 = L._HeadLogprob.apply(h, w, y, temperature, True, dtype)
+    g1 = torch.autograd.grad((lp1 * up).sum(), (h, w))
+    torch.testing.assert_close(lp1, lp0, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ent1, ent0, atol=1e-6, rtol=1e-6)
+    assert not ent1.requires_grad
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

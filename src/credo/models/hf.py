@@ -306,6 +306,18 @@ class HFPolicy(torch.nn.Module):
             out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
+    def lm_head(self) -> tuple[torch.Tensor, torch.dtype] | None:
+        """The LM head's weight [V, D] and the compute dtype when `output_logits(h)` is h Wᵀ in that dtype (a
+        bias-free `nn.Linear` holding a plain tensor), so that `trainer.logprobs` may run the head's backward
+        itself; None for other heads, a peft-adapted one, or under FSDP2 (a sharded weight is gathered only
+        inside the module's forward)."""
+        from torch.distributed.tensor import DTensor
+
+        head = self.model.get_output_embeddings()
+        if type(head) is not torch.nn.Linear or head.bias is not None or isinstance(head.weight, DTensor):
+            return None
+        return head.weight, self.compute_dtype
+
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head on hidden states [..., D] → logits [..., V] (valid when `chunkable`)."""
         with self.autocast():

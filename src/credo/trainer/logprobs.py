@@ -6,7 +6,10 @@ tokens, never the `[B, T, V]` log-softmax. A policy that sets `chunkable = True`
 the log-softmax then run on `chunk` positions at a time, each chunk under activation checkpointing, so neither
 the forward nor the backward pass holds more than one chunk's logits (the memory of the head is
 O(chunk · V) instead of O(B · T · V); cf. the chunked / "fused linear" cross-entropy of Liger-Kernel and
-Cut Cross-Entropy, here with plain PyTorch ops and one extra head forward per chunk in the backward).
+Cut Cross-Entropy, here with plain PyTorch ops and one extra head forward per chunk in the backward). A policy
+whose head is a bias-free linear layer (`lm_head()`: Hugging Face models outside FSDP2) runs each chunk through
+`_HeadLogprob`, whose backward is written out (the logits' gradient g · (onehot − softmax) / T built in place in
+one [chunk, V] buffer, the entropy computed once), instead of autograd over a checkpointed chunk.
 Other policies (Hugging Face VLMs) are scored from their full `forward` logits, chunked the same way after.
 
 Shared prompts (`share_prefix`, `rl.share_prefix`): a GRPO group's rows repeat one prompt; when the rows scored
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -60,6 +64,52 @@ def _score_chunk(
     with torch.no_grad():
         ent = token_entropy(logits) if with_entropy else lp.new_zeros(lp.shape)  # [n]
     return lp, ent
+
+
+class _HeadLogprob(torch.autograd.Function):
+    """log π(targets) and (no gradient) the entropies of hidden states through a bias-free LM head, the backward
+    written out: forward logits = h Wᵀ / T (in the head's compute dtype, then float32), lse = logsumexp(logits),
+    log π(y) = logits_y − lse, H = lse − Σ_v p_v logits_v; only h, W, y and lse are kept. Backward recomputes the
+    logits (one matmul), turns them in place into g · (onehot(y) − softmax) / T, the gradient of the logits, and
+    returns its products with W and h. The autograd of `_score_chunk` under checkpointing runs the same three
+    matmuls but the log-sum-exp and entropy twice and each elementwise step into a fresh [n, V] tensor."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float,
+                with_entropy: bool, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = _head_logits(hidden, weight, temperature, dtype)  # [n, V] float32
+        lse = torch.logsumexp(logits, -1)  # [n]
+        lp = logits.gather(1, targets[:, None])[:, 0] - lse
+        ent = lp.new_zeros(lp.shape)
+        if with_entropy:  # as `core.stats.token_entropy`: lse − Σ p · logits
+            ent = lse - (torch.softmax(logits, -1).mul_(logits)).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.dtype = temperature, dtype
+        ctx.mark_non_differentiable(ent)
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx: Any, grad_lp: torch.Tensor, _grad_ent: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad = _head_logits(hidden, weight, ctx.temperature, ctx.dtype)  # [n, V]
+        grad.sub_(lse[:, None]).exp_().mul_(-grad_lp[:, None])  # −g · softmax
+        grad.scatter_add_(1, targets[:, None], grad_lp[:, None])  # + g · onehot(y)
+        if ctx.temperature > 0 and ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        with torch.autocast(hidden.device.type, enabled=False):
+            g = grad.to(ctx.dtype)
+            grad_h = (g @ weight.to(ctx.dtype)).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+            grad_w = (g.t() @ hidden.to(ctx.dtype)).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None, None, None, None
+
+
+def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """hidden [n, D] @ weight [V, D]ᵀ in `dtype` (as `F.linear` under autocast), as float32 [n, V], / temperature."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = (hidden.to(dtype) @ weight.to(dtype).t()).float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits.div_(temperature)
+    return logits
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -223,10 +273,14 @@ def sequence_logprobs(
     hidden = states[:, :-1][sel]  # [N, D]: the states that predict the selected tokens
     targets = input_ids[:, 1:][sel]  # [N]
     grad = torch.is_grad_enabled() and hidden.requires_grad
+    plain = getattr(policy, "lm_head", None) if head is not _identity else None
+    linear = plain() if callable(plain) else None  # (weight [V, D], compute dtype) of a bias-free linear head
     lps, ents = [], []
     for start in range(0, max(1, hidden.shape[0]), chunk):  # once even when empty: the result keeps its graph
         h, y = hidden[start : start + chunk], targets[start : start + chunk]
-        if grad:  # keep only h; the chunk's logits are recomputed in the backward pass
+        if linear is not None:
+            lp, ent = _HeadLogprob.apply(h, linear[0], y, temperature, with_entropy, linear[1])
+        elif grad:  # keep only h; the chunk's logits are recomputed in the backward pass
             lp, ent = checkpoint(_score_chunk, head, h, y, temperature, with_entropy, use_reentrant=False)
         else:
             lp, ent = _score_chunk(head, h, y, temperature, with_entropy)
