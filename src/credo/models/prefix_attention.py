@@ -154,9 +154,11 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
 def use_prefix_attention(model: Any) -> bool:
     """Switch a transformers model whose attention is "sdpa" to `ATTENTION` (registered once, with sdpa's mask
     function): the same numbers on every call that carries no layout. Returns whether the model now runs it."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:  # a transformers without the attention and mask registries: the block mask
+        return False
     config = model.config
     if getattr(config, "_attn_implementation", None) == ATTENTION:
         return True
