@@ -83,9 +83,9 @@ def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, monke
             with model.packed(rows=8, new_tokens=20):
                 assert model._linears is outer  # nested: the outer block's copies
             assert model._linears is outer
-            with _packed_products(monkeypatch) as hits:  # every product of a decoding step takes a packed weight
+            with _packed_products(monkeypatch) as hits:  # every weight product (prefill, decoding) is packed
                 packed = _decode_logits(model, prompt, tokens)
-            assert hits[0] == tokens.shape[1] * (4 * cfg.n_layers + 1)  # qkv, proj, up, down per layer; the head
+            assert hits[0] == (1 + tokens.shape[1]) * (4 * cfg.n_layers + 1)  # qkv, proj, up, down; the head
         assert model._linears is DENSE
         with pytest.raises(KeyError), model.packed(rows=8, new_tokens=20):
             raise KeyError("a failing call")
@@ -158,3 +158,56 @@ def test_vlm_decoding_never_samples_the_image_placeholder():
             packed = _decode_logits(model, prompt, tokens)
     assert (plain[..., pid] == -1e9).all() and (packed[..., pid] == -1e9).all()
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def no_bf16_dot(monkeypatch):
+    """This CPU as one without bfloat16 dot products (where `pack` emulates them on float32 packed weights)."""
+    if not can_pack(torch.zeros(1)):
+        pytest.skip("PyTorch without oneDNN float32 packing")
+    monkeypatch.setattr(packed_mod, "bf16_dot_products", lambda: False)
+
+
+def _bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest |a - b| in units of b's bfloat16 spacing (2^-7 relative: 8 significant bits)."""
+    spacing = torch.exp2(torch.floor(torch.log2(b.float().abs().clamp_min(1e-30))) - 7)
+    return float(((a.float() - b.float()).abs() / spacing).max())
+
+
+def test_bf16_products_on_float32_units_round_like_bf16_matmuls(no_bf16_dot):
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(48, 32, generator=g).bfloat16(), torch.randn(48, generator=g).bfloat16()
+    x, res = torch.randn(5, 32, generator=g).bfloat16(), torch.randn(5, 48, generator=g).bfloat16()
+    lin = pack([w], batch_hint=64)
+    assert isinstance(lin, packed_mod.Bf16OnFp32Linears)
+    exact = (x.float() @ w.float().T + b.float()).double()  # bf16 inputs: every product exact in float32
+    for got, want in ((lin.linear(x, w, b), exact), (lin.residual(res, x, w), res.double() + exact - b.double()),
+                      (lin.bmm(x[None], w.T[None])[0], exact - b.double()),
+                      (lin.baddbmm(res[None], x[None], w.T[None], 0.5)[0], res.double() + 0.5 * (exact - b.double()))):
+        assert got.dtype == torch.bfloat16
+        assert _bf16_ulps(got, want) <= 1.0  # the float32 sum rounded once to bfloat16 (round-to-nearest: ≤ ½
+        # spacing, plus float32 summation error)
+    plain = torch.nn.functional.linear(x, w, b)  # PyTorch's own bfloat16 product: the same up to summation order
+    assert _bf16_ulps(lin.linear(x, w, b), plain) <= 1.0
+    assert pack([w, torch.zeros(4, 4)], batch_hint=8) is None  # mixed dtypes: no packing
+
+
+def test_bf16_decoding_on_float32_units_matches_plain_bf16_decoding(no_bf16_dot, monkeypatch):
+    cfg = TinyConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, mlp="swiglu",
+                     qkv_bias=True, tie_embeddings=False)
+    torch.manual_seed(0)
+    model = TinyLM(cfg).eval()
+    prompt, tokens = torch.randint(0, 50, (3, 5)), torch.randint(0, 50, (3, 20))
+    with torch.inference_mode():
+        exact = _decode_logits(model, prompt, tokens)  # float32
+        model = model.bfloat16()
+        plain = _decode_logits(model, prompt, tokens).float()
+        with model.packed(rows=8, new_tokens=20):
+            assert isinstance(model._linears, packed_mod.Bf16OnFp32Linears)
+            with _packed_products(monkeypatch) as hits:
+                emulated = _decode_logits(model, prompt, tokens).float()
+            assert hits[0] == (1 + tokens.shape[1]) * (4 * cfg.n_layers + 1)
+    err_plain, err_emulated = (plain - exact).abs().max(), (emulated - exact).abs().max()
+    assert err_emulated > 0  # bfloat16 arithmetic, not float32 on the side
+    assert err_emulated <= 2 * err_plain  # as close to float32 as PyTorch's own bfloat16 decoding
+    torch.testing.assert_close(emulated, plain, atol=4 * float(err_plain), rtol=0)

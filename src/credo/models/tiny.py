@@ -164,11 +164,13 @@ class Block(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        lin: DenseLinears = DENSE,
     ) -> torch.Tensor:
-        """Whole sequences, or a block of tokens appended to `cache` (prefill); one-token decoding is `decode`."""
+        """Whole sequences, or a block of tokens appended to `cache` (prefill); one-token decoding is `decode`.
+        `lin` does the weight products (plain; packed weights in a generation call's prefill)."""
         B, t, d = x.shape
         H, Hkv, Dh = self.n_heads, self.kv_heads, self.dh
-        qkv = self.qkv(self.ln1(x))
+        qkv = lin.linear(self.ln1(x), self.qkv.weight, self.qkv.bias)
         if H == Hkv:
             q, k, v = qkv.view(B, t, 3, H, Dh).permute(2, 0, 3, 1, 4)  # 3 × [B, H, t, Dh]
         else:
@@ -184,8 +186,8 @@ class Block(nn.Module):
             a = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=H != Hkv)
         else:
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != Hkv)
-        x = x + self.proj(a.transpose(1, 2).reshape(B, t, d))
-        return x + self.down(self._act(self.up(self.ln2(x))))
+        x = x + lin.linear(a.transpose(1, 2).reshape(B, t, d), self.proj.weight)
+        return x + lin.linear(self._act(lin.linear(self.ln2(x), self.up.weight)), self.down.weight)
 
     def decode(
         self, x: torch.Tensor, rot: torch.Tensor, bias: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor, slot: int,
@@ -204,13 +206,13 @@ class Block(nn.Module):
         B, d = x.shape
         H, Hkv, Dh = self.n_heads, self.kv_heads, self.dh
         qkv = lin.linear(self.ln1(x), self.qkv.weight, self.qkv.bias)  # [B, (H + 2·Hkv)·Dh]
-        qk = torch.bmm(qkv[:, : (H + Hkv) * Dh].view(B, H + Hkv, Dh), rot)  # rotated q and k heads
+        qk = lin.bmm(qkv[:, : (H + Hkv) * Dh].view(B, H + Hkv, Dh), rot)  # rotated q and k heads
         ck[:, :, slot] = qk[:, H:]
         cv[:, :, slot] = qkv[:, (H + Hkv) * Dh :].view(B, Hkv, Dh)
         q = qk[:, :H].reshape(B * Hkv, H // Hkv, Dh)  # query heads grouped by their key/value head
         S = ck.shape[2]
-        scores = torch.baddbmm(bias, q, ck.view(B * Hkv, S, Dh).transpose(1, 2), alpha=Dh**-0.5)
-        a = torch.bmm(scores.softmax(-1), cv.view(B * Hkv, S, Dh)).view(B, d)
+        scores = lin.baddbmm(bias, q, ck.view(B * Hkv, S, Dh).transpose(1, 2), alpha=Dh**-0.5)
+        a = lin.bmm(scores.softmax(-1), cv.view(B * Hkv, S, Dh)).view(B, d)
         x = lin.residual(x, a, self.proj.weight)
         return lin.residual(x, self._act(lin.linear(self.ln2(x), self.up.weight)), self.down.weight)
 
@@ -361,9 +363,10 @@ class TinyLM(nn.Module):
             diag[:, start:] = torch.eye(t, dtype=torch.bool, device=dev)  # pad queries see themselves: no NaN
             mask = (keys & causal) | diag
         x = self.embed_inputs(input_ids, images)
+        lin = self._linears  # packed weights inside `packed` (a generation call's prefill)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, cos, sin, mask, (cache.k[i], cache.v[i], start))
-        return self._logits(x[:, -1:] if last_only else x)
+            x = blk(x, cos, sin, mask, (cache.k[i], cache.v[i], start), lin)
+        return self._logits(x[:, -1:] if last_only else x, lin)
 
     def _decode(self, input_ids: torch.Tensor, cache: KVCache, images: list | None) -> torch.Tensor:
         """`step` for one real token per row: logits [B, 1, V]."""
