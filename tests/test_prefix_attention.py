@@ -13,17 +13,17 @@ def test_flatten_by_hand():
     # row 0: prompt [0, 1], continuation 1 = tokens 2, 3, continuation 2 = token 4; row 1: prompt of 3 + padding
     keep, layout = flatten(torch.tensor([[0, 0, 1, 1, 2], [0, 0, 0, -1, -1]]))
     assert keep.tolist() == [[True] * 5, [True, True, True, False, False]]
-    prompts, conts = layout.blocks
-    assert prompts.q_index.tolist() == [[0, 1, 0], [5, 6, 7]]  # padded to the longest prompt with index 0
-    assert prompts.k_index.tolist() == [[0, 1, 0], [5, 6, 7]]
-    assert conts.q_index.tolist() == [[2, 3], [4, 0]]
-    assert conts.k_index.tolist() == [[0, 1, 2, 3], [0, 1, 4, 0]]  # the prompt's keys, then the continuation's
-    # continuation 1's second query (token 3) sees the prompt and tokens 2, 3; its first sees the prompt and 2
-    assert conts.mask[0, 0].int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
-    assert conts.mask[1, 0].int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 0]]  # padded query: every real key
-    assert prompts.mask[1, 0].int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
-    # outputs laid end to end: prompt block [2 units × 3], then continuations [2 × 2]
-    assert layout.out_index.tolist() == [0, 1, 6, 7, 8, 3, 4, 5]
+    assert layout.shape == (2, 3, 2, 2)  # 2 rows, prompts padded to 3, at most 2 continuations, of at most 2
+    # prompt block [2, 3] (padding: token 0), then continuation block [2, 2, 2] (row 1 has none)
+    assert layout.slots.tolist() == [0, 1, 0, 5, 6, 7] + [2, 3, 4, 0] + [0, 0, 0, 0]
+    assert layout.out_index.tolist() == [0, 1, 6, 7, 8, 3, 4, 5]  # each token's slot
+    ok = lambda bias: (bias == 0).int().tolist()  # noqa: E731
+    assert ok(layout.prompt_bias[0, 0, 0]) == [[1, 0, 0], [1, 1, 0], [1, 1, 0]]  # causal, 2 real keys
+    assert ok(layout.prompt_bias[1, 0, 0]) == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    # continuation 1 (tokens 2, 3): the prompt's 2 real keys, then itself causally
+    assert ok(layout.cont_bias[0, 0, 0, 0]) == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
+    assert ok(layout.cont_bias[0, 0, 1, 0]) == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 0]]  # 1 token; a padded query
+    assert ok(layout.cont_bias[1, 0, 0, 0]) == [[1, 1, 1, 0, 0]] * 2  # row 1's empty slot: its prompt only
 
 
 def test_flatten_refuses_bad_rows():

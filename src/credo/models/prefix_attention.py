@@ -4,18 +4,21 @@ A packed row (`trainer.logprobs.pack_groups`) is one prompt (segment 0) followed
 (segments 1, 2, …; −1: padding): a continuation's token attends to the prompt and to the earlier tokens of its own
 continuation. Given to the attention as an [S, S] block mask, every pair of the row is computed and most are then
 masked out: a row of 8 continuations of 64 tokens behind a 40-token prompt computes (40 + 512)² ≈ 305k scores per
-head, of which ≈ 45k are kept. Here the queries and keys are gathered per unit instead, and each unit attends
-only to its own keys:
+head, of which ≈ 45k are kept. Here each token is gathered into a slot of two padded blocks instead, and each
+attends only to its own keys:
 
-- a prompt unit: the prompt's tokens, causally over the prompt;
-- a continuation unit: the continuation's tokens over [prompt, continuation], causally (query i of a continuation
-  of a prompt of P tokens sees keys 0..P+i).
+- the prompt block [rows, Lp]: a prompt's tokens, causally over the prompt;
+- the continuation block [rows, M, Lc]: a continuation's tokens over [its prompt, itself], causally (query i of a
+  continuation of a prompt of P tokens sees keys 0..P+i). A cascade: each row's prompt keys are multiplied once by
+  the queries of all its continuations (one product per row and key head), the continuations' own keys by their
+  own queries, and one softmax spans both parts.
 
-Units of a kind are padded to the longest of their kind and run as one batched `scaled_dot_product_attention`
-call (two calls per layer). The rows also lose their padding: all packed rows run as one row of their real tokens
-(`flatten`), so the linear layers never see a padding token either. The same numbers as the block mask up to
-float rounding (tests/test_prefix_attention.py); the layout of Prefix Grouper (Liu et al. 2025, arXiv 2506.05433), the
-gather-per-unit in the spirit of variable-length ("varlen") attention kernels, here in plain PyTorch.
+The query heads that share a key head (grouped-query attention) are stacked as extra query rows, so keys and values
+are never repeated per head; every token fills exactly one slot. The rows also lose their padding: all packed rows
+run as one row of their real tokens (`flatten`), so the linear layers never see a padding token either. The same
+numbers as the block mask up to float rounding (tests/test_prefix_attention.py); the layout of Prefix Grouper (Liu et
+al. 2025, arXiv 2506.05433), the shared-prefix split of cascade attention (FlashInfer's "cascade inference"), here
+in plain PyTorch products.
 
 Transformers' attention functions are chosen by name (`AttentionInterface`): `ATTENTION` ("credo_sdpa") is
 transformers' own "sdpa" function unless the call carries a `PrefixLayout` (`credo_prefix_layout=` keyword, which the
@@ -36,38 +39,27 @@ ATTENTION = "credo_sdpa"  # the registered name: transformers' sdpa + prefix att
 
 
 @dataclasses.dataclass(frozen=True)
-class Block:
-    """Units of one kind, padded: `q_index` [U, Lq] and `k_index` [U, Lk] index the flat row's tokens (padding: 0),
-    `mask` [U, 1, Lq, Lk] (bool) the pairs each query may attend to."""
-
-    q_index: torch.Tensor
-    k_index: torch.Tensor
-    mask: torch.Tensor
-
-
-@dataclasses.dataclass(frozen=True)
 class PrefixLayout:
-    """The units of a flat row of N tokens: `blocks`, and `out_index` [N]: each token's row in the blocks' outputs
-    laid end to end ([Σ U · Lq]; every token is the query of exactly one unit)."""
+    """Where the tokens of a flat row of N tokens sit in the attention's padded blocks, for R packed rows of at most
+    M continuations each (prompts padded to Lp tokens, continuations to Lc):
 
-    blocks: tuple[Block, ...]
+    - `slots` [R·Lp + R·M·Lc]: the flat token in each slot, the prompt block [R, Lp] then the continuation block
+      [R, M, Lc] (padding slots: token 0; their outputs are dropped and every key among them is masked out);
+    - `out_index` [N]: each token's slot (every token fills exactly one);
+    - `prompt_bias` [R, 1, 1, Lp, Lp]: 0 or −inf, a prompt's causal attention over its real tokens;
+    - `cont_bias` [R, 1, M, 1, Lc, Lp + Lc]: a continuation's over its prompt's real tokens, then causally over
+      its own (padding queries see their prompt, so no row of scores is all −inf)."""
+
+    slots: torch.Tensor
     out_index: torch.Tensor
+    prompt_bias: torch.Tensor
+    cont_bias: torch.Tensor
 
-
-def _block(units: list[tuple[torch.Tensor, torch.Tensor, int]], device: torch.device) -> Block:
-    """A block of units (query indices [l], key indices [m], the key position of query 0)."""
-    Lq = max(len(q) for q, _, _ in units)
-    Lk = max(len(k) for _, k, _ in units)
-    q_index = torch.zeros(len(units), Lq, dtype=torch.long, device=device)
-    k_index = torch.zeros(len(units), Lk, dtype=torch.long, device=device)
-    i = torch.arange(Lq, device=device)[:, None]  # [Lq, 1]
-    j = torch.arange(Lk, device=device)[None, :]  # [1, Lk]
-    masks = []
-    for u, (q, k, offset) in enumerate(units):
-        q_index[u, : len(q)] = q
-        k_index[u, : len(k)] = k
-        masks.append((j <= offset + i) & (j < len(k)))  # padded queries see every real key (never all-masked)
-    return Block(q_index, k_index, torch.stack(masks)[:, None])
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(R, Lp, M, Lc)."""
+        R, _, M, _, Lc, _ = self.cont_bias.shape
+        return R, self.prompt_bias.shape[-1], M, Lc
 
 
 def _runs(segments: torch.Tensor) -> list[tuple[int, int, int, int]]:
@@ -86,57 +78,103 @@ def _runs(segments: torch.Tensor) -> list[tuple[int, int, int, int]]:
     return runs
 
 
+def _rows(segments: torch.Tensor) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+    """Each packed row's prompt and continuations as flat (start, end) ranges; ValueError on a row that does not
+    start with its prompt or a segment that is not contiguous."""
+    rows: dict[int, tuple[tuple[int, int], list[tuple[int, int]]]] = {}
+    seen: set[tuple[int, int]] = set()
+    for row, seg, a, b in _runs(segments):
+        if (row, seg) in seen:
+            raise ValueError(f"packed row {row}: segment {seg} is not contiguous")
+        seen.add((row, seg))
+        if seg == 0:
+            rows[row] = ((a, b), [])
+        elif row not in rows:
+            raise ValueError(f"packed row {row}: does not start with its prompt (segment 0)")
+        else:
+            rows[row][1].append((a, b))
+    return list(rows.values())
+
+
 def flatten(segments: torch.Tensor) -> tuple[torch.Tensor, PrefixLayout]:
     """The real tokens of packed rows `segments` [n, S] (0: the row's prompt, at its start; k > 0: a continuation,
     contiguous; −1: padding) as one flat row: returns (`keep` [n, S] bool: the tokens kept, in row-major order,
     and their `PrefixLayout`). Raises ValueError when a row does not start with its prompt or a segment's tokens
     are not contiguous."""
     dev = segments.device
-    units: tuple[list, list] = ([], [])  # prompt units, continuation units: (queries, keys, key pos of query 0)
-    seen: set[tuple[int, int]] = set()
-    prompt, prompt_row = torch.zeros(0, dtype=torch.long, device=dev), -1
-    for row, seg, a, b in _runs(segments):
-        if (row, seg) in seen:
-            raise ValueError(f"packed row {row}: segment {seg} is not contiguous")
-        seen.add((row, seg))
-        idx = torch.arange(a, b, device=dev)
-        if seg == 0:
-            prompt, prompt_row = idx, row
-            units[0].append((idx, idx, 0))
-        elif prompt_row != row:
-            raise ValueError(f"packed row {row}: does not start with its prompt (segment 0)")
-        else:
-            units[1].append((idx, torch.cat([prompt, idx]), len(prompt)))
-    kinds = [u for u in units if u]
-    blocks = tuple(_block(u, dev) for u in kinds)
-    n_tokens = sum(len(q) for u in kinds for q, _, _ in u)
-    out_index = torch.empty(n_tokens, dtype=torch.long, device=dev)
-    base = 0
-    for blk, u in zip(blocks, kinds, strict=True):
-        Lq = blk.q_index.shape[1]
-        for k, (q, _, _) in enumerate(u):
-            out_index[q] = base + k * Lq + torch.arange(len(q), device=dev)
-        base += blk.q_index.numel()
-    return segments >= 0, PrefixLayout(blocks, out_index)
+    rows = _rows(segments)
+    R = len(rows)
+    Lp = max((b - a for (a, b), _ in rows), default=0)
+    M = max((len(c) for _, c in rows), default=0)
+    Lc = max((b - a for _, c in rows for a, b in c), default=0)
+    prompt_slots = torch.zeros(R, Lp, dtype=torch.long)
+    cont_slots = torch.zeros(R, M, Lc, dtype=torch.long)
+    p_len = torch.zeros(R, dtype=torch.long)
+    c_len = torch.zeros(R, M, dtype=torch.long)
+    for r, ((a, b), conts) in enumerate(rows):
+        prompt_slots[r, : b - a], p_len[r] = torch.arange(a, b), b - a
+        for m, (ca, cb) in enumerate(conts):
+            cont_slots[r, m, : cb - ca], c_len[r, m] = torch.arange(ca, cb), cb - ca
+    slots = torch.cat([prompt_slots.flatten(), cont_slots.flatten()])
+    real = torch.cat([(torch.arange(Lp) < p_len[:, None]).flatten(),
+                      (torch.arange(Lc) < c_len[..., None]).flatten()])
+    n_tokens = int(real.sum())
+    out_index = torch.empty(n_tokens, dtype=torch.long)
+    out_index[slots[real]] = torch.arange(slots.numel())[real]
+    i, j = torch.arange(Lp)[:, None], torch.arange(Lp)[None, :]
+    prompt_ok = (j <= i) & (j < p_len[:, None, None])  # [R, Lp, Lp]
+    ic, jc = torch.arange(Lc)[:, None], torch.arange(Lc)[None, :]
+    own_ok = (jc <= ic) & (jc < c_len[..., None, None])  # [R, M, Lc, Lc]
+    sees_prompt = (torch.arange(Lp) < p_len[:, None])[:, None, None, :].expand(R, M, Lc, Lp)
+    cont_ok = torch.cat([sees_prompt, own_ok], -1)  # [R, M, Lc, Lp + Lc]
+
+    def bias(ok: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(ok.shape).masked_fill_(~ok, float("-inf")).to(dev)
+
+    layout = PrefixLayout(slots.to(dev), out_index.to(dev), bias(prompt_ok)[:, None, None],
+                          bias(cont_ok)[:, None, :, None])
+    return segments >= 0, layout
+
+
+def _dropout(p: torch.Tensor, rate: float) -> torch.Tensor:
+    return F.dropout(p, rate) if rate else p
 
 
 def prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: PrefixLayout,
                       scaling: float | None = None, dropout: float = 0.0) -> torch.Tensor:
     """Attention of a flat row laid out by `layout`: `query` [1, H, N, d], `key`, `value` [1, Hkv, N, d] (grouped
     query attention when Hkv < H: query head h reads key head h // (H / Hkv), as transformers' `repeat_kv`).
-    Returns [1, N, H, d] (the layout transformers' attention functions return)."""
+    Returns [1, N, H, d] (the layout transformers' attention functions return).
+
+    A cascade over the shared prompt: each packed row's prompt keys are read once by all its continuations'
+    queries (one product per row and key head), the continuations' own keys by their own queries; one softmax
+    over both parts. The query heads sharing a key head are stacked as extra query rows, so keys are never
+    repeated. `dropout`: attention dropout on the probabilities (as the math attention does)."""
     H, N, d = query.shape[1:]
-    rep = H // key.shape[1]
-    q, k, v = query[0], key[0], value[0]  # [H, N, d], [Hkv, N, d]
-    outs = []
-    for blk in layout.blocks:
-        qu = q[:, blk.q_index].transpose(0, 1)  # [U, H, Lq, d]
-        ku, vu = (x[:, blk.k_index].transpose(0, 1) for x in (k, v))  # [U, Hkv, Lk, d]
-        if rep > 1:
-            ku, vu = ku.repeat_interleave(rep, dim=1), vu.repeat_interleave(rep, dim=1)  # [U, H, Lk, d]
-        o = F.scaled_dot_product_attention(qu, ku, vu, attn_mask=blk.mask, dropout_p=dropout, scale=scaling)
-        outs.append(o.transpose(1, 2).reshape(-1, H, d))  # [U · Lq, H, d]
-    return torch.cat(outs)[layout.out_index].unsqueeze(0)  # [1, N, H, d]
+    Hkv = key.shape[1]
+    rep = H // Hkv
+    R, Lp, M, Lc = layout.shape
+    scale = d**-0.5 if scaling is None else scaling
+    P = R * Lp
+    q = query[0].view(Hkv, rep, N, d).index_select(2, layout.slots)  # [Hkv, rep, Ns, d]
+    k, v = key[0].index_select(1, layout.slots), value[0].index_select(1, layout.slots)  # [Hkv, Ns, d]
+    kp, vp = (x[:, :P].view(Hkv, R, Lp, d).transpose(0, 1) for x in (k, v))  # [R, Hkv, Lp, d]
+    qp = q[:, :, :P].reshape(Hkv, rep, R, Lp, d).permute(2, 0, 1, 3, 4).reshape(R, Hkv, rep * Lp, d)
+    s = torch.matmul(qp, kp.transpose(-1, -2)).mul_(scale).view(R, Hkv, rep, Lp, Lp)
+    p = _dropout((s + layout.prompt_bias.to(s.dtype)).softmax(-1), dropout).view(R, Hkv, rep * Lp, Lp)
+    op = torch.matmul(p, vp).view(R, Hkv, rep, Lp, d).permute(0, 3, 1, 2, 4).reshape(P, H, d)
+    if M == 0:
+        return op.index_select(0, layout.out_index).unsqueeze(0)
+    kc, vc = (x[:, P:].view(Hkv, R, M, Lc, d).transpose(0, 1) for x in (k, v))  # [R, Hkv, M, Lc, d]
+    qc = q[:, :, P:].reshape(Hkv, rep, R, M, Lc, d).permute(2, 0, 3, 1, 4, 5).reshape(R, Hkv, M, rep * Lc, d)
+    s_prompt = torch.matmul(qc.view(R, Hkv, M * rep * Lc, d), kp.transpose(-1, -2)).view(R, Hkv, M, rep * Lc, Lp)
+    s_own = torch.matmul(qc, kc.transpose(-1, -2))  # [R, Hkv, M, rep·Lc, Lc]
+    s = torch.cat([s_prompt, s_own], -1).mul_(scale).view(R, Hkv, M, rep, Lc, Lp + Lc)
+    p = _dropout((s + layout.cont_bias.to(s.dtype)).softmax(-1), dropout).view(R, Hkv, M, rep * Lc, Lp + Lc)
+    oc = torch.matmul(p[..., :Lp].reshape(R, Hkv, M * rep * Lc, Lp), vp).view(R, Hkv, M, rep * Lc, d)
+    oc = oc + torch.matmul(p[..., Lp:], vc)
+    oc = oc.view(R, Hkv, M, rep, Lc, d).permute(0, 2, 4, 1, 3, 5).reshape(R * M * Lc, H, d)
+    return torch.cat([op, oc]).index_select(0, layout.out_index).unsqueeze(0)  # [1, N, H, d]
 
 
 def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
