@@ -65,3 +65,36 @@ def test_top_p_keeps_the_nucleus():
     kept = torch.isfinite(_top_p_filter(logits, 0.7))
     assert kept.tolist() == [[True, True, False, False]]
     assert torch.isfinite(_top_p_filter(logits, 0.1)).tolist() == [[True, False, False, False]]
+
+
+def test_two_level_sampling_draws_the_distribution_and_never_a_zero_weight_token(monkeypatch):
+    from credo.rollout import sampler
+
+    g = torch.Generator().manual_seed(0)
+    V, B = 300, 40000  # two blocks of SAMPLE_BLOCK = 256, the second padded
+    w = torch.rand(V, generator=g) ** 4
+    w[::7] = 0.0  # zero-weight tokens, some at block edges
+    w[255] = w[256] = 0.0
+    w[V - 1] = 0.5  # the last token: a weight the largest uniform surely reaches
+    tok, total = sampler._sample(w.expand(B, V), g)
+    assert torch.allclose(total, w.sum().expand(B))
+    counts = torch.bincount(tok, minlength=V).double()
+    assert counts[w == 0].sum() == 0
+    p = (w / w.sum()).double()
+    sd = (B * p * (1 - p)).sqrt()
+    assert ((counts - B * p).abs() <= 5 * sd + 1).all()  # every token's count within 5 standard deviations
+    # the extreme uniforms land on the first and last tokens of positive weight
+    for u, want in ((0.0, int((w > 0).nonzero()[0])), (1.0 - 2**-24, int((w > 0).nonzero()[-1]))):
+        monkeypatch.setattr(sampler, "_uniforms", lambda n, gen, dev, u=u: torch.full((n, 1), u))
+        assert sampler._sample(w[None], None)[0].item() == want
+
+
+def test_sampled_logprobs_equal_the_log_softmax():
+    from credo.rollout.sampler import _sample_logits
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 1000, generator=g) * 4
+    for T in (1.0, 0.7):
+        tok, lp = _sample_logits(logits, T, g)
+        want = (logits / T).log_softmax(-1).gather(-1, tok[:, None])[:, 0]
+        torch.testing.assert_close(lp, want, atol=1e-5, rtol=0)
