@@ -237,8 +237,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="credo RL steps (the first is warm-up)")
     ap.add_argument("--trl-steps", type=int, default=2, help="TRL steps (the first is warm-up)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="rollout dtypes, comma-separated (bf16 matmuls are "
-                    "slow on CPUs without AMX: ~4x slower than fp32 on this one)")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="rollout dtypes, comma-separated (PyTorch's bf16 "
+                    "matmuls are slow on CPUs without AVX-512 BF16 or AMX, ~8x slower than fp32 on an AVX2 one; "
+                    "credo's engine then computes bf16 products on fp32 units, models/packed.py)")
     ap.add_argument("--side", choices=["rollout", "credo", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--prompts", type=int, default=8, help=argparse.SUPPRESS)

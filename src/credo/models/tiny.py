@@ -391,7 +391,9 @@ class TinyLM(nn.Module):
         """Within the block, one-token decoding (`step`) multiplies by oneDNN-packed copies of the weights, made on
         entry and dropped on exit (`models.packed`: ~2x faster products at decoding's few rows on a CPU); a no-op
         when the call is too short to gain the packing back (`worth_packing(rows, new_tokens)`) or oneDNN cannot
-        pack these weights (not float32 on a CPU). The weights must not change inside the block. Nested inside
+        pack these weights (neither float32 on a CPU nor bfloat16 on one without bfloat16 dot products, which
+        packs float32 copies: `models.packed.Bf16OnFp32Linears`). The weights must not change inside the block. The
+        prefill of a generation call inside the block multiplies by the packed copies too. Nested inside
         another `packed` block it reuses the outer block's copies."""
         linears = None
         if not isinstance(self._linears, PackedLinears) and worth_packing(rows, new_tokens):
