@@ -67,7 +67,9 @@ class PackedLinears(DenseLinears):
 
     def __init__(self, weights: Iterable[torch.Tensor], batch_hint: int) -> None:
         with torch.no_grad():  # weights are held by reference: `id` stays theirs while this object lives
-            self._packed = {id(w): (w, torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint))
+            # packed in float32 (`.float()` is the tensor itself for float32 weights; bfloat16 ones, for
+            # `Bf16OnFp32Linears`, are widened exactly)
+            self._packed = {id(w): (w, torch.ops.mkldnn._reorder_linear_weight(w.detach().float(), batch_hint))
                             for w in weights}
 
     def _get(self, weight: torch.Tensor) -> torch.Tensor | None:
@@ -92,11 +94,6 @@ class Bf16OnFp32Linears(PackedLinears):
     packed copies of the weights' bfloat16 values; inputs widened, each result rounded to the input's dtype once.
     A weight not among them falls back to the plain bfloat16 product. The activation products (`bmm`, `baddbmm`:
     attention, RoPE) are widened and rounded the same way."""
-
-    def __init__(self, weights: Iterable[torch.Tensor], batch_hint: int) -> None:
-        with torch.no_grad():
-            self._packed = {id(w): (w, torch.ops.mkldnn._reorder_linear_weight(w.detach().float(), batch_hint))
-                            for w in weights}
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         packed = self._get(weight)
