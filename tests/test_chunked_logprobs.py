@@ -120,11 +120,15 @@ def test_bad_chunk_is_an_error():
         sequence_logprobs(_tiny(), torch.zeros(1, 3, dtype=torch.long), chunk=0)
 
 
+@pytest.mark.parametrize("chunk", [5, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dtype, temperature):
+def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dtype, temperature, chunk):
     """`_HeadLogprob` (bias-free linear heads: `HFPolicy.lm_head`) gives the log-probs, entropies and gradients of
-    `_score_chunk` under activation checkpointing (plain autograd), in float32 and with bfloat16 compute."""
+    `_score_chunk` under activation checkpointing (plain autograd), in float32 and with bfloat16 compute, in one
+    chunk and in chunks of 5 of the 13 positions (the weight's gradient summed over them in float32, as autograd
+    sums the chunks' gradients of the weight); without entropies the
+    same log-probs and zeros."""
     from credo.trainer import logprobs as L
 
     g = torch.Generator().manual_seed(0)
@@ -137,12 +141,17 @@ def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dty
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             return torch.nn.functional.linear(x, w)
 
-    lp0, ent0 = torch.utils.checkpoint.checkpoint(L._score_chunk, head, h, y, temperature, True, use_reentrant=False)
+    parts = [torch.utils.checkpoint.checkpoint(L._score_chunk, head, h[i : i + chunk], y[i : i + chunk], temperature,
+                                               True, use_reentrant=False) for i in range(0, 13, chunk)]
+    lp0, ent0 = (torch.cat(x) for x in zip(*parts, strict=True))
     g0 = torch.autograd.grad((lp0 * up).sum(), (h, w))
-    lp1, ent1 = L._HeadLogprob.apply(h, w, y, temperature, True, dtype)
+    lp1, ent1 = L._HeadLogprob.apply(h, w, y, temperature, True, dtype, chunk)
     g1 = torch.autograd.grad((lp1 * up).sum(), (h, w))
     torch.testing.assert_close(lp1, lp0, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ent1, ent0, atol=1e-6, rtol=1e-6)
     assert not ent1.requires_grad
     for a, b in zip(g1, g0, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    lp2, ent2 = L._HeadLogprob.apply(h, w, y, temperature, False, dtype, chunk)
+    torch.testing.assert_close(lp2, lp0, atol=1e-6, rtol=1e-6)
+    assert not ent2.any()
