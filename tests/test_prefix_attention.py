@@ -18,12 +18,12 @@ def test_flatten_by_hand():
     assert layout.slots.tolist() == [0, 1, 0, 5, 6, 7] + [2, 3, 4, 0] + [0, 0, 0, 0]
     assert layout.out_index.tolist() == [0, 1, 6, 7, 8, 3, 4, 5]  # each token's slot
     ok = lambda bias: (bias == 0).int().tolist()  # noqa: E731
-    assert ok(layout.prompt_bias[0, 0, 0]) == [[1, 0, 0], [1, 1, 0], [1, 1, 0]]  # causal, 2 real keys
-    assert ok(layout.prompt_bias[1, 0, 0]) == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert ok(layout.prompt_bias[0, 0]) == [[1, 0, 0], [1, 1, 0], [1, 1, 0]]  # causal, 2 real keys
+    assert ok(layout.prompt_bias[1, 0]) == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     # continuation 1 (tokens 2, 3): the prompt's 2 real keys, then itself causally
-    assert ok(layout.cont_bias[0, 0, 0, 0]) == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
-    assert ok(layout.cont_bias[0, 0, 1, 0]) == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 0]]  # 1 token; a padded query
-    assert ok(layout.cont_bias[1, 0, 0, 0]) == [[1, 1, 1, 0, 0]] * 2  # row 1's empty slot: its prompt only
+    assert ok(layout.cont_bias[0, 0]) == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
+    assert ok(layout.cont_bias[1, 0]) == [[1, 1, 0, 1, 0], [1, 1, 0, 1, 0]]  # 1 token; a padded query
+    assert ok(layout.cont_bias[2, 0]) == [[1, 1, 1, 0, 0]] * 2  # row 1's empty slot: its prompt only
 
 
 def test_flatten_refuses_bad_rows():
