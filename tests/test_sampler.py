@@ -98,3 +98,56 @@ def test_sampled_logprobs_equal_the_log_softmax():
         tok, lp = _sample_logits(logits, T, g)
         want = (logits / T).log_softmax(-1).gather(-1, tok[:, None])[:, 0]
         torch.testing.assert_close(lp, want, atol=1e-5, rtol=0)
+
+
+def test_kv_cache_keep_rows_in_place_equals_select_rows():
+    """`KVCache.keep_rows` (in place, inside the same buffers) holds what `select_rows` copies out, and decoding
+    continues on it with the same logits."""
+    m = _model()
+    prompts = [[TOK.bos_id, *TOK.encode(p)] for p in ("1+2\n", "13*4-5\n", "9\n", "77+1\n", "3\n")]
+    ids = torch.full((5, 8), TOK.pad_id)
+    mask = torch.zeros(5, 8, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, 8 - len(p) :], mask[i, 8 - len(p) :] = torch.tensor(p), True
+    keep = torch.tensor([1, 3, 4])
+    with torch.no_grad():
+        a, b = m.new_cache(5, 40), m.new_cache(5, 40)
+        m.step(ids, a, mask), m.step(ids, b, mask)
+        nxt = torch.tensor([[5], [6], [7], [8], [9]])
+        m.step(nxt, a), m.step(nxt, b)
+        want = a.select_rows(keep)
+        b.keep_rows(keep)
+        for x, y in ((want.k, b.k), (want.v, b.v), (want.key_valid, b.key_valid), (want.next_pos, b.next_pos)):
+            assert torch.equal(x, y)
+        step = torch.tensor([[3], [4], [5]])
+        torch.testing.assert_close(m.step(step, b), m.step(step, want), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_dropping_finished_rows_gives_the_same_completions(monkeypatch, per_row):
+    """Rows that end early (a third of the vocabulary ends a row) leave the batch (`keep_rows` is called), and
+    every row's tokens, log-probs and finish reasons equal those of a run that keeps all rows."""
+    from credo.models.tiny import KVCache
+    from credo.rollout import sampler
+
+    m = _model()
+    prompts = _prompts() * 4  # 12 rows
+    eos = list(range(3, TOK.vocab_size, 3))
+    params = SamplingParams(max_new_tokens=24, temperature=1.0)
+
+    def run(fraction):
+        monkeypatch.setattr(sampler, "DROP_FINISHED", fraction)
+        gen = [torch.Generator().manual_seed(i) for i in range(12)] if per_row else torch.Generator().manual_seed(5)
+        return generate(m, prompts, params, eos_id=eos, pad_id=TOK.pad_id, generator=gen)
+
+    calls = []
+    keep_rows = KVCache.keep_rows
+    monkeypatch.setattr(KVCache, "keep_rows", lambda self, index: calls.append(len(index)) or keep_rows(self, index))
+    kept = run(2.0)  # never: a share above 1
+    assert not calls
+    dropped = run(1 / 8)
+    assert calls and any(d.finish_reason == "stop" for d in dropped)
+    for x, y in zip(dropped, kept, strict=True):
+        assert x.finish_reason == y.finish_reason
+        assert torch.equal(x.completion_ids, y.completion_ids)
+        torch.testing.assert_close(x.logprobs, y.logprobs, atol=1e-5, rtol=1e-5)

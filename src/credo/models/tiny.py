@@ -100,6 +100,22 @@ class KVCache:
                        next_pos=self.next_pos[index], max_len=self.max_len, length=self.length, any_pad=self.any_pad)
 
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep only rows `index` ([B'] long, strictly increasing), in place: the sampler drops rows that have
+        finished so that decoding steps run on the live rows only. Row i becomes old row `index[i]`; the rows move
+        down inside the same buffers one layer at a time (a layer's destination lies below every later layer's
+        rows), so the only extra memory is one layer's kept rows."""
+        L, B, Hkv, cap, Dh = self.k.shape
+        Bn = index.shape[0]
+        with torch.no_grad():
+            for buf in (self.k_buf, self.v_buf):
+                rows = buf[: L * B * Hkv * cap * Dh].view(L * B, Hkv * cap * Dh)
+                for layer in range(L):
+                    rows[layer * Bn : (layer + 1) * Bn] = rows[layer * B + index]
+        self.k = self.k_buf[: L * Bn * Hkv * cap * Dh].view(L, Bn, Hkv, cap, Dh)
+        self.v = self.v_buf[: L * Bn * Hkv * cap * Dh].view(L, Bn, Hkv, cap, Dh)
+        self.key_valid, self.next_pos = self.key_valid[index], self.next_pos[index]
+
 def _widen(x: torch.Tensor, buf: torch.Tensor, cap: int, filled: int) -> torch.Tensor:
     """`x` [L, B, Hkv, S, Dh], a view of the start of `buf`, as the same rows with `cap` > S slots each: the
     first `filled` slots of every row are moved to its new place, the rest zeroed.

@@ -45,11 +45,28 @@ def _top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 Generators = torch.Generator | list[torch.Generator] | None  # one stream for the batch, or one per row
+DROP_FINISHED = 1 / 8  # finished rows leave the decoding batch once they are this share of it (`generate`)
 
 
-def _uniforms(n: int, generator: Generators, dev: torch.device) -> torch.Tensor:
+@dataclass
+class _LiveRows:
+    """The rows still decoding, `index` [b] into a call's `total` rows, whose streams are `generator`: each step
+    draws as if all rows were there, so a row's draws do not depend on which rows have left (`generate`)."""
+
+    generator: Generators
+    index: torch.Tensor
+    total: int
+
+
+def _uniforms(n: int, generator: Generators | _LiveRows, dev: torch.device) -> torch.Tensor:
     """[n, 1] uniforms: n draws from one stream, or one draw per row from its own stream (rows sharing a stream
-    draw in row order, which is the sequence `torch.rand(k, 1)` draws on that stream)."""
+    draw in row order, which is the sequence `torch.rand(k, 1)` draws on that stream); for `_LiveRows`, the live
+    rows' draws of a step of all rows."""
+    if isinstance(generator, _LiveRows):
+        live, gen = generator.index, generator.generator
+        if isinstance(gen, list):
+            return _uniforms(n, [gen[i] for i in live.tolist()], dev)
+        return _uniforms(generator.total, gen, dev)[live.to(dev)]
     if isinstance(generator, list):
         if len(generator) != n:
             raise ValueError(f"{len(generator)} generators for {n} rows")
@@ -61,7 +78,7 @@ def _uniforms(n: int, generator: Generators, dev: torch.device) -> torch.Tensor:
 SAMPLE_BLOCK = 256  # vocabulary entries per block of `_sample`'s two-level search
 
 
-def _sample(weights: torch.Tensor, generator: Generators) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample(weights: torch.Tensor, generator: Generators | _LiveRows) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row of `weights` [B, V] (non-negative, unnormalised: probabilities or exp(logits − max)) by
     inverse-CDF sampling on one uniform per row (`_uniforms`); returns the tokens [B] and the rows' total weights
     [B]. Same distribution as `torch.multinomial`, whose per-element exponential draws cost ~10% of a tiny model's
@@ -86,8 +103,8 @@ def _sample(weights: torch.Tensor, generator: Generators) -> tuple[torch.Tensor,
     return (b * SAMPLE_BLOCK + j)[:, 0], total[:, 0]
 
 
-def _sample_logits(logits: torch.Tensor, temperature: float, generator: Generators) -> tuple[torch.Tensor,
-                                                                                             torch.Tensor]:
+def _sample_logits(logits: torch.Tensor, temperature: float,
+                   generator: Generators | _LiveRows) -> tuple[torch.Tensor, torch.Tensor]:
     """A token per row from softmax(logits / temperature) [B, V] and its log-prob: (tokens [B], log-probs [B]).
     The weights are exp(z − max z), z = logits / T; log p = z_tok − max z − log Σ exp(z − max z), the
     log-softmax at the drawn token without a full [B, V] log-softmax."""
@@ -177,7 +194,12 @@ def generate(
     row (a row draws one uniform per step from its stream, so a row's tokens do not depend on its batch mates
     beyond floating-point rounding); `images`, per row, the row's images (read once, at the prefill, their
     placeholders outside the scored tail); `score_last[i]` = k: also return the log-probs of prompt i's last k
-    tokens (0 <= k < len(prompt i); `Decoded.prompt_logprobs` then holds K = max k values, row i's the last k)."""
+    tokens (0 <= k < len(prompt i); `Decoded.prompt_logprobs` then holds K = max k values, row i's the last k).
+
+    Finished rows leave the decoding batch when the decoder's cache can drop rows (`keep_rows`: the native
+    engine's `KVCache`) once they make up DROP_FINISHED of it, so later steps compute only the live rows (what
+    continuous batching gives vLLM); the random draws stay those of the full batch (`_LiveRows`), so the tokens
+    are the same as without dropping up to floating-point rounding."""
     dev = next(iter(decoder.parameters())).device
     eos = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=dev)
     B, N = len(prompts), params.max_new_tokens
@@ -190,9 +212,12 @@ def generate(
     out_lp = torch.zeros(B, N, device=dev)
     hits = torch.zeros(B, N, dtype=torch.bool, device=dev)  # token t is an EOS or ends a stop string
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    live = torch.arange(B, device=dev)  # the rows in the decoding batch (logits' rows)
+    can_drop = callable(getattr(cache, "keep_rows", None))
     stops = [torch.tensor(s, dtype=torch.long, device=dev) for s in (stop_ids or []) if s]
     truncated = params.top_k > 0 or params.top_p < 1.0
     for t in range(N):
+        gen = generator if len(live) == B else _LiveRows(generator, live, B)
         tok_lp = None  # log-prob of the drawn token under softmax(logits / sample_t), when the draw gives it
         if greedy:
             tok = logits.argmax(-1)
@@ -202,24 +227,30 @@ def generate(
                 scaled = _top_k_filter(scaled, params.top_k)
             if params.top_p < 1.0:
                 scaled = _top_p_filter(scaled, params.top_p)
-            tok = _sample(scaled.softmax(-1), generator)[0]
+            tok = _sample(scaled.softmax(-1), gen)[0]
         else:
-            tok, tok_lp = _sample_logits(logits, sample_t, generator)
-        tok = tok.masked_fill_(done, pad_id)  # a finished row's entries are cut off by `_rows`
-        out[:, t] = tok
+            tok, tok_lp = _sample_logits(logits, sample_t, gen)
+        was_done = done[live]
+        tok = tok.masked_fill_(was_done, pad_id)  # a finished row's entries are cut off by `_rows`
+        out[live, t] = tok
         if tok_lp is not None and lp_t == sample_t:
-            out_lp[:, t] = tok_lp  # the sampling distribution before truncation, at the drawn token
+            out_lp[live, t] = tok_lp  # the sampling distribution before truncation, at the drawn token
         else:
-            out_lp[:, t] = _log_softmax_at(logits, lp_t).gather(-1, tok[:, None])[:, 0]
+            out_lp[live, t] = _log_softmax_at(logits, lp_t).gather(-1, tok[:, None])[:, 0]
         hit = (tok == eos) if len(eos) == 1 else torch.isin(tok, eos)
         for s in stops:
             L = len(s)
             if t + 1 >= L:
-                hit |= (out[:, t + 1 - L : t + 1] == s).all(1)
-        hits[:, t] = hit
-        done |= hit
+                hit |= (out[live, t + 1 - L : t + 1] == s).all(1)
+        hits[live, t] = hit
+        done[live] = was_done | hit
         if t == N - 1 or bool(done.all()):
             break
+        finished = done[live]
+        if can_drop and int(finished.sum()) >= max(1, DROP_FINISHED * len(live)):
+            keep = (~finished).nonzero()[:, 0]
+            cache.keep_rows(keep)
+            live, tok = live[keep], tok[keep]
         logits = decoder.step(tok[:, None], cache)[:, -1].float()
     return _rows(prompts, out, out_lp, hits, prompt_lp, N)
 
