@@ -7,9 +7,10 @@ the log-softmax then run on `chunk` positions at a time, each chunk under activa
 the forward nor the backward pass holds more than one chunk's logits (the memory of the head is
 O(chunk · V) instead of O(B · T · V); cf. the chunked / "fused linear" cross-entropy of Liger-Kernel and
 Cut Cross-Entropy, here with plain PyTorch ops and one extra head forward per chunk in the backward). A policy
-whose head is a bias-free linear layer (`lm_head()`: Hugging Face models outside FSDP2) runs each chunk through
-`_HeadLogprob`, whose backward is written out (the logits' gradient g · (onehot − softmax) / T built in place in
-one [chunk, V] buffer, the entropy computed once), instead of autograd over a checkpointed chunk.
+whose head is a bias-free linear layer (`lm_head()`: Hugging Face models outside FSDP2) runs its chunks through
+one `_HeadLogprob` node, whose backward is written out (the logits' gradient g · (onehot − softmax) / T built in
+place in one [chunk, V] buffer, the entropy computed once, the head weight's gradient summed in one buffer, the
+logits' products on a oneDNN-packed weight on CPUs), instead of autograd over each checkpointed chunk.
 Other policies (Hugging Face VLMs) are scored from their full `forward` logits, chunked the same way after.
 
 Shared prompts (`share_prefix`, `rl.share_prefix`): a GRPO group's rows repeat one prompt; when the rows scored
