@@ -53,7 +53,7 @@ def test_prefix_attention_equals_block_mask_with_gqa_and_gradients():
     k = torch.randn(1, Hkv, N, d, generator=g, requires_grad=True)
     v = torch.randn(1, Hkv, N, d, generator=g, requires_grad=True)
     w = torch.randn(1, N, H, d, generator=g)
-    got = prefix_attention(q, k, v, layout, scaling=0.3)  # [1, N, H, d]
+    got = prefix_attention(*(x[0].transpose(0, 1) for x in (q, k, v)), layout, scaling=0.3)[None]  # [1, N, H, d]
     grads = torch.autograd.grad((got * w).sum(), (q, k, v))
     kr, vr = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
     want = F.scaled_dot_product_attention(q, kr, vr, attn_mask=_block_mask(segments), scale=0.3).transpose(1, 2)

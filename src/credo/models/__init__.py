@@ -55,7 +55,7 @@ def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
     if cfg is None:
         return load_hf(d)
     return load_hf(d, dtype=cfg.dtype, device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
-                   chat=cfg.chat_template, native=cfg.native_decode)
+                   chat=cfg.chat_template, native=cfg.native_decode, fused=cfg.fused_layers)
 
 
 def save_policy(model: Any, tokenizer: Any, path: str | Path) -> None:

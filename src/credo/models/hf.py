@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from credo.models.fused import fuse_decoder_layers, recompute_contexts
 from credo.models.hf_tokenizer import HFTokenizer
 from credo.models.prefix_attention import ATTENTION, flatten, use_prefix_attention
 from credo.models.tiny import TinyConfig, TinyLM
@@ -379,12 +380,15 @@ def load_hf(
     gradient_checkpointing: bool = True,
     chat: bool = True,
     native: bool = True,
+    fused: bool = True,
 ) -> tuple[HFPolicy, HFTokenizer]:
     """Load model and tokenizer from a local directory (`local_files_only`: never a hub download).
 
     The parameters load in float32 whatever `dtype` says; `dtype` is the compute dtype (module docstring).
     Gradient (activation) checkpointing recomputes each decoder layer in the backward pass (train mode only).
-    Raises ValueError for an unknown dtype, OSError for a directory without a loadable model."""
+    `fused`: Llama/Qwen2/Mistral layers run `models.fused`'s paths (the same numbers, fewer memory passes; the
+    MLP's last product not recomputed under checkpointing). Raises ValueError for an unknown dtype, OSError for a
+    directory without a loadable model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
 
@@ -400,7 +404,7 @@ def load_hf(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).to(device)
     if gradient_checkpointing:  # transformers >= 5.x names it activation checkpointing
         enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
-        enable()
+        enable({"use_reentrant": False, "context_fn": recompute_contexts})  # fused's MLP sees the recomputation
         model.config.use_cache = False  # the sampler passes use_cache=True explicitly
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     extra: list[int] = []
@@ -410,5 +414,7 @@ def load_hf(
         extra = [eos] if isinstance(eos, int) else list(eos or [])
     except OSError:  # no generation_config.json
         pass
+    if fused:
+        fuse_decoder_layers(model)
     policy = HFPolicy(model, native=native, compute_dtype=DTYPES[dtype])
     return policy, HFTokenizer(tokenizer, chat=chat, extra_eos=extra)

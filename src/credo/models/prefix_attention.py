@@ -140,38 +140,39 @@ def flatten(segments: torch.Tensor) -> tuple[torch.Tensor, PrefixLayout]:
 
 def prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: PrefixLayout,
                      scaling: float | None = None, dropout: float = 0.0) -> torch.Tensor:
-    """Attention of a flat row laid out by `layout`: `query` [1, H, N, d], `key`, `value` [1, Hkv, N, d] (grouped
-    query attention when Hkv < H: query head h reads key head h // (H / Hkv), as transformers' `repeat_kv`).
-    Returns [1, N, H, d] (the layout transformers' attention functions return).
+    """Attention of a flat row laid out by `layout`, token-major: `query` [N, H, d], `key`, `value` [N, Hkv, d]
+    (grouped query attention when Hkv < H: query head h reads key head h // (H / Hkv), as transformers'
+    `repeat_kv`). Returns [N, H, d].
 
     Two fused attentions (`F.scaled_dot_product_attention`, module docstring): the prompts [R, H, Lp, d] over
-    themselves, and the continuations [R·M, H, Lc, d] over [their prompt's keys, their own]. `scaling`: the
-    scores' scale (1/√d when None); `dropout`: attention dropout on the probabilities (sdpa's `dropout_p`)."""
-    H, N, d = query.shape[1:]
+    themselves, and the continuations [R·M, H, Lc, d] over [their prompt's keys, their own]; each token's
+    [heads, d] row is gathered into its slot whole. `scaling`: the scores' scale (1/√d when None); `dropout`:
+    attention dropout on the probabilities (sdpa's `dropout_p`)."""
+    H, d = query.shape[1:]
     Hkv = key.shape[1]
     R, Lp, M, Lc = layout.shape
     P = R * Lp
-    q = query[0].index_select(1, layout.slots)  # [H, Ns, d]
-    k, v = key[0].index_select(1, layout.slots), value[0].index_select(1, layout.slots)  # [Hkv, Ns, d]
+    q = query.index_select(0, layout.slots)  # [Ns, H, d]
+    k, v = key.index_select(0, layout.slots), value.index_select(0, layout.slots)  # [Ns, Hkv, d]
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=scaling,
                                               enable_gqa=H != Hkv)
 
-    qp = q[:, :P].view(H, R, Lp, d).transpose(0, 1)  # [R, H, Lp, d]
-    kp, vp = (x[:, :P].view(Hkv, R, Lp, d).transpose(0, 1) for x in (k, v))  # [R, Hkv, Lp, d]
+    qp = q[:P].view(R, Lp, H, d).transpose(1, 2)  # [R, H, Lp, d]
+    kp, vp = (x[:P].view(R, Lp, Hkv, d).transpose(1, 2) for x in (k, v))  # [R, Hkv, Lp, d]
     op = attend(qp, kp, vp, layout.prompt_bias).transpose(1, 2).reshape(P, H, d)
     if M == 0:
-        return op.index_select(0, layout.out_index).unsqueeze(0)
-    qc = q[:, P:].view(H, R * M, Lc, d).transpose(0, 1)  # [R·M, H, Lc, d]
+        return op.index_select(0, layout.out_index)
+    qc = q[P:].view(R * M, Lc, H, d).transpose(1, 2)  # [R·M, H, Lc, d]
 
     def keys(prompt: torch.Tensor, own: torch.Tensor) -> torch.Tensor:  # [R·M, Hkv, Lp + Lc, d]
-        own = own.view(Hkv, R, M, Lc, d).permute(1, 2, 0, 3, 4)  # [R, M, Hkv, Lc, d]
+        own = own.view(R, M, Lc, Hkv, d).permute(0, 1, 3, 2, 4)  # [R, M, Hkv, Lc, d]
         return torch.cat([prompt[:, None].expand(R, M, Hkv, Lp, d), own], 3).view(R * M, Hkv, Lp + Lc, d)
 
-    oc = attend(qc, keys(kp, k[:, P:]), keys(vp, v[:, P:]), layout.cont_bias)  # [R·M, H, Lc, d]
+    oc = attend(qc, keys(kp, k[P:]), keys(vp, v[P:]), layout.cont_bias)  # [R·M, H, Lc, d]
     oc = oc.transpose(1, 2).reshape(R * M * Lc, H, d)
-    return torch.cat([op, oc]).index_select(0, layout.out_index).unsqueeze(0)  # [1, N, H, d]
+    return torch.cat([op, oc]).index_select(0, layout.out_index)  # [N, H, d]
 
 
 def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -183,7 +184,8 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     if credo_prefix_layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    return prefix_attention(query, key, value, credo_prefix_layout, scaling, dropout), None
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [1, heads, N, d] -> [N, heads, d] views
+    return prefix_attention(q, k, v, credo_prefix_layout, scaling, dropout).unsqueeze(0), None
 
 
 def use_prefix_attention(model: Any) -> bool:

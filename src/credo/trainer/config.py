@@ -56,6 +56,7 @@ class ModelConfig:
     gradient_checkpointing: bool = True  # Hugging Face models: recompute activations in the backward pass
     chat_template: bool = True  # Hugging Face models: frame prompts with the tokenizer's chat template
     native_decode: bool = True  # Hugging Face Llama/Qwen2/Mistral: decode on credo's native engine
+    fused_layers: bool = True  # Hugging Face Llama/Qwen2/Mistral: fused norm, rotary and MLP paths (models/fused.py)
     lora: LoraConfig = field(default_factory=LoraConfig)  # Hugging Face text models: LoRA adapters (rank 0: off)
 
 
