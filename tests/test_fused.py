@@ -131,3 +131,27 @@ def test_packed_rows_take_the_token_major_attention_with_the_same_numbers(tmp_pa
     torch.testing.assert_close(out[True][0], out[False][0], atol=1e-5, rtol=1e-5)
     for n, grad in out[False][1].items():
         torch.testing.assert_close(out[True][1][n], grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_bf16_compute_skips_the_recomputed_last_product_with_transformers_numbers(tmp_path, monkeypatch):
+    """Under bf16 autocast (`model.dtype=bfloat16`) the norms and attention run transformers' forwards and the MLP's
+    last projection still skips its recomputed product; loss and float32 master gradients equal the plain model's
+    (the same bf16 products)."""
+    from credo.models.hf import load_hf
+    from credo.models.tiny_hf import make_tiny_hf
+
+    path = make_tiny_hf(tmp_path, arch="llama", hidden_size=64, num_layers=2, intermediate_size=128)
+    fast, _ = load_hf(path, dtype="bfloat16")
+    plain, _ = load_hf(path, dtype="bfloat16", fused=False)
+    fast.train(), plain.train()
+    ids = torch.randint(3, plain.model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(5))
+    seen = []
+    real = fused.recomputing
+    monkeypatch.setattr(fused, "recomputing", lambda: seen.append(real()) or seen[-1])
+    loss1, g1 = _loss_and_grads(fast, ids)
+    assert seen == [False] * 2 + [True] * 2
+    loss0, g0 = _loss_and_grads(plain, ids)
+    assert all(x.dtype == torch.float32 for x in g1.values())  # masters' gradients
+    torch.testing.assert_close(loss1, loss0, atol=1e-3, rtol=1e-3)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-3, rtol=1e-2, msg=n)

@@ -20,7 +20,8 @@ parameters and their names stay as they are, so peft, FSDP2 and checkpoints see 
   (`recompute_contexts`, given to `torch.utils.checkpoint` as its `context_fn`).
 
 Each swap is taken only where the fused path computes what transformers' does: float32 activations without
-autocast (bf16 compute runs transformers' forwards), the rotary embedding's cos/sin halves equal (`rotate_half`'s
+autocast for the norms and the attention (bf16 compute runs transformers' forwards there; the last projection
+follows autocast as transformers' call does), the rotary embedding's cos/sin halves equal (`rotate_half`'s
 convention), a bias-free `nn.Linear` holding a plain tensor (the last projection; not a peft-wrapped or
 FSDP2-sharded one). Anything else falls back to the original forward at call time. `model.fused_layers = false`
 (`load_hf(fused=False)`) keeps transformers' forwards throughout.
@@ -131,14 +132,19 @@ class _LastLinear(torch.autograd.Function):
     def forward(ctx: Any, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, weight)
         if recomputing():  # nothing reads the recomputed output (module docstring)
-            return a.new_zeros(*a.shape[:-1], weight.shape[0])
-        return F.linear(a, weight)
+            dev = a.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else a.dtype
+            return a.new_zeros(*a.shape[:-1], weight.shape[0], dtype=dtype)
+        return F.linear(a, weight)  # under autocast in its dtype, as transformers' call
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         a, weight = ctx.saved_tensors
-        grad_a = g @ weight if ctx.needs_input_grad[0] else None
-        grad_w = g.reshape(-1, g.shape[-1]).t() @ a.reshape(-1, a.shape[-1]) if ctx.needs_input_grad[1] else None
+        g, w = g.to(a.dtype), weight.to(a.dtype)  # autocast: bf16 products, the weight's gradient cast back
+        grad_a = g @ w if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.reshape(-1, g.shape[-1]).t() @ a.reshape(-1, a.shape[-1])).to(weight.dtype)
         return grad_a, grad_w
 
 
@@ -166,7 +172,7 @@ def _norm_forward(norm: Any, original: Any) -> Any:
 
 def _mlp_forward(mlp: Any, original: Any) -> Any:
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if not _float32(x) or not _plain_linear(mlp.down_proj):
+        if not _plain_linear(mlp.down_proj):
             return original(x)
         return _LastLinear.apply(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj.weight)
     return forward
