@@ -207,3 +207,23 @@ def test_huge_page_allocations_cut_the_page_faults_of_fresh_buffers():
                     "whatever PyTorch asks; the setting is harmless there")
     assert off[2] >= 20 * 4096 * 0.9  # 4 KiB pages: every page of every buffer faults
     assert on[2] < off[2] / 4
+
+
+def test_adamw_takes_the_fused_kernel_for_plain_parameters_with_the_loop_s_step():
+    from credo.trainer.update import adamw
+
+    g = torch.Generator().manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(7, generator=g))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    kw = dict(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8)
+    fused, loop = adamw(a, **kw), torch.optim.AdamW(b, foreach=False, **kw)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in a]
+        for p, q, gr in zip(a, b, grads, strict=True):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        fused.step(), loop.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+    assert adamw([torch.nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)], lr=1.0).defaults[
+        "fused"] is None  # not a floating tensor: PyTorch's default

@@ -36,7 +36,7 @@ from credo.trainer.evaluate import evaluate, tool_eval_from_config
 from credo.trainer.logprobs import sequence_logprobs
 from credo.trainer.metrics import MultiSink, Timers, format_line, make_sink, peak_rss_mb
 from credo.trainer.sft import sft
-from credo.trainer.update import empty_batch, policy_update
+from credo.trainer.update import adamw, empty_batch, policy_update
 
 CONSOLE_KEYS = ("reward/mean", "eval/greedy_acc", "eval/pass@8", "rollout/response_len", "loss/policy", "time/step")
 MAX_BAD_STEPS = 3  # consecutive steps with a non-finite loss/gradient before the run stops
@@ -199,7 +199,7 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     elif cfg.rl.kl_coef > 0:
         ref_policy = load_policy(run_dir / "start_model", cfg.model)[0].eval().requires_grad_(False)
     gen_policy, gen, policy = _generation_and_shards(cfg, policy, tok)
-    opt = torch.optim.AdamW(  # the trainable parameters only (LoRA: the adapters)
+    opt = adamw(  # the trainable parameters only (LoRA: the adapters)
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay,
         betas=(0.9, 0.99), eps=cfg.rl.adam_eps,
     )
