@@ -34,10 +34,8 @@ def main() -> None:
     from real_model import arith_prompts, model_dir  # benchmarks/real_model.py
 
     from credo.models.hf import load_hf
+    from credo.trainer.host_memory import reuse_freed_memory
     from credo.trainer.logprobs import sequence_logprobs
-    from credo.trainer.update import return_freed_memory
-
-    return_freed_memory()  # as the trainer does
     policies = {}
     for fused in (False, True):
         policies[fused], tok = load_hf(model_dir(), fused=fused)
@@ -57,8 +55,9 @@ def main() -> None:
         policy = policies[fused]
         policy.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        lp, _ = sequence_logprobs(policy, ids, positions=mask, with_entropy=True, share_prefix="auto")
-        (-(lp * mask).sum() / mask.sum()).backward()
+        with reuse_freed_memory():  # as the trainer runs its forward and backward passes
+            lp, _ = sequence_logprobs(policy, ids, positions=mask, with_entropy=True, share_prefix="auto")
+            (-(lp * mask).sum() / mask.sum()).backward()
         seconds = time.perf_counter() - t0
         return seconds, {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
 

@@ -15,8 +15,9 @@ from credo.core.stats import logprob_diff
 from credo.data import Batch
 from credo.models.tiny import TinyConfig, TinyLM
 from credo.trainer.config import RLConfig
+from credo.trainer.host_memory import return_freed_memory
 from credo.trainer.logprobs import sequence_logprobs
-from credo.trainer.update import n_microbatches, policy_update, recompute_old_logprobs, return_freed_memory
+from credo.trainer.update import n_microbatches, policy_update, recompute_old_logprobs
 
 V = 40
 
@@ -172,7 +173,7 @@ import resource, sys
 from credo.cli import huge_page_allocations
 acts = huge_page_allocations()
 import os, torch
-from credo.trainer.update import return_freed_memory
+from credo.trainer.host_memory import return_freed_memory
 return_freed_memory()
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):

@@ -13,10 +13,11 @@ from credo.trainer.config import ConfigError, apply_overrides, load_config
 def huge_page_allocations() -> bool:
     """Have PyTorch back its CPU buffers of 2 MiB and more with transparent huge pages (`THP_MEM_ALLOC_ENABLE=1`,
     which c10's CPU allocator reads at its first allocation: so before torch is imported, as `main` does), unless
-    the environment already sets it. The update gives large freed buffers back to the system
-    (`trainer.update.return_freed_memory`, which keeps peak RSS low), so every large activation is fresh memory,
-    and on 4 KiB pages its page faults cost time: an update of SmolLM2-135M on 2 cores (64 rows, ~3.8k tokens,
-    gradient checkpointing) took 54.3 / 54.9 s without, 47.1-50.0 s with, peak RSS unchanged. It matters where the
+    the environment already sets it. Outside the forward and backward passes large freed buffers go back to the
+    system (`trainer.host_memory.return_freed_memory`, which keeps peak RSS low), so large buffers taken there are
+    fresh memory, and on 4 KiB pages their page faults cost time: an update of SmolLM2-135M on 2 cores (64 rows,
+    ~3.8k tokens, gradient checkpointing), before its passes reused heap memory (`reuse_freed_memory`), took 54.3 /
+    54.9 s without, 47.1-50.0 s with, peak RSS unchanged. It matters where the
     kernel's THP mode is `madvise` (under `always` huge pages come anyway, under `never` not at all); returns
     whether torch was still unimported (the setting can act)."""
     import os

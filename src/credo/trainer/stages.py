@@ -31,6 +31,7 @@ from credo.rollout.rethink import forced_rethink, has_rethinking, rethink_nll_ma
 from credo.rollout.segments import label_samples
 from credo.trainer import distributed as dist
 from credo.trainer.dapo import dynamic_sampling_fill
+from credo.trainer.host_memory import reuse_freed_memory
 from credo.trainer.replay import make_replay_buffer, ssr_select
 
 
@@ -80,22 +81,24 @@ def merge(record: dict[str, Any], metrics: dict[str, float]) -> None:
 def rollout_stage(ctx: StepContext, n_prompts: int, first_group: int, record: dict) -> list[Sample]:
     """`n_prompts` fresh prompts (data parallel: this rank's contiguous share, `dist.share`; every rank's stream
     advances by all `n_prompts`, so the data position is global) × `rl.group_size` samples (multi-turn with tools
-    when `rl.multiturn`), then Forced Rethinking and segment labels when configured."""
+    when `rl.multiturn`), then Forced Rethinking and segment labels when configured. The decoding's transient
+    buffers reuse heap memory, handed back after (`trainer.host_memory.reuse_freed_memory`)."""
     cfg, g = ctx.cfg, ctx.generator
     params = sampling_params(cfg)
     examples = [ctx.train_examples[i] for i in dist.share(ctx.stream.take(n_prompts))]  # this rank's groups
     ctx.policy.eval()
-    if cfg.rl.multiturn:  # tool calls executed between turns; observations get loss_mask 0
-        tools = {name: TOOLS[name] for name in cfg.rl.tools}
-        samples, m = multiturn_rollout(ctx.gen, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g,
-                                       cfg.rl.max_turns, cfg.rl.max_images, tools, first_group)
-        merge(record, m)
-    else:
-        samples = rollout(ctx.gen, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g, first_group)
-    if cfg.rethink.enabled:
-        samples, m = forced_rethink(ctx.gen, ctx.tokenizer, ctx.env, samples, ctx.by_id, cfg.rethink, params, g,
-                                    runner=ctx.eval_runner)
-        merge(record, m)
+    with reuse_freed_memory():
+        if cfg.rl.multiturn:  # tool calls executed between turns; observations get loss_mask 0
+            tools = {name: TOOLS[name] for name in cfg.rl.tools}
+            samples, m = multiturn_rollout(ctx.gen, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g,
+                                           cfg.rl.max_turns, cfg.rl.max_images, tools, first_group)
+            merge(record, m)
+        else:
+            samples = rollout(ctx.gen, ctx.tokenizer, ctx.env, examples, cfg.rl.group_size, params, g, first_group)
+        if cfg.rethink.enabled:
+            samples, m = forced_rethink(ctx.gen, ctx.tokenizer, ctx.env, samples, ctx.by_id, cfg.rethink, params, g,
+                                        runner=ctx.eval_runner)
+            merge(record, m)
     if cfg.rl.segments:  # perception / reasoning / answer labels from the completion's tags
         merge(record, label_samples(samples, ctx.tokenizer))
     ctx.policy.train()
