@@ -165,3 +165,30 @@ def test_sync_that_would_miss_a_tensor_raises_and_writes_nothing(hf_dir):
     del gen.engine.stray
     gen.sync_weights(policy)
     assert torch.equal(gen.engine.embed.weight, policy.model.model.embed_tokens.weight)
+
+
+def test_sleep_frees_the_engine_copy_and_sync_brings_back_the_same_decoding(hf_dir):
+    from credo.models.hf import load_hf
+
+    policy, tok = load_hf(hf_dir)
+    gen = NativeGenerator(policy, tok)
+    req = [GenerationRequest(p, n=2) for p in _prompts(tok)]
+    params = SamplingParams(6, temperature=1.0)
+    before = gen.generate(req, params, torch.Generator().manual_seed(3))
+    n_weights = sum(p.numel() for p in gen.engine.parameters())
+    gen.sleep()
+    gen.sleep()  # idempotent
+    assert gen.asleep and sum(p.numel() for p in gen.engine.parameters()) == 0
+    with pytest.raises(RuntimeError, match="asleep"):
+        gen.generate(req, params)
+    policy.model.model.extra = torch.nn.Parameter(torch.zeros(3))  # a failed sync leaves it asleep
+    with pytest.raises(RuntimeError, match="not copied"):
+        gen.sync_weights(policy)
+    assert gen.asleep
+    del policy.model.model.extra
+    gen.sync_weights(policy)
+    assert not gen.asleep and sum(p.numel() for p in gen.engine.parameters()) == n_weights
+    after = gen.generate(req, params, torch.Generator().manual_seed(3))
+    for (a0, a1), (b0, b1) in zip(before, after, strict=True):
+        assert torch.equal(a0.completion_ids, b0.completion_ids) and torch.equal(a1.completion_ids, b1.completion_ids)
+        torch.testing.assert_close(a0.logprobs, b0.logprobs, atol=0, rtol=0)

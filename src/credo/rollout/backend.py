@@ -24,6 +24,9 @@ The contract every backend keeps (the tests in `tests/test_generator_seam.py` ho
 - `sync_weights(policy)` makes the engine decode with the policy's current weights, completely or not at all: a
   tensor that cannot be matched raises before any rollout uses the engine. The loop calls it once after each update
   stage (`time/sync`).
+- Optional `sleep()`: the backend may free its own copy of the weights while the trainer updates (verl's rollout
+  sleep mode), to be restored by the next `sync_weights`; the loop calls it, where present, before each update
+  stage, and never generates in between.
 
 `BACKENDS` maps a name (`rollout.backend`) to a `"module:Class"` string imported only when chosen, so `import credo`
 never imports a heavy engine. A backend class is built as `Class(policy, tokenizer, **options)`.

@@ -279,6 +279,8 @@ def rl_step(run: Run, step: int) -> dict[str, Any]:
         stages.credit_stage(ctx, samples, adv, step, record)  # token advantages, credit-assigned
         batch = stages.selection_stage(ctx, samples, adv, record)
     with ctx.timers("update"):
+        if callable(sleep := getattr(ctx.gen, "sleep", None)):  # the engine's weight copy is stale after the update
+            sleep()  # and its memory is the update's until `sync_weights` below
         if dist.any_true(batch is not None):  # data parallel: a rank with no rows still joins the update
             loss_metrics = policy_update(ctx.policy, run.opt, batch if batch is not None else empty_batch(), cfg.rl,
                                          ctx.generator, run.ref_policy, cfg.rethink.nll_coef)
