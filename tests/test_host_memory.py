@@ -3,6 +3,7 @@ faults); outside it each one is fresh memory from the system; on exit the free h
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -34,7 +35,7 @@ print(acts, outside, inside, rss_inside - rss_after)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt and malloc_trim are glibc's")
 def test_buffers_freed_inside_the_block_are_reused_and_handed_back_after():
-    env = {"THP_MEM_ALLOC_ENABLE": "0", "PATH": ""}  # 4 KiB pages: every fresh 16 MiB buffer faults 4096 times
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}  # 4 KiB pages: every fresh 16 MiB buffer faults 4096 times
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, check=True)
     acts, outside, inside, released = out.stdout.split()
     outside, inside, released = int(outside), int(inside), int(released)

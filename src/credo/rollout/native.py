@@ -64,6 +64,7 @@ class NativeGenerator:
         self.image_size: int = image_size or getattr(cfg, "image_size", 48)
         self.engine = None  # a separate copy of the weights that `sync_weights` refreshes, or None
         self.asleep = False  # the engine's weights freed (`sleep`) until the next `sync_weights`
+        self._shapes: dict[torch.nn.Parameter, torch.Size] = {}  # the engine weights' shapes while asleep
         if getattr(policy, "native_decode", False) if native is None else native:
             from credo.models.hf import HFPolicy, build_native_engine
 
