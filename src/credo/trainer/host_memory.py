@@ -8,8 +8,8 @@ kernel's zeroing of each page). Two settings, measured on SmolLM2-135M's RL step
 
 - Outside the update's forward and backward, every buffer above 128 KiB is mmapped (`return_freed_memory`): with
   glibc's default the threshold rises to 32 MiB after the first free, and long-lived tensors (AdamW's state, made
-  at the first step; the packed decoding weights) land in the heap between transient ones and pin it, fragmented:
-  peak RSS 5.8 GB against 2.9 GB with the fixed threshold (session 16).
+  at the first step; gradients) land in the heap between transient ones and pin it, fragmented: SmolLM2-135M, 64
+  rows × 109 tokens, peak RSS 5.8 GB against 2.9 GB with the fixed threshold.
 - Inside one minibatch's forward and backward (`reuse_freed_memory`; the trainer also decodes its rollouts so),
   the heap takes buffers up to 32 MiB and is never trimmed, so each layer's activations reuse the memory the
   previous layer freed; on leaving, the thresholds are restored and the heap's free pages handed back
