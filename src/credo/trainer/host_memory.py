@@ -67,7 +67,7 @@ def reuse_freed_memory() -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    return_freed_memory()  # the settings restored on exit are these, whoever set them first
+    return_freed_memory()  # the process-wide setting that exit restores (128 KiB)
     libc.mallopt(M_MMAP_THRESHOLD, HEAP_MAX)
     libc.mallopt(M_TRIM_THRESHOLD, -1)  # (size_t) -1: never trim
     try:
@@ -75,7 +75,7 @@ def reuse_freed_memory() -> Iterator[bool]:
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, SMALL)
         libc.mallopt(M_TRIM_THRESHOLD, SMALL)
-        libc.malloc_trim(0)
+        release_free_heap()
 
 
 def release_free_heap() -> bool:
