@@ -11,7 +11,8 @@ packed behind it), TRL runs it once per row.
 Figures, each side measured in a subprocess of its own (so that peak RSS is the side's own), every side with PyTorch's
 huge-page CPU allocations on (`THP_MEM_ALLOC_ENABLE=1`, which the `credo` command sets: `cli.huge_page_allocations`;
 an explicit value in the environment is kept):
-- rollout tok/s: credo's native backend vs HF `generate`, 64 rows × 64 tokens (EOS off), float32 and bfloat16;
+- rollout tok/s: credo's native backend vs HF `generate`, 64 rows × 64 tokens (EOS off), float32 and bfloat16, in
+  three alternating rounds (credo, HF, credo, HF, ...), the best of each side;
 - RL step seconds and peak RSS: `credo train` vs TRL `GRPOTrainer` (the first step is warm-up, not counted);
 - credo at 16 prompts × 8 (does it run, at what peak RSS);
 - the update's share of the CPU FLOP roofline: model FLOPs of the update's forward + backward (6 · matmul
@@ -81,11 +82,13 @@ class _NoEOS:
         return getattr(self._tok, name)
 
 
-def _credo_rollout_s(d: Path, dtype: str, prompts: list[str]) -> tuple[float, list[list[int]], int]:
-    """Seconds of credo's native backend on the rows (best of 2), the rows' prompt ids and the pad id."""
-    from rollout import best_of  # benchmarks/rollout.py
+def side_rollout(d: Path, dtype: str, prompts: list[str], pairs: int = 3) -> dict:
+    """Tokens/s of credo's native backend and of HF `generate` (the model loaded in `dtype`) on the same rows:
+    `pairs` rounds of one credo call then one HF call, the best of each side. Alternating keeps both sides under the
+    same drift of this machine's speed (it moves by ±10% within minutes); each round's ratio is returned too."""
+    from transformers import AutoModelForCausalLM
 
-    from credo.models.hf import load_hf
+    from credo.models.hf import DTYPES, load_hf
     from credo.rollout.backend import GenerationRequest, SamplingParams, make_generator
 
     policy, tok = load_hf(d, dtype=dtype)
@@ -93,36 +96,34 @@ def _credo_rollout_s(d: Path, dtype: str, prompts: list[str]) -> tuple[float, li
     gen = make_generator("native", policy, _NoEOS(tok))
     reqs = [GenerationRequest(tok.encode_prompt(p), n=GROUP) for p in prompts]
     rng = torch.Generator().manual_seed(0)
-    seconds = best_of(lambda: gen.generate(reqs, SamplingParams(NEW_TOKENS, 1.0), rng), repeats=2)
-    return seconds, [r.prompt_ids for r in reqs for _ in range(GROUP)], tok.pad_id
-
-
-def side_rollout(d: Path, dtype: str, prompts: list[str]) -> dict:
-    """Tokens/s of credo's native backend and of HF `generate` (the model loaded in `dtype`), best of 2."""
-    from rollout import best_of  # benchmarks/rollout.py
-    from transformers import AutoModelForCausalLM
-
-    from credo.models.hf import DTYPES
-
-    credo_s, rows, pad_id = _credo_rollout_s(d, dtype, prompts)
+    rows = [r.prompt_ids for r in reqs for _ in range(GROUP)]
     P = max(map(len, rows))
-    ids = torch.full((len(rows), P), pad_id)
+    ids = torch.full((len(rows), P), tok.pad_id)
     mask = torch.zeros(len(rows), P, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, P - len(r):] = torch.tensor(r)
         mask[i, P - len(r):] = 1
     model = AutoModelForCausalLM.from_pretrained(d, dtype=DTYPES[dtype]).eval()
 
+    def credo() -> None:
+        gen.generate(reqs, SamplingParams(NEW_TOKENS, 1.0), rng)
+
     def hf() -> None:
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
                                  temperature=1.0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                 pad_token_id=pad_id)
+                                 pad_token_id=tok.pad_id)
         assert out.shape[1] == P + NEW_TOKENS
 
-    hf_s = best_of(hf, repeats=2)
+    times: dict[str, list[float]] = {"credo": [], "hf": []}
+    for _ in range(pairs):
+        for name, fn in (("credo", credo), ("hf", hf)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
     n = len(rows) * NEW_TOKENS
-    return {"credo_tok_s": n / credo_s, "hf_tok_s": n / hf_s}
+    return {"credo_tok_s": n / min(times["credo"]), "hf_tok_s": n / min(times["hf"]),
+            "round_ratios": [h / c for c, h in zip(times["credo"], times["hf"], strict=True)]}
 
 
 def sustained_peak(threads: int) -> float:
@@ -257,7 +258,9 @@ def main() -> None:
     roll = {dt: run_side(["--side", "rollout", "--dtype", dt, *common]) for dt in a.dtypes.split(",")}
     for dt, r in roll.items():
         print(f"rollout {dt:8s} " + (r.get("error") or f"credo {r['credo_tok_s']:7.0f} tok/s   HF generate "
-              f"{r['hf_tok_s']:7.0f} tok/s   ratio {r['credo_tok_s'] / r['hf_tok_s']:.2f}x  (64 rows x 64 tokens)"))
+              f"{r['hf_tok_s']:7.0f} tok/s   ratio {r['credo_tok_s'] / r['hf_tok_s']:.2f}x  (64 rows x 64 tokens, "
+              f"best of {len(r['round_ratios'])} alternating rounds each; per round "
+              f"{' '.join(f'{x:.2f}' for x in r['round_ratios'])})"))
     credo = run_side(["--side", "credo", "--steps", str(a.steps), *common])
     trl = run_side(["--side", "trl", *common])
     credo16 = run_side(["--side", "credo", "--prompts", "16", "--steps", "1", *common])  # does it run; RSS
