@@ -318,14 +318,14 @@ def main() -> None:
 
     tk = HFTokenizer(AutoTokenizer.from_pretrained(d))  # the prompt ids the trainer scores (chat template)
     plens = [len(tk.encode_prompt(p)) for p in prompts]
-    roofline = float("nan")
+    shares = []
     for u in credo.get("updates", []):  # each update against the higher of the peaks measured right around it
         flops, peak = update_flops(d, plens, u["response_len"]), max(u["peak_gflops"])
-        share = flops / u["update_s"] / (peak * 1e9)
-        roofline = share if roofline != roofline else min(roofline, share)
+        shares.append(share := flops / u["update_s"] / (peak * 1e9))
         print(f"update  {flops / 1e12:.2f} TFLOP in {u['update_s']:.2f} s = {flops / u['update_s'] / 1e9:.1f} GFLOP/s; "
               f"fp32 matmul peak {' / '.join(f'{p:.1f}' for p in u['peak_gflops'])} GFLOP/s right before / after "
               f"it: {100 * share:.0f}% of the higher")
+    roofline = min(shares, default=float("nan"))  # the lowest share of the counted updates
 
     nan = float("nan")
 
