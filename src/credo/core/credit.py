@@ -118,7 +118,7 @@ def first_error(advantages: Tensor, batch: CreditInputs, cfg: CreditConfig | Non
     steps = _need(batch.step_labels, "first_error", "step_labels", tuple(advantages.shape)).to(advantages.device)
     located = (steps == WRONG).any(dim=1, keepdim=True)  # [B, 1]
     blame_only_the_step = located & (advantages < 0)  # [B, T]
-    return torch.where(blame_only_the_step & (steps != WRONG), torch.zeros_like(advantages), advantages)
+    return torch.where(blame_only_the_step & (steps != WRONG), torch.zeros_like(advantages), advantages)  # [B, T]
 
 
 CREDIT = {"none": identity, "hicra": hicra, "moca": moca, "first_error": first_error}

@@ -1,8 +1,8 @@
-"""Reward shaping terms computed from the rollout itself (not the verifier): per-sample values [B] added to rewards.
+"""Reward shaping maths computed from the rollout itself (not the verifier): per-sample values [B].
 
-No registry yet: the terms that will live here take different inputs (lengths here; correctness and tool-call
-counts for Pixel Reasoner's curiosity bonus), so there is no common signature to register under. The trainer
-adds each enabled term to ``Sample.reward`` and logs it as a reward part before advantages are computed.
+Only the formula lives here; it reaches the reward as a term of `credo.rewards.terms.TERMS` (`Overlong`, weighted
+by `term_weights` and logged as `reward/overlong`), as every other reward part does (Pixel Reasoner's curiosity
+bonus: `credo.rewards.curiosity`).
 """
 
 from __future__ import annotations

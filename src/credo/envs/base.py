@@ -1,4 +1,4 @@
-"""The `Environment` and `Verifier` protocols and the `Score` a verifier returns."""
+"""The `Environment` protocol and the `Score` its verifier returns (verifier functions: `envs.verifiers`)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,7 @@ from typing import Protocol
 
 from credo.data import SCORED, UNSCORABLE, Example, Score
 
-__all__ = ["SCORED", "UNSCORABLE", "Environment", "Score", "Verifier", "sample_metrics"]
-
-
-class Verifier(Protocol):
-    """Total: never raises, returns a `Score` for any string."""
-
-    def __call__(self, completion: str, example: Example) -> Score: ...
+__all__ = ["SCORED", "UNSCORABLE", "Environment", "Score", "sample_metrics"]
 
 
 class Environment(Protocol):
@@ -24,7 +18,11 @@ class Environment(Protocol):
         """All examples of `split` ("train", "test" or "sft"); deterministic for a fixed seed."""
         ...
 
-    def verify(self, completion: str, example: Example) -> Score: ...
+    def verify(self, completion: str, example: Example) -> Score:
+        """The verdict on `completion` for `example`. Total: never raises for any string; a completion that cannot
+        be judged (no answer found, an unparsable reference) gives `Score.unscorable`, which the trainer counts
+        and leaves out of training instead of scoring it 0."""
+        ...
 
     def render_prompt(self, example: Example) -> str:
         """The text the policy is conditioned on."""

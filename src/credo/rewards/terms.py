@@ -2,7 +2,7 @@
 
     R_i = Σ_term w_term · term(samples)_i        (weights from config; every term logged as `reward/<term>`)
 
-Verdicts come first (`credo.rewards.verdicts.verify_samples` sets `Sample.verdict` once); terms read the samples,
+Verdicts come first (`credo.rewards.verify_samples` sets `Sample.verdict` once); terms read the samples,
 their examples and verdicts, never another term's output. A term is an object built once with what it needs (a
 blindfolded reasoner, later a judge model or a memory) and called once per rollout batch:
 

@@ -93,10 +93,15 @@ class Generator(Protocol):
     def generate(
         self, requests: list[GenerationRequest], params: SamplingParams, rng: torch.Generator | None = None
     ) -> list[list[Completion]]:
-        """`result[i]` holds `requests[i].n` completions, in order."""
+        """`result[i]` holds `requests[i].n` completions, in order. Raises ValueError for a request the engine
+        cannot serve (`prompt_logprobs` outside 0 <= k < len(prompt_ids), a prompt longer than `max_len`) and
+        RuntimeError when called while asleep (`sleep` without a `sync_weights` since)."""
         ...
 
-    def sync_weights(self, policy: Any) -> None: ...
+    def sync_weights(self, policy: Any) -> None:
+        """Make the engine decode with `policy`'s current weights, completely or not at all: a tensor that cannot be
+        matched raises (RuntimeError or ValueError, naming it) before any rollout uses the engine."""
+        ...
 
 
 BACKENDS: dict[str, str] = {
@@ -108,9 +113,10 @@ BACKENDS: dict[str, str] = {
 def resolve_backend(name: str, policy: Any) -> str:
     """The backend `rollout.backend` names; "auto" is a fixed rule, no probing: "vllm" when the policy is a Hugging
     Face text model on a CUDA device and vLLM is installed (`importlib.util.find_spec`, nothing imported), else
-    "native". Measured on 2 CPU cores (SmolLM2-135M, 64 × 128 tokens; DESIGN.md): native 308 tok/s fp32 / 545
-    bf16, vLLM's CPU build 236 / 586 after ≈ 21 s of import + engine start, so the CPU stays native; on GPUs
-    vLLM is the engine every peer uses."""
+    "native". On 2 CPU cores (SmolLM2-135M, 64 × 128 tokens, `benchmarks/rollout_engines.py`) the two engines'
+    fp32 speeds are within 1.3× of each other, one or the other ahead depending on the machine and session (README),
+    and vLLM's CPU build adds ≈ 20 s of import + engine start, so the CPU stays native; on GPUs vLLM is the engine
+    every peer uses."""
     if name != "auto":
         return name
     model = getattr(policy, "model", None)

@@ -77,7 +77,7 @@ class EnvConfig:
     test_files: list[str] = field(default_factory=list)  # dataset env: held-out evaluation files
     sft_files: list[str] = field(default_factory=list)  # dataset env: warm-start files (need a solution field)
     fields: dict[str, str] = field(default_factory=dict)  # dataset env: credo field -> column name
-    verifier: str = ""  # integer|math|mcq|number_list|numeric|typed or "module:function" ("": the env's default)
+    verifier: str = ""  # integer|math|math_tagged|mcq|number_list|numeric|typed or "module:function" ("": env default)
     prompt_template: str = ""  # str.format template over the row's fields ("" = the env's default)
     max_prompt_tokens: int = 0  # drop longer prompts (policy tokens) at load (verl filter_overlong_prompts; 0: off)
 
