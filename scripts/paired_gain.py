@@ -5,7 +5,8 @@
 
 Reads each run's first and last `evals/step_*.jsonl` (written by `credo train` at every evaluation: one row per
 held-out problem, in the same order). Prints, per key (a per-problem flag: `correct` is the environment's
-format-required verdict, `correct@<verifier>` one of `eval.extra_verifiers`): each run's start and end accuracy,
+format-required verdict, `correct@<verifier>` one of `eval.extra_verifiers`; by default every such flag the runs
+hold): each run's start and end accuracy,
 their mean ± std over runs, and the pooled paired gain mean(d) ± SE with d = end − start per (run, problem)
 (`credo.core.stats.paired_gain`); with samples, pass@k at start and end (Chen et al.'s estimator). `--json`
 also writes the numbers. `--start EVAL.json` (from `credo eval … --out`, e.g. of the model before a warm start)
@@ -51,6 +52,9 @@ def summarize(runs: list[Path], keys: list[str], ks: list[int], start: Path | No
         if [r["id"] for r in a] != [r["id"] for r in b]:
             raise SystemExit(f"{run}: the start and {last.name} hold different problems")
         pairs.append((run, step0, int(last.stem[5:]), a, b))
+    if not keys:  # every verdict field all runs hold: `correct`, `correct@<verifier>` (eval.extra_verifiers)
+        keys = [k for k in pairs[0][3][0] if (k == "correct" or k.startswith("correct@"))
+                and all(k in a[0] and k in b[0] for _, _, _, a, b in pairs)]
     for key in keys:
         per_run, before, after = [], [], []
         for run, step0, step1, a, b in pairs:
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--versus", nargs="+", type=Path, help="a second group of runs to compare with")
-    p.add_argument("--keys", default="correct,correct@numeric")
+    p.add_argument("--keys", default="", help="comma-separated per-problem fields (default: every `correct` and "
+                   "`correct@<verifier>` field all runs hold)")
     p.add_argument("--pass-k", default="1,4")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--start", type=Path, help="a `credo eval --out` JSON used as every run's start")

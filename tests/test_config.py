@@ -1,7 +1,7 @@
 import pytest
 
 from credo.cli import main
-from credo.trainer.config import ConfigError, load_config, parse_override
+from credo.trainer.config import ConfigError, load_config, parse_override, resume_changes, to_dict
 
 
 def test_defaults_and_overrides():
@@ -32,6 +32,15 @@ def test_toml_preset(tmp_path):
         ("sft.source=selff", "sft.source"),
         ("sft.self_samples=0", "sft.self_samples"),
         ("rl", "key=value"),
+        ("env.name=foo", "env.name"),
+        ("env.verifier=mathh", "env.verifier"),
+        ("model.dtype=bf16", "model.dtype"),
+        ("rl.group_size=1", "rl.group_size"),
+        ("rl.eps_low=1", "rl.eps_low"),
+        ("run.name=", "run.name"),
+        ("run.name=a/b", "run.name"),
+        ("eval.pass_k=[1,16]", "eval.pass_k"),
+        ("env.n_test=0", "env.n_test"),
     ],
 )
 def test_bad_key_or_value_names_it(override, needle):
@@ -85,3 +94,38 @@ def test_quoted_string_override_is_unquoted():
     assert load_config(None, ['model.path="x']).model.path == '"x'  # not one quoted string: kept as given
     with pytest.raises(ConfigError, match="curiosity.variant"):
         load_config(None, [*base, 'curiosity.variant="nope"'])
+
+
+def test_all_rows_of_a_dataset_is_n_zero():
+    cfg = load_config(None, ["env.name=dataset", "env.n_test=0", "env.n_train=0"])
+    assert cfg.env.n_test == 0 and cfg.env.n_train == 0
+
+
+def test_resume_changes_block_another_model_or_env_and_list_the_rest():
+    saved = to_dict(load_config(None, []))
+    cfg = load_config(None, ["model.path=smollm2-135m-instruct", "env.name=reasoning_gym:chain_sum", "rl.lr=1e-4",
+                             "model.dtype=bfloat16"])
+    blocking, other = resume_changes(saved, cfg)
+    assert blocking == ["env.name: 'arith' -> 'reasoning_gym:chain_sum'", "model.path: '' -> 'smollm2-135m-instruct'"]
+    assert other == ["model.dtype: 'float32' -> 'bfloat16'", "rl.lr: 5e-05 -> 0.0001"]  # compute dtype: free
+    del saved["rl"]["lr"]  # a checkpoint of an older credo: keys it lacks are not compared
+    assert resume_changes(saved, load_config(None, ["rl.lr=1e-4"])) == ([], [])
+
+
+def test_resuming_a_run_folder_with_another_model_stops_before_loading(tmp_path, capsys):
+    from credo.trainer.loop import _check_resume
+
+    saved = {"config": to_dict(load_config(None, [])), "step": 5}
+    with pytest.raises(ConfigError, match=r"model\.d_model: 128 -> 64.*run\.name.*run\.resume=false"):
+        _check_resume(saved, load_config(None, ["model.d_model=64"]), tmp_path / "checkpoint.pt")
+    _check_resume(saved, load_config(None, ["rl.steps=3", "rl.lr=1e-4"]), tmp_path / "checkpoint.pt")
+    out = capsys.readouterr().out
+    assert "rl.lr: 5e-05 -> 0.0001" in out and "nothing to train" in out and "rl.steps=3" in out
+
+
+def test_cli_names_a_file_that_is_not_a_checkpoint_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "metrics.jsonl"
+    bad.write_text('{"step": 1}\n')
+    assert main(["eval", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not a credo checkpoint" in err and str(bad) in err and err.count("\n") == 1

@@ -1,6 +1,7 @@
 """The dataset environment: JSONL / CSV / parquet files, field mapping, templates, and errors naming the bad record."""
 
 import json
+import logging
 import pickle
 import random
 
@@ -76,15 +77,18 @@ def test_csv_columns_are_text(tmp_path):
     assert ex.prompt == "007" and ex.reference == "7"
 
 
-def test_make_env_template_ids_and_limits(tmp_path):
+def test_make_env_template_ids_and_limits(tmp_path, caplog):
     rows = [{**r, "uid": f"q{i}"} for i, r in enumerate(ROWS)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     cfg = EnvConfig(name="dataset", train_files=[path], test_files=[path], fields={**FIELDS, "id": "uid"},
                     verifier="integer", prompt_template="[{topic}] {prompt} =", n_train=2)
     env = make_env(cfg)
-    train = env.examples("train")
-    assert [e.id for e in train] == ["q0", "q1"]  # n_train smaller than the file: the first rows
-    assert len(env.examples("test")) == 3  # n_test (200) larger than the file: all rows
+    with caplog.at_level(logging.WARNING, logger="credo.envs.dataset"):
+        train = env.examples("train")
+        assert len(env.examples("test")) == 3  # n_test (200) larger than the file: all rows, nothing said
+    assert [e.id for e in train] == ["q0", "q1"]  # n_train smaller than the file: the first rows, said once
+    (rec,) = caplog.records
+    assert path in rec.getMessage() and "train split cut at its first 2" in rec.getMessage()
     assert env.render_prompt(train[1]) == "[mul] 4*2 ="
     cfg.n_train = 0  # 0: all rows
     assert len(make_env(cfg).examples("train")) == 3

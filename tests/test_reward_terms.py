@@ -2,6 +2,7 @@
 term, no term is dropped, a term without a value makes its sample unscorable (counted), and a user function with
 TRL's batched signature is a term used unchanged."""
 
+import logging
 import math
 
 import pytest
@@ -170,13 +171,39 @@ def test_trl_function_is_called_unchanged_with_dataset_columns():
 
 
 @pytest.mark.parametrize("path", ["reward_helpers:trl_raises", "reward_helpers:trl_short"])
-def test_a_failing_trl_function_makes_the_batch_unscorable_and_is_counted(path):
+def test_a_failing_trl_function_makes_the_batch_unscorable_and_is_counted(path, caplog):
     env, examples, model = _trl_setup(path)
     samples = [_sample("<answer>2</answer>", Score(1.0), "e0"), _sample("<answer>3</answer>", Score(1.0), "e1")]
-    m = model(samples, examples)  # raises / returns one value for two completions: never stops the run
+    with caplog.at_level(logging.WARNING, logger="credo.rewards.terms"):
+        m = model(samples, examples)  # raises / returns one value for two completions: never stops the run
+        model(samples, examples)
     assert all(math.isnan(s.reward) and not s.scorable for s in samples)
     assert m["reward/function_errors"] == 1.0 and m["reward/unscorable"] == 2.0
+    (rec,) = caplog.records  # the first error is shown with its message, the second only counted
+    msg = rec.getMessage()
+    assert path in msg and ("returned 1 values" in msg or "user reward bug" in msg)
 
 
 def test_per_item_functions_are_not_batched():
     assert not is_batched_function("reward_helpers:marked")  # fn(completion, example): the verifier's runner
+
+
+class _BrokenVerifierEnv(BallsEnv):
+    def verify(self, completion: str, example: Example) -> Score:
+        raise ZeroDivisionError(f"verifier bug on {completion!r}")
+
+
+def test_verifier_errors_are_counted_and_the_first_ones_logged_with_their_message(monkeypatch, caplog):
+    import credo.rewards as rewards
+
+    monkeypatch.setattr(rewards, "_logged_failures", 0)
+    examples = {"e0": Example("e0", "2 balls?", 2)}
+    samples = [_sample(f"<answer>{i}</answer>", None) for i in range(5)]
+    with caplog.at_level(logging.WARNING, logger="credo.rewards"):
+        m = rewards.verify_samples(samples, examples, _BrokenVerifierEnv())
+    assert m["verify/errors"] == 5.0 and m["verify/unscorable"] == 5.0
+    assert not any(s.verdict.scorable for s in samples)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == rewards.MAX_LOGGED_FAILURES == 3  # the rest only counted
+    assert "ZeroDivisionError: verifier bug on '<answer>0</answer>'" in msgs[0] and "verify/errors" in msgs[0]
+    assert "later ones are only counted" in msgs[-1]

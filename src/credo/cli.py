@@ -27,8 +27,10 @@ def huge_page_allocations() -> bool:
 
 
 def _summary_line(summary: dict[str, float]) -> str:
-    keys = ("eval_acc_start", "eval_acc_end", "wall_s", "peak_rss_mb")
-    return "summary: " + " ".join(f"{k}={summary[k]:.4f}" for k in keys)
+    """Accuracies to 4 decimals, seconds to 0.1 (summed over a resumed run's sessions), MB whole (this process's
+    peak)."""
+    digits = {"eval_acc_start": 4, "eval_acc_end": 4, "wall_s": 1, "peak_rss_mb": 0}
+    return "summary: " + " ".join(f"{k}={summary[k]:.{n}f}" for k, n in digits.items())
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
@@ -74,6 +76,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from credo.data import InputError
     from credo.envs import make_env
     from credo.models import load_policy
     from credo.models.lora import apply_lora
@@ -83,7 +86,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     target = Path(args.checkpoint)
     if target.is_file():  # a checkpoint.pt: the run's config and start_model/ + weights
+        if args.config:
+            raise InputError(f"--config {args.config}: a checkpoint carries its run's config; change it with "
+                             "key=value overrides (--config is for model directories)")
         state = ckpt.load(target)
+        if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+            raise InputError(f"{target}: not a credo checkpoint (no 'model' and 'config' entries)")
         cfg = apply_overrides(from_dict(state["config"]), args.overrides)
         policy, tok = load_policy(target.parent / "start_model", cfg.model)
         policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # a LoRA run's checkpoint holds the adapters
@@ -269,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # RL steps finish and checkpoint on the first Ctrl-C; this is any other moment
         print("credo: interrupted; the last saved checkpoint (if any) is intact", file=sys.stderr)
         return 130
+    except Exception as err:
+        from credo.data import InputError  # imports torch: only once a command has (this module must not)
+
+        if not isinstance(err, InputError):
+            raise
+        print(f"credo: {err}", file=sys.stderr)  # a dataset row, an unknown name, not a checkpoint: one line
+        return 2
 
 
 if __name__ == "__main__":

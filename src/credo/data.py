@@ -37,6 +37,13 @@ class Example:
     env: str = ""  # name of the environment that made it
 
 
+class InputError(ValueError):
+    """Bad user input found past the config parser (a dataset file or row, an unknown registry name, a file that
+    is not a checkpoint, settings under which nothing can train); the message names the file, line, field or key.
+    `credo` prints it as one line and exits with code 2, as it does `trainer.config.ConfigError` (kept apart: the
+    config module stays torch-free); any other exception is a bug and keeps its traceback."""
+
+
 SCORED, UNSCORABLE = "scored", "unscorable"
 
 

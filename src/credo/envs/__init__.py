@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from credo.data import InputError
 from credo.envs.base import Environment, Score
 
 # name -> "module:factory"; imported only when chosen
@@ -28,7 +29,7 @@ def make_env(cfg: Any) -> Environment:
     head = cfg.name.split(":", 1)[0]
     target = ENVS.get(cfg.name, ENVS.get(head, cfg.name))
     if ":" not in target:
-        raise ValueError(f"unknown environment {cfg.name!r}; available: {', '.join(sorted(ENVS))} "
+        raise InputError(f"unknown environment {cfg.name!r}; available: {', '.join(sorted(ENVS))} "
                          "or an import path 'module:factory'")
     module, attr = target.split(":", 1)
     return getattr(importlib.import_module(module), attr)(cfg)

@@ -18,7 +18,8 @@ Lines), .parquet / .pq, .csv (every CSV column is read as text: "7" stays the st
 Splits: test = `env.test_files`, train = `env.train_files`, sft = `env.sft_files`, or, when there are none, the
 train rows that have a non-empty solution. Files of a split are concatenated in the listed order and each split
 keeps its first `env.n_test` / `env.n_train` / `env.n_sft` rows: all rows unless the number is smaller than the
-files (the default n_test is 200: set `env.n_test=0`, meaning all rows, to use a larger test set whole).
+files (the default n_test is 200: set `env.n_test=0`, meaning all rows, to use a larger test set whole); a cut
+split logs a warning naming the file, and rows past the cut are not read.
 A solution without an `<answer>` tag gets `\\n<answer>{answer}</answer>` appended when the row has an answer.
 
 A bad record raises `DatasetError` naming the file, the record (the line number for JSONL and CSV, 1-based and
@@ -30,11 +31,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
-from credo.data import Example
+from credo.data import Example, InputError
 from credo.envs.base import Score
 
 FIELDS = ("prompt", "answer", "solution", "id")
@@ -42,9 +44,10 @@ FORMATS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "pa
            ".csv": "csv"}
 DEFAULT_TEMPLATE = "{prompt}\nGive your final answer in <answer></answer> tags.\n"
 DEFAULT_VERIFIER = "math"
+log = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A bad dataset file, record or mapping; the message names the file, the record and the field."""
 
 
@@ -237,6 +240,10 @@ class DatasetEnv:
                                        f"filled ({e!r}); keys: prompt, {', '.join(columns)}") from None
                 out.append(ex)
                 if len(out) == self.sizes[split]:  # n <= 0 never matches: all rows
+                    more = i + 1 < len(rows) or p != paths[-1]
+                    if more:  # say so: a user's own split cut silently would look whole
+                        log.warning("%s: %s split cut at its first %d examples (env.n_%s=%d; 0 keeps all rows)",
+                                    path, split, len(out), split, len(out))
                     return out
         return out
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from credo.data import InputError
 from credo.models.fused import fuse_decoder_layers, recompute_contexts
 from credo.models.hf_tokenizer import HFTokenizer
 from credo.models.prefix_attention import ATTENTION, flatten, use_prefix_attention
@@ -400,7 +401,7 @@ def load_hf(
     except ImportError:
         pass
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+        raise InputError(f"model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True).to(device)
     if gradient_checkpointing:  # transformers >= 5.x names it activation checkpointing
         enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from credo.data import InputError
 from credo.models.hf import DTYPES, HFPolicy, HFTokenizer, cache_kwargs, output_cache
 
 VLM_TYPES = ("qwen2_vl", "qwen2_5_vl")  # the config.json model_types this module loads (`load_policy`)
@@ -274,7 +275,7 @@ def load_hf_vlm(
     except ImportError:
         pass
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+        raise InputError(f"model.dtype {dtype!r}: choose one of {sorted(DTYPES)}")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True).to(device)
     if gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)

@@ -7,10 +7,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from credo.data import Example, Sample
 from credo.envs.base import Environment
-from credo.envs.runner import VerifyRunner, run_inline
+from credo.envs.runner import OK, VerifyRunner, run_inline
 from credo.rewards.terms import TERMS, RewardModel, TermContext, term_weights
+
+log = logging.getLogger(__name__)
 
 
 def verify_samples(
@@ -26,11 +30,29 @@ def verify_samples(
     verdicts = runner.run(jobs) if runner is not None else run_inline(env.verify, jobs)
     for s, score in zip(samples, verdicts.scores, strict=True):
         s.verdict = score
+    _log_failures(verdicts.status, verdicts.messages)
     return {
         "verify/errors": float(verdicts.errors),
         "verify/timeouts": float(verdicts.timeouts),
         "verify/unscorable": float(sum(not sc.scorable for sc in verdicts.scores)),
     }
+
+
+MAX_LOGGED_FAILURES = 3  # verifier errors / timeouts logged with their message per process; the rest only counted
+_logged_failures = 0
+
+
+def _log_failures(status: list[str], messages: list[str]) -> None:
+    """Log the first MAX_LOGGED_FAILURES verifier errors and timeouts of the process with their messages, so that
+    a broken verifier or reward function is seen at once, not only as a count in `verify/errors`."""
+    global _logged_failures
+    for st, msg in zip(status, messages, strict=True):
+        if st == OK or _logged_failures >= MAX_LOGGED_FAILURES:
+            continue
+        _logged_failures += 1
+        last = "; later ones are only counted" if _logged_failures == MAX_LOGGED_FAILURES else ""
+        log.warning("verifier %s: %s (the sample is unscorable: counted in verify/%ss, left out of training%s)",
+                    st, msg or "no message", st, last)
 
 
 def score_samples(

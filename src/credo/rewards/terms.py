@@ -19,6 +19,7 @@ as deltas on the outcome term so that no other term is dropped (departure listed
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from credo.core.shaping import overlong_penalty
 from credo.data import Example, Sample
 from credo.envs.base import Environment
 from credo.rewards.curiosity import count_ops, curiosity_bonus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -195,7 +198,8 @@ class Function:
             -> list[float | None]
 
     Columns are the examples' `meta` fields (a dataset env keeps the row there) plus `reference`. None or NaN
-    marks a sample as unscorable; an exception makes the whole batch unscorable (counted, `reward/function_errors`).
+    marks a sample as unscorable; an exception makes the whole batch unscorable (counted, `reward/function_errors`;
+    the first one is logged with its traceback).
     The function runs in the trainer process, as in TRL (the per-item `fn(completion, example)` form runs in the
     verification workers instead, see `reward.function`)."""
 
@@ -203,7 +207,7 @@ class Function:
         from credo.envs.functions import load_function
 
         self.fn = load_function(ctx.cfg.reward.function)
-        self.env = ctx.env
+        self.name, self.env, self.errors = ctx.cfg.reward.function, ctx.env, 0
 
     def __call__(self, samples: list[Sample], examples: list[Example]) -> TermResult:
         by_id = {e.id: e for e in examples}
@@ -219,8 +223,13 @@ class Function:
                 raise ValueError(f"returned {len(out)} values for {len(samples)} completions")
             values = [math.nan if v is None else float(v) for v in out]
             errors = 0
-        except Exception:  # a broken user function costs this batch's term, never the run; counted
+        except Exception as err:  # a broken user function costs this batch's term, never the run; counted
             values, errors = [math.nan] * len(samples), 1
+            self.errors += 1
+            if self.errors == 1:  # the first with its traceback; later ones only counted
+                log.warning("reward.function %s raised %s: %s; this batch's %d samples are unscorable (counted in "
+                            "reward/function_errors; later errors are only counted)", self.name,
+                            type(err).__name__, err, len(samples), exc_info=True)
         return TermResult(torch.tensor(values, dtype=torch.float), {"reward/function_errors": float(errors)})
 
 

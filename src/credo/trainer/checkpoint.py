@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+
+from credo.data import InputError
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -73,7 +76,13 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """What `save_atomic` wrote to `path` (the loop's `checkpoint.pt`), on the CPU. Raises InputError naming `path`
+    when the file is not a PyTorch pickle (another file given to `credo eval`)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+        raise InputError(f"{path}: not a credo checkpoint ({type(err).__name__}: {err})") from None
+    return state
 
 
 def model_state(policy: Any) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from credo.trainer.config_rewards import (  # re-exported: the reward sections o
 
 
 class ConfigError(ValueError):
-    """A bad configuration key or value; the message names it."""
+    """A bad configuration key or value; the message names it. (Not a `credo.data.InputError`: this module, which
+    the command line imports before torch, imports no torch.)"""
 
 
 @dataclass
@@ -361,6 +362,26 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# model settings that change how the same model computes, not which model it is: free to change on resume
+RESUME_COMPUTE_KEYS = frozenset({"model.dtype", "model.device", "model.gradient_checkpointing",
+                                 "model.native_decode", "model.fused_layers"})
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config) -> tuple[list[str], list[str]]:
+    """The settings of `cfg` that differ from a checkpoint's config `saved` (`to_dict` form), each as
+    "key: old -> new", split into (blocking, other). Blocking: a different model or environment (`model.*` but
+    `RESUME_COMPUTE_KEYS`, `env.*`), which a resumed run cannot honour (it continues the saved model on the saved
+    data). Other: the rest (steps, learning rate, logging, ...), read from the resumed step on. Keys missing on
+    either side (a checkpoint of an older credo) are not compared."""
+    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    blocking, other = [], []
+    for key in sorted(old.keys() & new.keys()):
+        if old[key] != new[key]:
+            ident = key.split(".")[0] in ("model", "env") and key not in RESUME_COMPUTE_KEYS
+            (blocking if ident else other).append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    return blocking, other
 
 
 def from_dict(data: dict[str, Any]) -> Config:

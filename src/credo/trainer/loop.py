@@ -31,7 +31,7 @@ from credo.rollout.backend import make_generator, resolve_backend
 from credo.trainer import checkpoint as ckpt
 from credo.trainer import distributed as dist
 from credo.trainer import stages
-from credo.trainer.config import Config, to_dict
+from credo.trainer.config import Config, ConfigError, resume_changes, to_dict
 from credo.trainer.evaluate import evaluate, tool_eval_from_config
 from credo.trainer.logprobs import sequence_logprobs
 from credo.trainer.metrics import MultiSink, Timers, format_line, make_sink, peak_rss_mb
@@ -164,6 +164,22 @@ class Run:
     gen_policy: Any = None  # what ctx.gen decodes with: the policy, or its full-weight copy (trainer.distributed)
 
 
+def _check_resume(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Stop (ConfigError) before resuming `path` with another model or environment than the one it trained; name
+    the other settings that changed since it was written (`config.resume_changes`), and say when the run is
+    already past `rl.steps`."""
+    blocking, other = resume_changes(state["config"], cfg)
+    if blocking:
+        raise ConfigError(f"{path} belongs to a run with another model or environment ({'; '.join(blocking)}): "
+                          "give this run its own run.name, or run.resume=false to start it afresh here")
+    if not dist.is_main():
+        return
+    if other:
+        print(f"resuming {path} at step {state['step']}; changed since it was written: {'; '.join(other)}")
+    if state["step"] >= cfg.rl.steps:
+        print(f"nothing to train: {path} is at step {state['step']} >= rl.steps={cfg.rl.steps}")
+
+
 def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunner) -> Run:
     """Load or warm-start the policy, restore a checkpoint when one exists (`run.resume`), build the reward model,
     the credit-input providers and the selector."""
@@ -175,6 +191,8 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     g = torch.Generator().manual_seed(dist.rank_seed(cfg.run.seed))
     loggers = cfg.run.loggers if dist.is_main() else []  # rank 0 writes the metrics
     state = ckpt.load(ckpt_path) if cfg.run.resume and ckpt_path.exists() else None
+    if state is not None:
+        _check_resume(state, cfg, ckpt_path)
     if state is not None:  # exact resume: model, optimizer, RNG, data position, step, metrics so far
         sink = make_sink(run_dir, loggers, state["history"], name=cfg.run.name, config=to_dict(cfg))
         policy, tok = load_policy(run_dir / "start_model", cfg.model)

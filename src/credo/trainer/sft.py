@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from credo.data import InputError
 from credo.envs.base import Environment
 from credo.envs.tools import TOOLS, Tool
 from credo.models.policy import Policy
@@ -113,7 +114,7 @@ def self_completions(policy: Policy, tokenizer: Any, env: Environment, examples:
 def _no_samples(n: int, cfg: SFTConfig, require: bool) -> None:
     if require:
         judge = cfg.self_verifier or "the env's own"
-        raise ValueError(f"sft.source=self: none of {n} samples was correct (verifier: {judge}); "
+        raise InputError(f"sft.source=self: none of {n} samples was correct (verifier: {judge}); "
                          "nothing to warm-start on")
 
 

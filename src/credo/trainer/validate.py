@@ -11,6 +11,7 @@ def validate(cfg: Config) -> Config:
     _check_methods(cfg)
     _check_model_and_run(cfg)
     _check_judge(cfg)
+    _check_inputs(cfg)
     return cfg
 
 
@@ -35,8 +36,7 @@ def _check_names_and_ranges(cfg: Config) -> None:
         "rl.max_new_tokens": cfg.rl.max_new_tokens, "rl.ppo_epochs": cfg.rl.ppo_epochs,
         "rl.minibatches": cfg.rl.minibatches, "sft.batch_size": cfg.sft.batch_size, "eval.every": cfg.eval.every,
         "model.d_model": cfg.model.d_model, "model.n_layers": cfg.model.n_layers, "model.n_heads": cfg.model.n_heads,
-        "run.threads": cfg.run.threads, "env.n_test": cfg.env.n_test, "env.n_train": cfg.env.n_train,
-        "rollout.max_batch": cfg.rollout.max_batch,
+        "run.threads": cfg.run.threads, "rollout.max_batch": cfg.rollout.max_batch,
     }
     for key, value in positive.items():
         if value < 1:
@@ -158,3 +158,35 @@ def _check_judge(cfg: Config) -> None:
     if cfg.reward.judge != 0 and not (j.model or cfg.model.path):
         raise ConfigError("config key 'reward.judge': the judge reward needs a judge model (judge.model or "
                           "model.path)")
+
+
+def _check_inputs(cfg: Config) -> None:
+    """Names resolved later (environment, verifier, dtype), sizes, and settings under which nothing can train
+    (TRL refuses fewer than 2 generations per prompt too), checked before anything is loaded or written."""
+    from credo.envs import ENVS
+    from credo.envs.verifiers import VERIFIERS
+    from credo.models.hf import DTYPES
+
+    name = cfg.env.name
+    if name not in ENVS and name.split(":", 1)[0] not in ENVS and ":" not in name:
+        raise ConfigError(f"config key 'env.name': unknown value {name!r}; choose one of {sorted(ENVS)} or an import "
+                          "path 'module:factory'")
+    if cfg.env.verifier and cfg.env.verifier not in VERIFIERS and ":" not in cfg.env.verifier:
+        raise ConfigError(f"config key 'env.verifier': unknown value {cfg.env.verifier!r}; choose one of "
+                          f"{sorted(VERIFIERS)} or an import path 'module:function'")
+    if cfg.model.dtype not in DTYPES:
+        raise ConfigError(f"config key 'model.dtype': unknown value {cfg.model.dtype!r}; choose one of "
+                          f"{sorted(DTYPES)}")
+    for key, n in {"env.n_train": cfg.env.n_train, "env.n_test": cfg.env.n_test}.items():
+        if n < 0 or (n == 0 and name != "dataset"):
+            raise ConfigError(f"config key {key!r}: must be >= 1 (0, all rows, only for env.name='dataset'), got {n}")
+    if cfg.rl.group_size < 2:
+        raise ConfigError(f"config key 'rl.group_size': must be >= 2, got {cfg.rl.group_size} (group-relative "
+                          "advantages of one sample are 0: nothing would train)")
+    if not (0 <= cfg.rl.eps_low < 1 and cfg.rl.eps_high >= 0):
+        raise ConfigError(f"config keys 'rl.eps_low'={cfg.rl.eps_low}, 'rl.eps_high'={cfg.rl.eps_high}: the PPO "
+                          "clip range needs 0 <= eps_low < 1 and eps_high >= 0")
+    if not cfg.run.name.strip() or "/" in cfg.run.name or cfg.run.name in (".", ".."):
+        raise ConfigError(f"config key 'run.name': {cfg.run.name!r} must name one folder under run.out_dir")
+    if cfg.eval.n_samples > 0 and (bad := [k for k in cfg.eval.pass_k if not 1 <= k <= cfg.eval.n_samples]):
+        raise ConfigError(f"config key 'eval.pass_k': {bad} outside 1..eval.n_samples={cfg.eval.n_samples}")

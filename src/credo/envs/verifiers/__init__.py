@@ -11,6 +11,7 @@ from collections.abc import Callable
 from math import isfinite  # not `import math`: the submodule `verifiers.math` rebinds that name here
 from typing import Any
 
+from credo.data import InputError
 from credo.envs.base import Score
 
 VERIFIERS: dict[str, str] = {
@@ -28,7 +29,7 @@ def get_verifier(name: str) -> Callable[[str, Any], Score]:
     """The verifier registered as `name`, or imported from `"module:function"`; ValueError names a bad one."""
     target = VERIFIERS.get(name, name)
     if ":" not in target:
-        raise ValueError(f"unknown verifier {name!r}; available: {', '.join(sorted(VERIFIERS))} "
+        raise InputError(f"unknown verifier {name!r}; available: {', '.join(sorted(VERIFIERS))} "
                          "or an import path 'module:function'")
     module, attr = target.split(":", 1)
     try:
