@@ -47,3 +47,13 @@ def trl_raises(prompts: list[str], completions: list[str], **kwargs: Any) -> lis
 
 def trl_short(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
     return [1.0]  # one value, whatever the batch size
+
+
+def trl_reward_len(completions: list[str], **kwargs: Any) -> list[float]:
+    """TRL's quick-start shape: only `completions` named, the rest as keywords."""
+    return [-abs(20 - len(c)) for c in completions]
+
+
+def trl_column(prompts: list[str], completions: list[str], final: list[Any], **kwargs: Any) -> list[float]:
+    """Reads a dataset column (`final`) by name, as a TRL function does."""
+    return [float(str(f) in c) for c, f in zip(completions, final, strict=True)]

@@ -207,3 +207,18 @@ def test_verifier_errors_are_counted_and_the_first_ones_logged_with_their_messag
     assert len(msgs) == rewards.MAX_LOGGED_FAILURES == 3  # the rest only counted
     assert "ZeroDivisionError: verifier bug on '<answer>0</answer>'" in msgs[0] and "verify/errors" in msgs[0]
     assert "later ones are only counted" in msgs[-1]
+
+
+def test_trl_shaped_functions_are_batched_and_get_a_dataset_row_s_columns_by_name():
+    assert is_batched_function("reward_helpers:trl_reward_len")  # fn(completions, **kwargs), TRL's quick start
+    assert not is_batched_function("reward_helpers:marked")
+    env = BallsEnv()
+    examples = [Example("e0", "2 balls?", 2, meta={"row": {"question": "2 balls?", "final": 2}, "source": "f: 1"})]
+    samples = [_sample("it is 2", Score(1.0), "e0"), _sample("no" * 12, Score(0.0), "e0")]
+    for path, expected in (("reward_helpers:trl_reward_len", [-13.0, -4.0]), ("reward_helpers:trl_column", [1.0, 0.0])):
+        cfg = Config()
+        cfg.reward.function, cfg.reward.outcome = path, 0.0
+        model = RewardModel(term_weights(cfg, trl_function=True), TermContext(cfg=cfg, env=env))
+        m = model(samples, examples)
+        assert m["reward/function_errors"] == 0.0
+        assert [s.reward for s in samples] == expected

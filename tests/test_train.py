@@ -103,3 +103,26 @@ def test_ctrl_c_saves_checkpoint_and_exits(tiny_overrides, tmp_path):
     state = ckpt.load(run / "checkpoint.pt")
     assert 1 <= state["step"] < 500
     assert len([r for r in state["history"] if r["phase"] == "rl"]) == state["step"]
+
+
+def test_a_fresh_start_in_an_old_run_folder_leaves_nothing_of_the_old_run(tiny_overrides, tmp_path):
+    from credo.cli import main
+
+    assert main(["train", *tiny_overrides, "run.name=again", "rl.steps=2", "eval.every=2"]) == 0
+    evals = tmp_path / "again" / "evals"
+    assert sorted(p.name for p in evals.iterdir()) == ["step_000000.jsonl", "step_000002.jsonl"]
+    assert main(["train", *tiny_overrides, "run.name=again", "rl.steps=1", "eval.every=2", "run.resume=false"]) == 0
+    assert sorted(p.name for p in evals.iterdir()) == ["step_000000.jsonl", "step_000001.jsonl"]  # no stale step 2
+
+
+def test_a_bad_dataset_row_stops_the_run_before_its_folder_is_written(tiny_overrides, tmp_path, capsys):
+    from credo.cli import main
+
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text("".join(f'{{"prompt": "{i}+1", "answer": "{i + 1}"}}\n' for i in range(8)))
+    bad.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2"}\n')
+    data = ["env.name=dataset", f'env.train_files=["{good}"]', f'env.test_files=["{bad}"]', "sft.enabled=false"]
+    assert main(["train", *tiny_overrides, *data, "run.name=bad"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: line 2: field 'answer'" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()

@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:  # the same command on N processes under torchrun (trainer.distributed)
         import os
 
+        load_config(args.config, args.overrides)  # a bad key stops here in one line, not once per rank
         argv = ([args.config] if args.config else []) + args.overrides
         cmd = torchrun_command(args.nproc, argv)
         print("credo: " + " ".join(cmd[1:]), file=sys.stderr)
@@ -126,6 +127,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     from credo.trainer.ablate import ablate, markdown_table
 
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: at least 1")
     report = ablate(args.config, args.overrides, [v for v in args.variants.split(",") if v], args.seeds,
                     args.target, args.out, args.target_gain)
     print(markdown_table(json.loads((report.parent / "summary.json").read_text())))

@@ -1,7 +1,9 @@
 """Local files as an environment: JSONL, parquet or CSV, read through `datasets`.
 
-    credo train env.name=dataset env.train_files=[data/train.jsonl] env.test_files=[data/test.jsonl] \\
+    credo train env.name=dataset 'env.train_files=["data/train.jsonl"]' 'env.test_files=["data/test.jsonl"]' \\
         env.fields.prompt=question env.fields.answer=final env.verifier=math
+
+(values are TOML: a list of paths is a list of quoted strings, kept from the shell by the outer quotes).
 
 Every row is one problem. `env.fields` maps a credo field to a column (unmapped fields use their own name):
 
@@ -259,8 +261,9 @@ class DatasetEnv:
                 exs = self._load(split, self.files[split], ("prompt", "answer"))
             if not exs:
                 src = "env.sft_files, or train rows with a solution" if split == "sft" else f"env.{split}_files"
+                hint = " (no warm start: sft.enabled=false, with a pretrained model.path)" if split == "sft" else ""
                 raise DatasetError(f"dataset env: the {split} split is empty (from {src}: "
-                                   f"{', '.join(self.files[split] or self.files['train']) or 'no files'})")
+                                   f"{', '.join(self.files[split] or self.files['train']) or 'no files'}){hint}")
             self._splits[split] = exs
         return self._splits[split]
 

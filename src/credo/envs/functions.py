@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from credo.data import Score
+from credo.data import InputError, Score
 from credo.envs.runner import VerifyRunner, as_score
 
 
@@ -19,13 +19,13 @@ def _import_attr(path: str) -> Callable[..., Any]:
     if not sep:
         module, _, attr = path.rpartition(".")
     if not module or not attr:
-        raise ValueError(f"reward function {path!r}: expected 'package.module:function'")
+        raise InputError(f"reward function {path!r}: expected 'package.module:function'")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward function {path!r}: cannot import it: {e}") from e
+        raise InputError(f"reward function {path!r}: cannot import it: {e}") from None
     if not callable(fn):
-        raise ValueError(f"reward function {path!r} is not callable")
+        raise InputError(f"reward function {path!r} is not callable")
     return fn
 
 
@@ -60,13 +60,16 @@ def load_function(path: str) -> Callable[..., Any]:
 
 
 def is_batched_function(path: str) -> bool:
-    """Whether the function at `path` has TRL's batched signature `fn(prompts, completions, **kw)`: it is then a
-    reward term (`credo.rewards.terms.Function`) and the environment's verifier still gives the verdict."""
+    """Whether the function at `path` takes TRL's batched keywords (`GRPOTrainer` calls `fn(prompts=…,
+    completions=…, completion_ids=…, **columns)`): it has a parameter named `completions` (`fn(prompts,
+    completions, **kw)`, TRL's `reward_len(completions, **kwargs)`). It is then a reward term
+    (`credo.rewards.terms.Function`) and the environment's verifier still gives the verdict; otherwise it is the
+    per-item `fn(completion, example)`."""
     try:
-        params = list(inspect.signature(_import_attr(path)).parameters)
+        params = inspect.signature(_import_attr(path)).parameters
     except (TypeError, ValueError):
         return False
-    return params[:2] == ["prompts", "completions"]
+    return "completions" in params
 
 
 def make_runner(env: Any, reward: Any) -> VerifyRunner:

@@ -35,7 +35,9 @@ def load_policy(path: str | Path, cfg: Any = None) -> tuple[Any, Any]:
     given. A known model name (`models.hub.MODELS`, e.g. "smollm2-135m-instruct") loads its converted cache."""
     d = hub.resolve(path)
     if not (d / "config.json").is_file():
-        raise FileNotFoundError(f"{d}: not a model directory (no config.json)")
+        known = ", ".join(hub.MODELS)
+        raise FileNotFoundError(f"{d}: not a model directory (no config.json), nor a known model name ({known}; "
+                                "`credo models list`)")
     kind = json.loads((d / "config.json").read_text()).get("model_type")
     if kind == "tinylm":
         return TinyLM.from_pretrained(d), CharTokenizer.load(d)

@@ -197,7 +197,9 @@ class Function:
         fn(prompts: list[str], completions: list[str], *, completion_ids, reference, <dataset columns>, **kw)
             -> list[float | None]
 
-    Columns are the examples' `meta` fields (a dataset env keeps the row there) plus `reference`. None or NaN
+    called by keyword, as TRL calls it (so `fn(completions, **kwargs)` works too). Columns are the examples' `meta`
+    fields and, for a dataset env, each column of the example's row (as TRL passes a dataset's columns), plus
+    `reference`. None or NaN
     marks a sample as unscorable; an exception makes the whole batch unscorable (counted, `reward/function_errors`;
     the first one is logged with its traceback).
     The function runs in the trainer process, as in TRL (the per-item `fn(completion, example)` form runs in the
@@ -212,12 +214,13 @@ class Function:
     def __call__(self, samples: list[Sample], examples: list[Example]) -> TermResult:
         by_id = {e.id: e for e in examples}
         exs = [by_id[s.example_id] for s in samples]
+        fields = [{**e.meta, **(e.meta["row"] if isinstance(e.meta.get("row"), dict) else {})} for e in exs]
         columns: dict[str, list[Any]] = {"reference": [e.reference for e in exs]}
-        for key in sorted({k for e in exs for k in e.meta}):
-            columns.setdefault(key, [e.meta.get(key) for e in exs])
+        for key in sorted({k for f in fields for k in f} - {"prompt", "prompts", "completions", "completion_ids"}):
+            columns.setdefault(key, [f.get(key) for f in fields])  # a dataset row's columns, as TRL passes them
         prompts = [self.env.render_prompt(e) for e in exs]
         try:
-            out = list(self.fn(prompts, [s.text for s in samples],
+            out = list(self.fn(prompts=prompts, completions=[s.text for s in samples],
                                completion_ids=[s.completion_ids.tolist() for s in samples], **columns))
             if len(out) != len(samples):
                 raise ValueError(f"returned {len(out)} values for {len(samples)} completions")

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from credo.trainer.config import ConfigError
+
 # variant -> overrides on top of the preset; each reproduces its paper's setting where the sandbox allows
 VARIANTS: dict[str, list[str]] = {
     "grpo": [],  # GRPO (std-normalised group advantage), PPO-clip 0.2, token-mean
@@ -54,7 +56,7 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
         name, body = spec.split(":", 1)
         return name, [x for x in body.split(";") if x]
     if spec not in VARIANTS:
-        raise ValueError(f"unknown variant {spec!r}; known: {', '.join(VARIANTS)} (or 'name:key=value;...')")
+        raise ConfigError(f"unknown variant {spec!r}; known: {', '.join(VARIANTS)} (or 'name:key=value;...')")
     return spec, list(VARIANTS[spec])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -180,11 +181,29 @@ def _check_resume(state: dict[str, Any], cfg: Config, path: Path) -> None:
         print(f"nothing to train: {path} is at step {state['step']} >= rl.steps={cfg.rl.steps}")
 
 
+PREVIOUS_RUN = ("checkpoint.pt", "evals", "adapter", "final_model")  # what a later step or script would read
+
+
+def _clear_previous_run(run_dir: Path) -> None:
+    """A fresh start in a folder that holds an earlier run (`run.resume=false`): remove what this run would not
+    overwrite before its own (the checkpoint, per-step eval files, the adapters, the final model), so that nothing
+    of the earlier run is later read as this one's (`scripts/paired_gain.py` reads the last evals/ file). Rank 0."""
+    if not dist.is_main():
+        return
+    for name in PREVIOUS_RUN:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRunner) -> Run:
     """Load or warm-start the policy, restore a checkpoint when one exists (`run.resume`), build the reward model,
     the credit-input providers and the selector."""
     t_start = time.perf_counter()
     torch.set_num_threads(max(1, cfg.run.threads // dist.local_world_size()))  # run.threads per node
+    raw_train, raw_test = env.examples("train"), env.examples("test")  # a bad data row stops before any write
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -199,11 +218,12 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
         policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # the same adapters, then the saved tensors
         ckpt.load_model_state(policy, state["model"])
     else:
+        _clear_previous_run(run_dir)
         sink = make_sink(run_dir, loggers, name=cfg.run.name, config=to_dict(cfg))
         policy, tok = _warm_start(cfg, env, run_dir, sink)
         policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # model.lora.rank > 0: peft adapters
-    train_examples, n_long = filter_overlong(env.examples("train"), env, tok, cfg.env.max_prompt_tokens)
-    test_examples, n_long_test = filter_overlong(env.examples("test"), env, tok, cfg.env.max_prompt_tokens)
+    train_examples, n_long = filter_overlong(raw_train, env, tok, cfg.env.max_prompt_tokens)
+    test_examples, n_long_test = filter_overlong(raw_test, env, tok, cfg.env.max_prompt_tokens)
     if (n_long or n_long_test) and state is None:  # verl's filter_overlong_prompts, on both splits
         print(f"env.max_prompt_tokens={cfg.env.max_prompt_tokens}: dropped {n_long} training and {n_long_test} test "
               "prompts")
