@@ -29,6 +29,9 @@ ROWS = [
     ("1", "math", T("a+b=10"), "a-b=10", 0.0),  # the case
     ("1", "math", T("a+b=10"), "10", 0.0),  # an equation answers a number only as an assignment
     ("1", "math", T("x=10"), "10", 1.0),
+    ("1", "math", T("3+7 = 10"), "10", 1.0),  # a worked computation answers its result (the untagged reply does)
+    ("1", "math", T("3+7 = 11"), "10", 0.0),  # ... its written result, right or wrong
+    ("1", "math", T("2*5 = 7+3 = 10"), "10", 1.0),
     ("1", "math", T("2 2/3"), "2", 0.0),  # the case: a mixed number
     ("1", "math", T("2 2/3"), "8/3", 1.0),
     ("1", "math", T("2\\frac{2}{3}"), "\\frac{8}{3}", 1.0),

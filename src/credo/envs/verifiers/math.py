@@ -18,7 +18,8 @@ a relative 1e-6, an absolute 1e-12 only against an exact zero; a percentage "10\
 own numeric test (rounding to 6 decimals, `evalf(chop=True)`) would make all tiny values equal. Everything else
 (equations, symbolic expressions, matrices) is math_verify's `verify`; its 6-decimal rounding still applies to the
 entries of a matrix (a known limit: `[[1e-7]]` equals `[[2e-7]]`). An equation answers a number only as an
-assignment (`x = 2` for 2, not `a+b = 10` for 10).
+assignment (`x = 2` for 2, not `a+b = 10` for 10) or as a worked computation of plain arithmetic, read as its last
+side (`3+7 = 10` for 10, as the untagged reply's free-text reading takes it: else the tags would cost the reward).
 
 math_verify's own timeouts use `signal.alarm`, which works only on the main thread; they are switched off here
 (`parsing_timeout=None`, `timeout_seconds=None`) and credo enforces a wall-clock limit per item instead, in
@@ -148,6 +149,9 @@ def read(text: str, free_text: bool = False) -> tuple[Any, str]:
     if not core:  # words only ("no solution"): not maths, compared as a string
         return None, " ".join(text.split())
     core = _AND.sub(", ", _UNIT_POWER.sub("", core))
+    sides = core.split("=")
+    if len(sides) > 1 and all(s.strip() and _ARITHMETIC.fullmatch(s) for s in sides):
+        core = sides[-1].strip()  # a worked computation "3+7 = 10" answers its result, as free text reads it
     expr = _first_expr(parse(f"\\boxed{{{core}}}", _LATEX, parsing_timeout=None))
     if expr is None and _ARITHMETIC.fullmatch(core):
         expr = _first_expr(parse(core.replace("^", "**"), _EXPR, parsing_timeout=None))
