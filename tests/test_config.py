@@ -34,6 +34,7 @@ def test_toml_preset(tmp_path):
         ("rl", "key=value"),
         ("env.name=foo", "env.name"),
         ("env.verifier=mathh", "env.verifier"),
+        ("env.verifier=math", "own verifier"),  # arith (the default env) ignores it: say so
         ("model.dtype=bf16", "model.dtype"),
         ("rl.group_size=1", "rl.group_size"),
         ("rl.eps_low=1", "rl.eps_low"),

@@ -160,6 +160,9 @@ def _check_judge(cfg: Config) -> None:
                           "model.path)")
 
 
+OWN_VERIFIER_ENVS = frozenset({"arith", "zoom", "frames", "scenes"})  # built-in sandboxes that ignore env.verifier
+
+
 def _check_inputs(cfg: Config) -> None:
     """Names resolved later (environment, verifier, dtype), sizes, and settings under which nothing can train
     (TRL refuses fewer than 2 generations per prompt too), checked before anything is loaded or written."""
@@ -171,6 +174,10 @@ def _check_inputs(cfg: Config) -> None:
     if name not in ENVS and name.split(":", 1)[0] not in ENVS and ":" not in name:
         raise ConfigError(f"config key 'env.name': unknown value {name!r}; choose one of {sorted(ENVS)} or an import "
                           "path 'module:factory'")
+    if cfg.env.verifier and name in OWN_VERIFIER_ENVS:
+        raise ConfigError(f"config key 'env.verifier': the {name!r} sandbox checks answers with its own verifier; "
+                          "env.verifier applies to env.name='dataset' and 'reasoning_gym:<task>' (a per-item "
+                          "reward.function replaces any env's verifier)")
     if cfg.env.verifier and cfg.env.verifier not in VERIFIERS and ":" not in cfg.env.verifier:
         raise ConfigError(f"config key 'env.verifier': unknown value {cfg.env.verifier!r}; choose one of "
                           f"{sorted(VERIFIERS)} or an import path 'module:function'")
