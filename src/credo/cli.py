@@ -151,7 +151,6 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_reer(args: argparse.Namespace) -> int:
-    from credo.envs.dataset import DatasetError
     from credo.trainer.reer_io import reer_from_files
     from credo.trainer.reer_parts import ReerConfig
 
@@ -159,13 +158,9 @@ def cmd_reer(args: argparse.Namespace) -> int:
                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      min_init_tokens=args.min_init_tokens, seed=args.seed,
                      direct_refine=args.direct_refine, edit=args.edit)
-    try:
-        summary = reer_from_files(args.input, args.out, args.generator, args.scorer or "", cfg, args.limit,
-                                  args.dtype, args.device, args.backend, args.threads, not args.no_progress,
-                                  args.batch)
-    except DatasetError as err:
-        print(f"credo: {err}", file=sys.stderr)
-        return 2
+    summary = reer_from_files(args.input, args.out, args.generator, args.scorer or "", cfg, args.limit,
+                              args.dtype, args.device, args.backend, args.threads, not args.no_progress,
+                              args.batch)  # a bad input row: DatasetError, an InputError `main` prints in one line
     print("reer: " + " ".join(f"{k}={v:.4f}" for k, v in summary.items()))
     print(f"reer: written to {args.out} (skipped items: {args.out}.skipped.jsonl)")
     return 0

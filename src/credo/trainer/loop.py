@@ -210,9 +210,8 @@ def build_run(cfg: Config, env: Any, runner: VerifyRunner, eval_runner: VerifyRu
     g = torch.Generator().manual_seed(dist.rank_seed(cfg.run.seed))
     loggers = cfg.run.loggers if dist.is_main() else []  # rank 0 writes the metrics
     state = ckpt.load(ckpt_path) if cfg.run.resume and ckpt_path.exists() else None
-    if state is not None:
-        _check_resume(state, cfg, ckpt_path)
     if state is not None:  # exact resume: model, optimizer, RNG, data position, step, metrics so far
+        _check_resume(state, cfg, ckpt_path)
         sink = make_sink(run_dir, loggers, state["history"], name=cfg.run.name, config=to_dict(cfg))
         policy, tok = load_policy(run_dir / "start_model", cfg.model)
         policy = apply_lora(policy, cfg.model.lora, cfg.run.seed)  # the same adapters, then the saved tensors
