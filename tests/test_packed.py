@@ -1,5 +1,6 @@
-"""Decoding on oneDNN-packed weights (`models.packed`, `TinyLM.packed`): the same products as the plain path, used
-only inside a generation call, rebuilt at every call so a weight change between calls is never missed."""
+"""Decoding on packed weights (`models.packed`, `TinyLM.packed`; oneDNN's packing, and MKL's where this PyTorch has
+it): the same products as the plain path, used only inside a generation call, rebuilt at every call so a weight
+change between calls is never missed."""
 
 from __future__ import annotations
 
@@ -10,24 +11,56 @@ import pytest
 import torch
 
 from credo.models import packed as packed_mod
-from credo.models.packed import DENSE, DenseLinears, PackedLinears, can_pack, pack, worth_packing
+from credo.models.packed import DENSE, DenseLinears, MklPackedLinears, PackedLinears, can_pack, pack, worth_packing
 from credo.models.tiny import TinyConfig, TinyLM
 
 needs_onednn = pytest.mark.skipif(not can_pack(torch.zeros(1)), reason="PyTorch without oneDNN float32 packing")
+KERNELS = ["onednn", pytest.param("mkl", marks=pytest.mark.skipif(
+    packed_mod._mkl_packer() is None, reason="PyTorch without a usable MKL packed GEMM"))]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    """Each float32 packing in turn as the one `pack(kernel="auto")` picks on this CPU."""
+    monkeypatch.setattr(packed_mod, "float32_kernel", lambda: request.param)
+    return request.param
 
 
 @needs_onednn
-def test_packed_products_equal_the_plain_ones():
+def test_packed_products_equal_the_plain_ones(kernel):
     g = torch.Generator().manual_seed(0)
     w, w_other = torch.randn(48, 32, generator=g), torch.randn(48, 32, generator=g)
-    b, x, res = torch.randn(48, generator=g), torch.randn(5, 32, generator=g), torch.randn(5, 48, generator=g)
-    lin = pack([w], batch_hint=64)  # a hint other than the rows used: any row count gives the same product
-    assert isinstance(lin, PackedLinears)
-    torch.testing.assert_close(lin.linear(x, w, b), x @ w.T + b, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lin.linear(x, w), x @ w.T, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lin.residual(res, x, w), res + x @ w.T, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lin.linear(x[:, None], w), (x @ w.T)[:, None], atol=1e-5, rtol=1e-5)  # [B, 1, in]
-    torch.testing.assert_close(lin.linear(x, w_other), x @ w_other.T, atol=0, rtol=0)  # not packed: plain
+    for rows in (5, 8):  # oneDNN's copies serve any row count; MKL's the count they were packed for, else plain
+        b, x, res = torch.randn(48, generator=g), torch.randn(rows, 32, generator=g), torch.randn(rows, 48, generator=g)
+        lin = pack([w], batch_hint=8)
+        assert isinstance(lin, MklPackedLinears if kernel == "mkl" else PackedLinears)
+        torch.testing.assert_close(lin.linear(x, w, b), x @ w.T + b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lin.linear(x, w), x @ w.T, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lin.residual(res, x, w), res + x @ w.T, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lin.linear(x[:, None], w), (x @ w.T)[:, None], atol=1e-5, rtol=1e-5)  # [B, 1, in]
+        torch.testing.assert_close(lin.linear(x, w_other), x @ w_other.T, atol=0, rtol=0)  # not packed: plain
+
+
+@pytest.mark.skipif(packed_mod._mkl_packer() is None, reason="PyTorch without a usable MKL packed GEMM")
+def test_mkl_copies_serve_their_row_count_and_are_repacked_for_a_new_one(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 32, generator=g)
+    lin = pack([w], batch_hint=16, kernel="mkl")
+    assert isinstance(lin, MklPackedLinears) and lin.rows == 16 and lin.repacks == 1
+    buffer = torch.ops.mkldnn.data_ptr(lin._get(w))
+    calls = []
+    mkl_linear = torch.ops.mkl._mkl_linear
+    monkeypatch.setattr(torch.ops.mkl, "_mkl_linear", lambda *a: calls.append(a[-1]) or mkl_linear(*a))
+    for rows, packed_rows, repacks in ((16, 16, 1), (12, 12, 2), (12, 12, 2), (packed_mod.MIN_ROWS - 1, 12, 2)):
+        x = torch.randn(rows, 32, generator=g)
+        assert lin.for_rows(rows) is lin and lin.rows == packed_rows and lin.repacks == repacks
+        n = len(calls)
+        torch.testing.assert_close(lin.linear(x, w), x @ w.T, atol=1e-5, rtol=1e-5)
+        assert len(calls) - n == (rows == packed_rows)  # the packed product ran only at the packed row count
+    assert torch.ops.mkldnn.data_ptr(lin._get(w)) == buffer  # repacked in place: no new memory
+    with pytest.raises(ValueError, match="kernel="):
+        pack([w], batch_hint=8, kernel="cublas")
+    assert isinstance(pack([w], batch_hint=8, kernel="onednn"), PackedLinears)
 
 
 def test_where_packing_applies():
@@ -68,13 +101,13 @@ def _decode_logits(model: TinyLM, prompt: torch.Tensor, tokens: torch.Tensor) ->
 
 @needs_onednn
 @pytest.mark.parametrize("arch", ["gelu_tied", "swiglu_gqa_untied"])
-def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, monkeypatch):
+def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, kernel, monkeypatch):
     cfg = (TinyConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64) if arch == "gelu_tied" else
            TinyConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, mlp="swiglu",
                       qkv_bias=True, tie_embeddings=False))
     torch.manual_seed(0)
     model = TinyLM(cfg).eval()
-    prompt, tokens = torch.randint(0, 50, (3, 5)), torch.randint(0, 50, (3, 20))
+    prompt, tokens = torch.randint(0, 50, (8, 5)), torch.randint(0, 50, (8, 20))
     with torch.inference_mode():
         plain = _decode_logits(model, prompt, tokens)
         with model.packed(rows=8, new_tokens=20):
@@ -83,9 +116,13 @@ def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, monke
             with model.packed(rows=8, new_tokens=20):
                 assert model._linears is outer  # nested: the outer block's copies
             assert model._linears is outer
-            with _packed_products(monkeypatch) as hits:  # every weight product (prefill, decoding) is packed
+            with _packed_products(monkeypatch) as hits:  # the weight products on packed copies
                 packed = _decode_logits(model, prompt, tokens)
-            assert hits[0] == (1 + tokens.shape[1]) * (4 * cfg.n_layers + 1)  # qkv, proj, up, down; the head
+            per_pass = 4 * cfg.n_layers + 1  # qkv, proj, up, down; the head
+            # oneDNN: every product, the prefill's too; MKL: those of 8 rows (the decoding steps and the prefill's
+            # head on the last positions), the prefill's 8 x 5 rows plain
+            assert hits[0] == (1 + tokens.shape[1]) * per_pass if kernel == "onednn" else \
+                tokens.shape[1] * per_pass + 1
         assert model._linears is DENSE
         with pytest.raises(KeyError), model.packed(rows=8, new_tokens=20):
             raise KeyError("a failing call")
@@ -102,7 +139,7 @@ def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, monke
 
 
 @needs_onednn
-def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, monkeypatch):
+def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, kernel, monkeypatch):
     """A Hugging Face policy's native engine decodes each call on fresh packed weights: after an optimizer step and
     `sync_weights`, the next call's log-probs are those of the updated model, equal (tokens, log-probs within
     1e-5) to a call that does not pack."""
@@ -116,7 +153,7 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, monkeypatch):
                      intermediate_size=128)
     policy, tok = load_hf(d)
     gen = NativeGenerator(policy, tok)
-    reqs = [GenerationRequest(tok.encode_prompt(t), n=4) for t in ("1+1", "what is 17+25?")]  # 8 rows
+    reqs = [GenerationRequest(tok.encode_prompt(t), n=8) for t in ("1+1", "what is 17+25?")]  # 16 rows
     params = SamplingParams(max_new_tokens=24, temperature=1.0)
     seen = []
     step = gen.engine.step
@@ -130,7 +167,7 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, monkeypatch):
         return out
 
     before = run(True)
-    assert PackedLinears in seen and gen.engine._linears is DENSE
+    assert (MklPackedLinears if kernel == "mkl" else PackedLinears) in seen and gen.engine._linears is DENSE
     opt = torch.optim.SGD(policy.parameters(), lr=2.0)
     ids = torch.tensor([tok.encode_prompt("7*8")])
     policy.forward(ids).logsumexp(-1).mean().backward()

@@ -1,19 +1,24 @@
-"""Linear layers of a CPU decoding engine on weights prepacked once per generation call (oneDNN).
+"""Linear layers of a CPU decoding engine on weights prepacked once per generation call (MKL's or oneDNN's packing).
 
 A plain `F.linear` on a CPU lays the weight out for its matmul kernel on every call. At decoding's few rows per
-step that repacking costs as much as the product itself: on this project's 2-core AVX-512 machine a [64, 576] ×
-[576, 3072] product runs at ~50-100 GFLOP/s and the SmolLM2 head ([64, 576] × [576, 49152]) at ~45, against
-~125 and ~105 on weights packed beforehand (`benchmarks/packed_linear.py`). PyTorch's oneDNN backend packs a weight
-with `torch.ops.mkldnn._reorder_linear_weight` and multiplies with `torch.ops.mkldnn._linear_pointwise`, the
-pair its own compiler (inductor's CPU weight prepacking under freezing) emits for float32 linears; the same idea
-as vLLM's and IPEX's CPU linears on prepacked weights.
+step that repacking costs as much as the product itself. Two packings that PyTorch's own compiler emits for float32
+linears (inductor's CPU weight prepacking under freezing), the same idea as vLLM's and IPEX's CPU linears:
+- MKL's packed GEMM (`MklPackedLinears`: `torch.ops.mkl._mkl_reorder_linear_weight` / `_mkl_linear`), laid out for
+  one row count and laid out again in place when a decoding batch loses its finished rows. On the project's 2-core
+  AVX-512 Xeon, at 64 rows, [64, 576] × [576, 3072] ran at 368 GFLOP/s against 332 on oneDNN's packing and 251
+  plain, [64, 1536] × [1536, 576] at 370 / 286 / 292, the SmolLM2 head [64, 576] × [576, 49152] at 300 / 259 / 211
+  (hot weights, session 24), and a 64-row × ≤ 64-token SmolLM2-135M rollout with EOS took 6.97 s against 7.89 s on
+  oneDNN's packing. The default on Intel CPUs (`float32_kernel`).
+- oneDNN's (`PackedLinears`: `torch.ops.mkldnn._reorder_linear_weight` / `_linear_pointwise`), one layout for any
+  row count: the default elsewhere (measured on a 2-core AMD EPYC, where MKL's packing has not been; sessions 18-22
+  read ~2x over plain products at 64 rows there, `benchmarks/packed_linear.py`).
 
-Packed copies are made when a generation call starts (`PackedLinears`) and dropped when it ends, so they can never
-be stale (weights change only between calls: the optimizer step, `sync_weights`) and cost memory only while the
-engine decodes (the engine's float32 linear and head weights once more, 0.54 GB for SmolLM2-135M: the RL step of
-`benchmarks/real_model.py` peaked at 3.51 GB with packing, 3.33 GB with `rollout.pack_weights=false`). Packing the
-whole of SmolLM2-135M takes ~0.3 s here, so the engine packs only calls that can gain it back (`worth_packing`;
-`rollout.pack_weights = false` turns it off). Only float32 weights on a CPU with oneDNN are packed (this CPU's
+Packed copies are made when a generation call starts (`pack`) and dropped when it ends, so they can never be stale
+(weights change only between calls: the optimizer step, `sync_weights`) and cost memory only while the engine
+decodes (the engine's float32 linear and head weights once more, 0.54 GB for SmolLM2-135M: the RL step of
+`benchmarks/real_model.py` peaked at 3.51 GB with oneDNN packing, 3.33 GB with `rollout.pack_weights=false`,
+session 18). Packing the whole of SmolLM2-135M takes ~0.13 s here, so the engine packs only calls that can gain it
+back (`worth_packing`; `rollout.pack_weights = false` turns it off). Only float32 weights are packed (this CPU's
 oneDNN refuses bfloat16 packing); elsewhere `pack` returns None and the engine keeps `DenseLinears`.
 
 bfloat16 weights on an x86 CPU without bfloat16 dot products (no AVX-512 BF16, no AMX) go through
@@ -26,8 +31,10 @@ kernel does), so results match the plain bfloat16 product up to summation order 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +54,11 @@ class DenseLinears:
     def residual(self, res: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """res [B, out] + x [B, in] @ weight[out, in].T, in one kernel."""
         return torch.addmm(res, x, weight.t())
+
+    def for_rows(self, rows: int) -> DenseLinears:
+        """The products for a decoding step of `rows` rows: this object (only `MklPackedLinears`, whose copies
+        serve one row count, repacks here)."""
+        return self
 
     def bmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Batched product of activations a [n, i, k] @ b [n, k, j] (attention, RoPE)."""
@@ -87,6 +99,56 @@ class PackedLinears(DenseLinears):
         if packed is None:
             return super().residual(res, x, weight)
         return torch.ops.mkldnn._linear_pointwise.binary(x, res, packed, None, "add")
+
+
+class MklPackedLinears(PackedLinears):
+    """`PackedLinears` on MKL's packed GEMM (`cblas_sgemm_pack` / `cblas_sgemm_compute`, through
+    `torch.ops.mkl._mkl_reorder_linear_weight` / `_mkl_linear`: the pair inductor's weight prepacking emits for
+    float32 linears on CPUs with MKL). MKL lays a copy out for one row count: a product of exactly `rows` rows runs
+    on it, any other count runs the plain product (`F.linear`, which is MKL's sgemm as well: the same result). The
+    copies are made and laid out again by `_MklPacker`. `for_rows` lays them out for a decoding batch's new row
+    count (finished rows leave the batch: `rollout.sampler`) in place, in the buffers of the first packing (MKL's
+    packed size does not depend on the row count here; a buffer too small is replaced), so a repack takes no new
+    memory (fresh buffers at each row count grew the RL step's peak RSS by ~0.6 GB: glibc does not reuse freed
+    buffers of huge-page alignment for them); below MIN_ROWS rows it keeps the old layout (plain products).
+    Float32 weights only. `repacks`: how many times the copies were laid out, the first included."""
+
+    def __init__(self, weights: Iterable[torch.Tensor], batch_hint: int) -> None:
+        self._weights = {id(w): w for w in weights}  # by reference: each `id` stays its own while this object lives
+        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rows, self.repacks = 0, 0
+        self._pack(batch_hint)
+
+    def _pack(self, rows: int) -> None:
+        packer = _mkl_packer()
+        assert packer is not None, "MklPackedLinears without MKL's packer (`pack` checks)"
+        with torch.no_grad():
+            for key, w in self._weights.items():
+                if key not in self._packed or not packer.repack(w, self._packed[key][1], rows):
+                    self._packed.pop(key, None)  # the old copy (if any) goes before the new one is made
+                    self._packed[key] = (w, packer.pack(w, rows))
+        self.rows, self.repacks = rows, self.repacks + 1
+
+    def for_rows(self, rows: int) -> DenseLinears:
+        if rows != self.rows and rows >= MIN_ROWS:
+            self._pack(rows)
+        return self
+
+    def _get_for(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """The packed copy of `weight` when x [..., in] has the rows it was laid out for, else None."""
+        return self._get(weight) if x.numel() == self.rows * x.shape[-1] else None
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        packed = self._get_for(x, weight)
+        if packed is None:
+            return F.linear(x, weight, bias)
+        return torch.ops.mkl._mkl_linear(x, packed, weight, bias, self.rows)
+
+    def residual(self, res: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        packed = self._get_for(x, weight)
+        if packed is None:
+            return torch.addmm(res, x, weight.t())
+        return torch.ops.mkl._mkl_linear(x, packed, weight, None, self.rows).add_(res)
 
 
 class Bf16OnFp32Linears(PackedLinears):
@@ -158,16 +220,99 @@ def emulates_bf16(weight: torch.Tensor) -> bool:
             and _onednn_packs_float32())
 
 
-def pack(weights: Iterable[torch.Tensor], batch_hint: int) -> PackedLinears | None:
-    """`PackedLinears` over `weights` (float32, `can_pack`), `Bf16OnFp32Linears` (bfloat16 on a CPU without
-    bfloat16 dot products, `emulates_bf16`), or None when some of them can be packed neither way."""
+CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_B_MATRIX = 101, 112, 162  # mkl_cblas.h
+
+
+class _MklPacker:
+    """Weights packed for MKL's packed GEMM: first by PyTorch (`torch.ops.mkl._mkl_reorder_linear_weight`, a oneDNN
+    tensor that `torch.ops.mkl._mkl_linear` multiplies by `cblas_sgemm_compute`; a dense tensor it would multiply
+    plainly), then laid out again for another row count in place, by MKL's `cblas_sgemm_pack` as PyTorch's own
+    library exports it (ctypes), called as PyTorch calls it (row-major; B = weightᵀ, leading dimension K) on the
+    tensor's buffer (`torch.ops.mkldnn.data_ptr`)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        c_int = ctypes.c_int
+        self._size, self._pack = lib.cblas_sgemm_pack_get_size, lib.cblas_sgemm_pack
+        self._size.restype, self._size.argtypes = ctypes.c_size_t, [c_int] * 4
+        self._pack.restype = None
+        self._pack.argtypes = [c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, c_int, ctypes.c_void_p]
+
+    @staticmethod
+    def pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+        """float32 `weight` [N, K] packed for products of `rows` rows (a new oneDNN tensor)."""
+        return torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), rows)
+
+    def repack(self, weight: torch.Tensor, packed: torch.Tensor, rows: int) -> bool:
+        """Lay `weight` out again in `packed` (from `pack`, the same weight) for products of `rows` rows, in place;
+        False (nothing written) when the buffer is too small for that row count."""
+        w = weight.detach().contiguous()
+        N, K = w.shape
+        if torch.ops.mkldnn._nbytes(packed) < self._size(CBLAS_B_MATRIX, rows, N, K):
+            return False
+        self._pack(CBLAS_ROW_MAJOR, CBLAS_B_MATRIX, CBLAS_TRANS, rows, N, K, 1.0, w.data_ptr(), K,
+                   torch.ops.mkldnn.data_ptr(packed))
+        return True
+
+
+@functools.cache
+def _mkl_packer() -> _MklPacker | None:
+    """The packer, where PyTorch has MKL, its library exports the two functions and a trial weight packed for one
+    row count and repacked in place for another gives `torch.ops.mkl._mkl_linear` the plain product exactly
+    (checked once per process); else None."""
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        packer = _MklPacker(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")))
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(72, 40, generator=g)
+        packed = packer.pack(w, 24)
+        for rows in (24, 9):
+            if not packer.repack(w, packed, rows):
+                return None
+            x = torch.randn(rows, 40, generator=g)
+            if not torch.equal(torch.ops.mkl._mkl_linear(x, packed, w, None, rows), F.linear(x, w)):
+                return None
+    except (OSError, AttributeError, RuntimeError):
+        return None
+    return packer
+
+
+@functools.cache
+def intel_cpu() -> bool:
+    """Whether /proc/cpuinfo names an Intel CPU (False where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
+
+def float32_kernel() -> str:
+    """The packing `pack(kernel="auto")` uses for float32 weights here: "mkl" on an Intel CPU whose PyTorch has
+    MKL's packed GEMM (on the project's 2-core Xeon it ran decoding's products 10-40% faster than oneDNN's packed
+    ones, and a 64 × 64-token SmolLM2-135M rollout 1.17x faster: `benchmarks/packed_linear.py`), else "onednn"
+    (also measured on a 2-core AMD EPYC, where MKL's has not been)."""
+    return "mkl" if intel_cpu() and _mkl_packer() is not None else "onednn"
+
+
+def pack(weights: Iterable[torch.Tensor], batch_hint: int, kernel: str = "auto") -> PackedLinears | None:
+    """Packed products over `weights`: float32 ones (`can_pack`) packed by `kernel` ("mkl": `MklPackedLinears`,
+    laid out for `batch_hint` rows; "onednn": `PackedLinears`; "auto": `float32_kernel()`), bfloat16 ones on a CPU
+    without bfloat16 dot products as `Bf16OnFp32Linears` (`emulates_bf16`); None when some of them can be packed
+    neither way. Raises ValueError for an unknown kernel, or "mkl" where this PyTorch lacks MKL's packed GEMM."""
+    if kernel not in ("auto", "mkl", "onednn"):
+        raise ValueError(f"kernel={kernel!r}: expected 'auto', 'mkl' or 'onednn'")
+    if kernel == "mkl" and _mkl_packer() is None:
+        raise ValueError("kernel='mkl': this PyTorch has no usable MKL packed GEMM (`_mkl_packer`)")
     weights = list(weights)
     if weights and all(map(can_pack, weights)):
-        return PackedLinears(weights, batch_hint)
+        cls = MklPackedLinears if (float32_kernel() if kernel == "auto" else kernel) == "mkl" else PackedLinears
+        return cls(weights, batch_hint)
     if weights and all(map(emulates_bf16, weights)):
         return Bf16OnFp32Linears(weights, batch_hint)
     return None
 
 
-__all__ = ["DENSE", "MIN_DECODE_STEPS", "MIN_ROWS", "Bf16OnFp32Linears", "DenseLinears", "PackedLinears",
-           "bf16_dot_products", "can_pack", "emulates_bf16", "pack", "worth_packing"]
+__all__ = ["DENSE", "MIN_DECODE_STEPS", "MIN_ROWS", "Bf16OnFp32Linears", "DenseLinears",
+           "MklPackedLinears", "PackedLinears", "bf16_dot_products", "can_pack", "emulates_bf16", "float32_kernel",
+           "intel_cpu", "pack", "worth_packing"]

@@ -397,7 +397,7 @@ class TinyLM(nn.Module):
         bias = bias.masked_fill_(~cache.key_valid[:, None, None], float("-inf")).expand(B, Hkv, 1, S)
         bias = bias.reshape(B * Hkv, 1, S)
         x = self.embed_inputs(input_ids, images)[:, 0]
-        lin = self._linears
+        lin = self._linears.for_rows(B)  # packed copies laid out for B rows where the kernel needs it
         for i, blk in enumerate(self.blocks):
             x = blk.decode(x, rot, bias, cache.k[i], cache.v[i], slot, lin)
         return self._logits(x[:, None], lin)  # [B, 1, V]
