@@ -248,3 +248,17 @@ def test_bf16_decoding_on_float32_units_matches_plain_bf16_decoding(no_bf16_dot,
     assert err_emulated > 0  # bfloat16 arithmetic, not float32 on the side
     assert err_emulated <= 2 * err_plain  # as close to float32 as PyTorch's own bfloat16 decoding
     torch.testing.assert_close(emulated, plain, atol=4 * float(err_plain), rtol=0)
+
+
+@pytest.mark.skipif(packed_mod._mkl_packer() is None, reason="PyTorch without a usable MKL packed GEMM")
+def test_mkl_self_check_fails_when_a_repack_writes_nothing(monkeypatch):
+    """`_mkl_packer`'s trial repacks another weight into the first one's buffer: a repack that reports success but
+    writes nothing leaves the first weight's products, and the packer is refused (the engine then uses oneDNN)."""
+    monkeypatch.setattr(packed_mod._MklPacker, "repack", lambda self, weight, packed, rows: True)
+    packed_mod._mkl_packer.cache_clear()
+    try:
+        assert packed_mod._mkl_packer() is None and packed_mod.float32_kernel() == "onednn"
+    finally:
+        monkeypatch.undo()
+        packed_mod._mkl_packer.cache_clear()
+    assert packed_mod._mkl_packer() is not None

@@ -122,6 +122,7 @@ class MklPackedLinears(PackedLinears):
     def _pack(self, rows: int) -> None:
         packer = _mkl_packer()
         assert packer is not None, "MklPackedLinears without MKL's packer (`pack` checks)"
+        self.rows = 0  # no product runs packed while the copies are half laid out (an exception leaves them so)
         with torch.no_grad():
             for key, w in self._weights.items():
                 if key not in self._packed or not packer.repack(w, self._packed[key][1], rows):
@@ -256,21 +257,25 @@ class _MklPacker:
 
 @functools.cache
 def _mkl_packer() -> _MklPacker | None:
-    """The packer, where PyTorch has MKL, its library exports the two functions and a trial weight packed for one
-    row count and repacked in place for another gives `torch.ops.mkl._mkl_linear` the plain product exactly
-    (checked once per process); else None."""
+    """The packer, where PyTorch has MKL, its library exports the two functions and a trial weight packed by PyTorch
+    for one row count, then another weight of its shape repacked in place for another row count, gives
+    `torch.ops.mkl._mkl_linear` the plain products of each (within 1e-4; checked once per process: a repack that
+    wrote nothing would leave the first weight's products); else None."""
     if not torch.backends.mkl.is_available():
         return None
     try:
         packer = _MklPacker(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")))
         g = torch.Generator().manual_seed(0)
-        w = torch.randn(72, 40, generator=g)
+        w = torch.randn(96, 80, generator=g)
         packed = packer.pack(w, 24)
         for rows in (24, 9):
-            if not packer.repack(w, packed, rows):
-                return None
-            x = torch.randn(rows, 40, generator=g)
-            if not torch.equal(torch.ops.mkl._mkl_linear(x, packed, w, None, rows), F.linear(x, w)):
+            if rows != 24:
+                w = torch.randn(96, 80, generator=g)
+                if not packer.repack(w, packed, rows):
+                    return None
+            x = torch.randn(rows, 80, generator=g)
+            if not torch.allclose(torch.ops.mkl._mkl_linear(x, packed, w, None, rows), F.linear(x, w), rtol=1e-4,
+                                  atol=1e-4):
                 return None
     except (OSError, AttributeError, RuntimeError):
         return None
