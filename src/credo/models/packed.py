@@ -105,7 +105,7 @@ class MklPackedLinears(PackedLinears):
     """`PackedLinears` on MKL's packed GEMM (`cblas_sgemm_pack` / `cblas_sgemm_compute`, through
     `torch.ops.mkl._mkl_reorder_linear_weight` / `_mkl_linear`: the pair inductor's weight prepacking emits for
     float32 linears on CPUs with MKL). MKL lays a copy out for one row count: a product of exactly `rows` rows runs
-    on it, any other count runs the plain product (`F.linear`, which is MKL's sgemm as well: the same result). The
+    on it, any other count runs the plain product (`F.linear`; the two agree within float32 summation order). The
     copies are made and laid out again by `_MklPacker`. `for_rows` lays them out for a decoding batch's new row
     count (finished rows leave the batch: `rollout.sampler`) in place, in the buffers of the first packing (MKL's
     packed size does not depend on the row count here; a buffer too small is replaced), so a repack takes no new
