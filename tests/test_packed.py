@@ -140,9 +140,9 @@ def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, kerne
 
 @needs_onednn
 def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, kernel, monkeypatch):
-    """A Hugging Face policy's native engine decodes each call on fresh packed weights: after an optimizer step and
-    `sync_weights`, the next call's log-probs are those of the updated model, equal (tokens, log-probs within
-    1e-5) to a call that does not pack."""
+    """A Hugging Face policy's native engine decodes on packed weights, kept between calls (the same copies, the same
+    draws) until `sync_weights` or `sleep`: after an optimizer step and `sync_weights`, the next call's log-probs
+    are those of the updated model, equal (tokens, log-probs within 1e-5) to a call that does not pack."""
     pytest.importorskip("transformers")
     from credo.models.hf import load_hf
     from credo.models.tiny_hf import make_tiny_hf
@@ -160,7 +160,7 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, kernel, monke
     monkeypatch.setattr(gen.engine, "step", lambda *a, **k: seen.append(type(gen.engine._linears)) or step(*a, **k))
 
     def run(packing: bool) -> list:
-        monkeypatch.setattr(packed_mod, "MIN_DECODE_STEPS", 16 if packing else 10**9)
+        gen.pack = packing
         with _packed_products(monkeypatch) as hits:
             out = [c for cs in gen.generate(reqs, params, torch.Generator().manual_seed(3)) for c in cs]
         assert (hits[0] > 0) == packing  # the packed products ran, and only when packing
@@ -168,12 +168,20 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, kernel, monke
 
     before = run(True)
     assert (MklPackedLinears if kernel == "mkl" else PackedLinears) in seen and gen.engine._linears is DENSE
+    kept = gen.packed
+    assert isinstance(kept, PackedLinears)  # kept for the next call
+    assert [c.completion_ids.tolist() for c in run(True)] == [c.completion_ids.tolist() for c in before]
+    assert gen.packed is kept  # the next call decoded on the same copies
     opt = torch.optim.SGD(policy.parameters(), lr=2.0)
     ids = torch.tensor([tok.encode_prompt("7*8")])
     policy.forward(ids).logsumexp(-1).mean().backward()
     opt.step()
     gen.sync_weights(policy)
+    assert gen.packed is None  # copies of the old weights dropped
     after, plain = run(True), run(False)
+    assert gen.packed is not None and gen.packed is not kept
+    gen.sleep()
+    assert gen.packed is None  # freed with the weights
     assert any(not torch.equal(a.logprobs, b.logprobs) for a, b in zip(after, before, strict=True))
     for a, p in zip(after, plain, strict=True):
         assert torch.equal(a.completion_ids, p.completion_ids)

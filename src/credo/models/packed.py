@@ -13,12 +13,17 @@ linears (inductor's CPU weight prepacking under freezing), the same idea as vLLM
   row count: the default elsewhere (measured on a 2-core AMD EPYC, where MKL's packing has not been; sessions 18-22
   read ~2x over plain products at 64 rows there, `benchmarks/packed_linear.py`).
 
-Packed copies are made when a generation call starts (`pack`) and dropped when it ends, so they can never be stale
-(weights change only between calls: the optimizer step, `sync_weights`) and cost memory only while the engine
-decodes (the engine's float32 linear and head weights once more, 0.54 GB for SmolLM2-135M: the RL step of
-`benchmarks/real_model.py` peaked at 3.51 GB with oneDNN packing, 3.33 GB with `rollout.pack_weights=false`,
-session 18). Packing the whole of SmolLM2-135M takes ~0.13 s here, so the engine packs only calls that can gain it
-back (`worth_packing`; `rollout.pack_weights = false` turns it off). Only float32 weights are packed (this CPU's
+The native engine packs its weights at the first generation call that gains the packing back and keeps the copies
+for later calls until its weights change (`sync_weights`, after each update) or are freed (`sleep`, before each
+update): `rollout.native.NativeGenerator`, as vLLM keeps its weights laid out for its kernels. The copies cost the
+engine's float32 linear and head weights once more (0.54 GB for SmolLM2-135M) while the engine is awake, none during
+the update (the RL step of `benchmarks/real_model.py` peaked at 3.51 GB with oneDNN packing, 3.33 GB with
+`rollout.pack_weights=false`, session 18). Keeping them matters more than the packing's ~0.13 s for SmolLM2-135M:
+each fresh copy is ~0.6 GB of newly touched memory, and in this project's VM first touches of memory another
+program freed a while before cost ~2 s of kernel time per call (pages zeroed, `perf`: `clear_page_erms` under
+MKL's packing); a 64 × 64-token rollout right after an HF `generate` took 8.4-8.9 s packing afresh and 6.8-7.0 s on
+kept copies (session 25). A call too short to gain a fresh packing back (`worth_packing`) decodes plainly, or on
+copies already kept; `rollout.pack_weights = false` turns packing off. Only float32 weights are packed (this CPU's
 oneDNN refuses bfloat16 packing); elsewhere `pack` returns None and the engine keeps `DenseLinears`.
 
 bfloat16 weights on an x86 CPU without bfloat16 dot products (no AVX-512 BF16, no AMX) go through

@@ -402,21 +402,25 @@ class TinyLM(nn.Module):
             x = blk.decode(x, rot, bias, cache.k[i], cache.v[i], slot, lin)
         return self._logits(x[:, None], lin)  # [B, 1, V]
 
+    def pack_linears(self, rows: int, new_tokens: int) -> PackedLinears | None:
+        """Packed copies (`models.packed.pack`) of the weights one-token decoding multiplies by (each block's qkv,
+        proj, up and down, and the head), laid out for `rows` rows: ~2x faster products at decoding's few rows on a
+        CPU. None when a call of `rows` rows × up to `new_tokens` new tokens would not gain the packing back
+        (`worth_packing`) or oneDNN cannot pack these weights (neither float32 on a CPU nor bfloat16 on one without
+        bfloat16 dot products, which packs float32 copies: `models.packed.Bf16OnFp32Linears`). The copies are of
+        the weights as they are now: stale once the weights change."""
+        if not worth_packing(rows, new_tokens):
+            return None
+        weights = [w for blk in self.blocks for w in (blk.qkv.weight, blk.proj.weight, blk.up.weight,
+                                                       blk.down.weight)]
+        return pack([*weights, self._head_weight()], batch_hint=rows)
+
     @contextlib.contextmanager
-    def packed(self, rows: int, new_tokens: int) -> Iterator[None]:
-        """Within the block, one-token decoding (`step`) multiplies by oneDNN-packed copies of the weights, made on
-        entry and dropped on exit (`models.packed`: ~2x faster products at decoding's few rows on a CPU); a no-op
-        when the call is too short to gain the packing back (`worth_packing(rows, new_tokens)`) or oneDNN cannot
-        pack these weights (neither float32 on a CPU nor bfloat16 on one without bfloat16 dot products, which
-        packs float32 copies: `models.packed.Bf16OnFp32Linears`). The weights must not change inside the block. The
-        prefill of a generation call inside the block multiplies by the packed copies too. Nested inside
-        another `packed` block it reuses the outer block's copies."""
-        linears = None
-        if not isinstance(self._linears, PackedLinears) and worth_packing(rows, new_tokens):
-            weights = [w for blk in self.blocks for w in (blk.qkv.weight, blk.proj.weight, blk.up.weight,
-                                                           blk.down.weight)]
-            linears = pack([*weights, self._head_weight()], batch_hint=rows)
-        if linears is None:
+    def decoding_on(self, linears: DenseLinears) -> Iterator[None]:
+        """Within the block, decoding (`step`, the prefill included) multiplies by `linears`: packed copies from
+        `pack_linears` of the weights as they are (the caller answers for that, and keeps or drops them after).
+        Nested inside a block already on packed copies, those stay."""
+        if isinstance(self._linears, PackedLinears):
             yield
             return
         self._linears = linears
@@ -424,6 +428,12 @@ class TinyLM(nn.Module):
             yield
         finally:
             self._linears = DENSE
+
+    def packed(self, rows: int, new_tokens: int) -> contextlib.AbstractContextManager[None]:
+        """`decoding_on` copies made on entry (`pack_linears`) and dropped on exit; a no-op when `pack_linears`
+        gives none or inside a block already on packed copies. The weights must not change inside the block."""
+        linears = None if isinstance(self._linears, PackedLinears) else self.pack_linears(rows, new_tokens)
+        return contextlib.nullcontext() if linears is None else self.decoding_on(linears)
 
     # ---- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

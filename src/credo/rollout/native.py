@@ -6,10 +6,11 @@ What decodes:
 - Hugging Face Llama-family models (`model.native_decode`, the default): a native engine, a `TinyLM` copy of the
   weights in the compute dtype (`models.hf.build_native_engine`); `sync_weights` copies the trainer's weights into
   it, all tensors or none (`models.hf.copy_into_native`): `policy.engine_weights()`, which for a LoRA policy are the
-  merged weights W + (α/r)·B A (`models.lora`). On a CPU a call decodes on oneDNN-packed copies of the engine's
-  weights, made when it starts and dropped when it ends (`TinyLM.packed`, `models.packed`). `sleep` frees the
-  engine's weights while the trainer updates (the loop calls it before each update stage); the next `sync_weights`
-  allocates and fills them again.
+  merged weights W + (α/r)·B A (`models.lora`). On a CPU the engine decodes on packed copies of its weights
+  (`TinyLM.pack_linears`, `models.packed`), made by the first call that gains them back and kept for later calls
+  until `sync_weights` changes the weights or `sleep` frees them (as vLLM keeps its weights laid out for its
+  kernels between calls). `sleep` frees the engine's weights and their packed copies while the trainer updates (the
+  loop calls it before each update stage); the next `sync_weights` allocates and fills the weights again.
 - Any other model with `new_cache` / `step` (a `models.policy.Decoder`: other Hugging Face architectures through
   their own cache, Qwen2-VL): the model itself.
 
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from credo.models.packed import PackedLinears
 from credo.models.policy import Decoder
 from credo.models.tiny import KVCache, TinyLM
 from credo.models.tokenizer import Tokenizer
@@ -43,7 +45,8 @@ class NativeGenerator:
     `native`: decode a Hugging Face Llama-family model on a native engine copy (None: the policy's
     `native_decode`, off for other models); `max_batch`: rows per decode batch; `max_len` / `image_size`: override
     the model's (`policy.cfg.max_len`, `policy.cfg.image_size`; no limit / 48 when it has none); `pack`: the
-    engine decodes on oneDNN-packed weights where that pays (`TinyLM.packed`; `rollout.pack_weights`).
+    engine decodes on packed copies of its weights where that pays (`TinyLM.pack_linears`; `rollout.pack_weights`),
+    kept between calls until `sync_weights` or `sleep` (module docstring).
     Raises TypeError when neither the policy nor an engine for it can step-decode.
     """
 
@@ -65,6 +68,7 @@ class NativeGenerator:
         self.engine = None  # a separate copy of the weights that `sync_weights` refreshes, or None
         self.asleep = False  # the engine's weights freed (`sleep`) until the next `sync_weights`
         self._shapes: dict[torch.nn.Parameter, torch.Size] = {}  # the engine weights' shapes while asleep
+        self.packed: PackedLinears | None = None  # the engine's packed weights, kept until sync_weights / sleep
         if getattr(policy, "native_decode", False) if native is None else native:
             from credo.models.hf import HFPolicy, build_native_engine
 
@@ -84,6 +88,7 @@ class NativeGenerator:
         if self.engine is not None:
             from credo.models.hf import copy_into_native
 
+            self.packed = None  # copies of the weights being replaced
             if self.asleep:  # storage back at the recorded shapes; filled below (or raises, still asleep)
                 for p in self.engine.parameters():
                     p.data = torch.empty(self._shapes[p], dtype=p.dtype, device=p.device)
@@ -93,11 +98,13 @@ class NativeGenerator:
     def sleep(self) -> None:
         """Free the engine copy's weights until the next `sync_weights`, which allocates and fills them again: the
         rollout engine's sleep mode that verl uses around its actor update (vLLM's `LLM.sleep(level=2)`: weights
-        discarded, not offloaded), for the update's memory; the copy is stale after an update anyway. SmolLM2-135M
-        in float32: 0.54 GB less resident during the update. Generating while asleep raises RuntimeError. A no-op
-        when the decoder is the policy's own module (nothing is a copy) or already asleep."""
+        discarded, not offloaded), for the update's memory; the copy is stale after an update anyway. The packed
+        copies of the weights go too. SmolLM2-135M in float32: 0.54 GB less resident during the update, twice
+        that with packed copies. Generating while asleep raises RuntimeError. A no-op when the decoder is the policy's
+        own module (nothing is a copy) or already asleep."""
         if self.engine is None or self.asleep:
             return
+        self.packed = None
         self._shapes = {p: p.shape for p in self.engine.parameters()}  # tied weights: one parameter, once
         for p in self.engine.parameters():
             p.data = p.data.new_empty(0)
@@ -115,9 +122,7 @@ class NativeGenerator:
                 raise ValueError(f"prompt_logprobs={r.prompt_logprobs}: needs 0 <= k < len(prompt_ids) = "
                                  f"{len(r.prompt_ids)}")
         done: list[Completion | None] = [None] * len(rows)
-        packed = (self.engine.packed(min(len(rows), self.max_batch), params.max_new_tokens)
-                  if self.engine is not None and self.pack else contextlib.nullcontext())
-        with self._eval_mode(), packed:
+        with self._eval_mode(), self._on_packed(min(len(rows), self.max_batch), params.max_new_tokens):
             for idx, g in self._batches(rows, rng):
                 for k, d in zip(idx, self._decode([rows[k] for k in idx], params, g), strict=True):
                     done[k] = self._completion(d, rows[k], params)
@@ -165,6 +170,15 @@ class NativeGenerator:
         plp = d.prompt_logprobs[-k:].clone() if k and d.prompt_logprobs is not None else None
         c = Completion(d.completion_ids, d.logprobs, d.finish_reason, plp)
         return cut_at_stop_text(c, self.tokenizer.decode, params.stop)
+
+    def _on_packed(self, rows: int, new_tokens: int) -> contextlib.AbstractContextManager[None]:
+        """The engine decoding on its packed copies: those kept from an earlier call, else made now when a call of
+        `rows` rows × ≤ `new_tokens` tokens gains them back (`TinyLM.pack_linears`) and kept; else plain."""
+        if self.engine is None or not self.pack:
+            return contextlib.nullcontext()
+        if self.packed is None:
+            self.packed = self.engine.pack_linears(rows, new_tokens)
+        return contextlib.nullcontext() if self.packed is None else self.engine.decoding_on(self.packed)
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
