@@ -4,7 +4,8 @@
 1. The products alone, at SmolLM2-135M's shapes (qkv 576→960, up 576→3072, down 1536→576, head 576→49152) and
    decoding's row counts: GFLOP/s of each.
 2. A rollout of a random-weight model of SmolLM2-135M's shape (the native engine's `TinyLM`, nothing downloaded):
-   `--rows` rows × `--new-tokens` tokens, the same seed, plain vs each packing (the packing counted in).
+   `--rows` rows × `--new-tokens` tokens, the same seed, plain vs each packing (a fresh packing counted in, as
+   after each weight sync).
 
     python benchmarks/packed_linear.py [--rows 64] [--new-tokens 64] [--threads 2] [--repeats 2]
 

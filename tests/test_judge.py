@@ -308,6 +308,7 @@ def test_tiny_random_judge_model_loads_and_is_unscorable(tmp_path):
     cfg = load_config(None, [f"judge.model={tmp_path / 'judge'}", "judge.max_new_tokens=8", "reward.judge=1"])
     term = TERMS["judge"](TermContext(cfg=cfg, env=CalcEnv(), tokenizer=TOK))
     assert not any(p.requires_grad for p in term.judge.gen.decoder.parameters())  # frozen, its own engine
+    assert term.judge.gen.keep_packed is False  # never slept by the loop: no packed copies kept through updates
     res = term([_sample("<answer>391</answer>")], CalcEnv().examples("train"))
     assert math.isnan(float(res.values[0])) and res.metrics["judge/unscorable"] == 1.0
 

@@ -1,6 +1,6 @@
 """Decoding on packed weights (`models.packed`, `TinyLM.packed`; oneDNN's packing, and MKL's where this PyTorch has
-it): the same products as the plain path, used only inside a generation call, rebuilt at every call so a weight
-change between calls is never missed."""
+it): the same products as the plain path, used only inside a generation call; the native engine keeps them between
+calls until `sync_weights` or `sleep`, so a weight change between calls is never missed."""
 
 from __future__ import annotations
 
@@ -178,14 +178,56 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, kernel, monke
     opt.step()
     gen.sync_weights(policy)
     assert gen.packed is None  # copies of the old weights dropped
-    after, plain = run(True), run(False)
-    assert gen.packed is not None and gen.packed is not kept
+    after = run(True)
+    assert gen.packed is not None and gen.packed is not kept  # packed anew from the synced weights
     gen.sleep()
     assert gen.packed is None  # freed with the weights
+    gen.sync_weights(policy)
+    plain = run(False)
     assert any(not torch.equal(a.logprobs, b.logprobs) for a, b in zip(after, before, strict=True))
     for a, p in zip(after, plain, strict=True):
         assert torch.equal(a.completion_ids, p.completion_ids)
         torch.testing.assert_close(a.logprobs, p.logprobs, atol=1e-5, rtol=0)
+
+
+@needs_onednn
+def test_kept_copies_serve_later_calls_until_packing_is_off(tmp_path, monkeypatch):
+    """A call too short to gain a fresh packing back decodes plainly, but on copies a longer call made and kept; a
+    call of fewer than MIN_ROWS rows decodes plainly; `pack=False` drops the kept copies; `keep_packed=False`
+    packs for the call alone."""
+    pytest.importorskip("transformers")
+    from credo.models.hf import load_hf
+    from credo.models.tiny_hf import make_tiny_hf
+    from credo.rollout.backend import GenerationRequest, SamplingParams
+    from credo.rollout.native import NativeGenerator
+
+    d = make_tiny_hf(tmp_path, arch="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     intermediate_size=128)
+    policy, tok = load_hf(d)
+    gen = NativeGenerator(policy, tok)
+    packs = []
+    pack_linears = gen.engine.pack_linears
+    monkeypatch.setattr(gen.engine, "pack_linears", lambda *a: packs.append(a) or pack_linears(*a))
+    rows16 = [GenerationRequest(tok.encode_prompt("what is 17+25?"), n=16)]
+    rows4 = [GenerationRequest(tok.encode_prompt("1+1"), n=packed_mod.MIN_ROWS - 4)]
+    short, long = SamplingParams(max_new_tokens=packed_mod.MIN_DECODE_STEPS - 1), SamplingParams(max_new_tokens=20)
+
+    def products(requests: list, params: SamplingParams) -> int:
+        with _packed_products(monkeypatch) as hits:
+            gen.generate(requests, params, torch.Generator().manual_seed(0))
+        return hits[0]
+
+    assert products(rows16, short) == 0 and gen.packed is None and packs == [(16, short.max_new_tokens)]
+    assert products(rows16, long) > 0 and isinstance(gen.packed, PackedLinears)
+    kept = gen.packed
+    assert products(rows16, short) > 0 and gen.packed is kept and len(packs) == 2  # the kept copies, no new ones
+    assert products(rows4, long) == 0 and gen.packed is kept  # too few rows: plain, the copies still kept
+    gen.pack = False
+    assert products(rows16, long) == 0 and gen.packed is None
+    once = NativeGenerator(policy, tok, keep_packed=False)
+    with _packed_products(monkeypatch) as hits:
+        once.generate(rows16, long, torch.Generator().manual_seed(0))
+    assert hits[0] > 0 and once.packed is None
 
 
 def test_vlm_decoding_never_samples_the_image_placeholder():

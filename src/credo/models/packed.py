@@ -1,4 +1,4 @@
-"""Linear layers of a CPU decoding engine on weights prepacked once per generation call (MKL's or oneDNN's packing).
+"""Linear layers of a CPU decoding engine on prepacked copies of its weights (MKL's or oneDNN's packing).
 
 A plain `F.linear` on a CPU lays the weight out for its matmul kernel on every call. At decoding's few rows per
 step that repacking costs as much as the product itself. Two packings that PyTorch's own compiler emits for float32
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-MIN_DECODE_STEPS = 16  # a call allowed fewer new tokens than this is not packed (`worth_packing`)
+MIN_DECODE_STEPS = 16  # a call allowed fewer new tokens than this is not packed afresh (`worth_packing`)
 MIN_ROWS = 8  # nor a call of fewer rows: at 1 row packed products gain little or lose (`benchmarks/packed_linear.py`)
 
 
@@ -212,7 +212,8 @@ def can_pack(weight: torch.Tensor) -> bool:
 
 
 def worth_packing(rows: int, new_tokens: int) -> bool:
-    """Whether a generation call of `rows` rows × up to `new_tokens` new tokens is packed: at least MIN_ROWS rows
+    """Whether a generation call of `rows` rows × up to `new_tokens` new tokens packs the weights afresh (copies
+    kept from an earlier call serve any call of MIN_ROWS rows, `rollout.native`): at least MIN_ROWS rows
     and MIN_DECODE_STEPS tokens allowed (the packing costs ~3 decoding steps of a 64-row batch; at 8 rows packed
     products run 1.6–2.9× faster, at 1 row some run slower). A call that ends early (EOS, stop strings) may not
     gain it back."""

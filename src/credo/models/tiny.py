@@ -217,7 +217,7 @@ class Block(nn.Module):
         matrices `rot` [B, Dh, Dh] (see `TinyLM.rotations`); scale and mask go into the score matmul
         (baddbmm); the residual adds go into the output projections (addmm); a plain bmm attention beats the
         CPU flash kernel ~10x at one query. `lin` does the weight products (`models.packed`: plain, or on
-        prepacked weights while `TinyLM.packed` is on).
+        prepacked weights inside `TinyLM.packed` / `TinyLM.decoding_on`).
         """
         B, d = x.shape
         H, Hkv, Dh = self.n_heads, self.kv_heads, self.dh
@@ -252,7 +252,7 @@ class TinyLM(nn.Module):
             raise ValueError(f"d_model={cfg.d_model} must be divisible by n_heads={cfg.n_heads}, "
                              f"and n_heads by n_kv_heads={cfg.kv_heads}")
         self.cfg = cfg
-        self._linears: DenseLinears = DENSE  # `packed` swaps in prepacked weights while a generation call runs
+        self._linears: DenseLinears = DENSE  # prepacked weights inside `packed` / `decoding_on`
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -379,7 +379,7 @@ class TinyLM(nn.Module):
             diag[:, start:] = torch.eye(t, dtype=torch.bool, device=dev)  # pad queries see themselves: no NaN
             mask = (keys & causal) | diag
         x = self.embed_inputs(input_ids, images)
-        lin = self._linears  # packed weights inside `packed` (a generation call's prefill)
+        lin = self._linears  # packed weights inside `packed` / `decoding_on` (a call's prefill)
         for i, blk in enumerate(self.blocks):
             x = blk(x, cos, sin, mask, (cache.k[i], cache.v[i], start), lin)
         return self._logits(x[:, -1:] if last_only else x, lin)

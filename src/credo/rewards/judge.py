@@ -61,7 +61,7 @@ from credo.rewards.judgement import (
     refined_request,
 )
 from credo.rewards.terms import TermResult
-from credo.rollout.backend import GenerationRequest, SamplingParams, as_generator, make_generator
+from credo.rollout.backend import GenerationRequest, SamplingParams, as_generator, make_generator, resolve_backend
 
 # ---- the judge model -----------------------------------------------------------------------------------------
 
@@ -182,7 +182,9 @@ def load_judge(jc: Any, model_cfg: Any, tokenizer_chat: bool = True) -> Judge:
         mc.lora.rank, mc.gradient_checkpointing, mc.chat_template = 0, False, tokenizer_chat
     model, tok = load_policy(path, mc)
     model.eval().requires_grad_(False)
-    gen = make_generator(jc.backend, model, tok)
+    backend = resolve_backend(jc.backend, model)
+    # the loop never puts the judge's generator to sleep: packed weight copies only for the length of a call
+    gen = make_generator(backend, model, tok, **({"keep_packed": False} if backend == "native" else {}))
     return Judge(gen, tok, rubric_from_config(jc), jc.max_new_tokens, jc.temperature, jc.batch_size, jc.cache_size,
                  readout=jc.readout, line_tokens=jc.line_tokens, min_score_mass=jc.min_score_mass)
 

@@ -142,7 +142,8 @@ def make_reasoner(spec: str, env: Environment, generator: Any = None, tokenizer:
 
         model, tok = load_policy(spec[len("model:"):], model_cfg)
         model.eval().requires_grad_(False)  # on `model_cfg.device` (Hugging Face) or the CPU (TinyLM), as the policy
-        return PolicyReasoner(make_generator("native", model, tok), tok, max_new_tokens)
+        # never put to sleep by the loop: packed weight copies only for the length of a call
+        return PolicyReasoner(make_generator("native", model, tok, keep_packed=False), tok, max_new_tokens)
     raise ValueError(f"reward.perception_reasoner: unknown value {spec!r}; choose program, policy or model:<path>")
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from credo.models.packed import PackedLinears
+from credo.models.packed import MIN_ROWS, PackedLinears
 from credo.models.policy import Decoder
 from credo.models.tiny import KVCache, TinyLM
 from credo.models.tokenizer import Tokenizer
@@ -46,7 +46,9 @@ class NativeGenerator:
     `native_decode`, off for other models); `max_batch`: rows per decode batch; `max_len` / `image_size`: override
     the model's (`policy.cfg.max_len`, `policy.cfg.image_size`; no limit / 48 when it has none); `pack`: the
     engine decodes on packed copies of its weights where that pays (`TinyLM.pack_linears`; `rollout.pack_weights`),
-    kept between calls until `sync_weights` or `sleep` (module docstring).
+    kept between calls until `sync_weights` or `sleep` (module docstring); `keep_packed=False`: made for each call
+    and dropped at its end instead, for a generator the loop never puts to sleep (a frozen judge's or reasoner's,
+    whose copies would otherwise stay resident through every update).
     Raises TypeError when neither the policy nor an engine for it can step-decode.
     """
 
@@ -60,8 +62,10 @@ class NativeGenerator:
         max_len: int | None = None,
         image_size: int | None = None,
         pack: bool = True,
+        keep_packed: bool = True,
     ) -> None:
         self.policy, self.tokenizer, self.max_batch, self.pack = policy, tokenizer, max_batch, pack
+        self.keep_packed = keep_packed
         cfg = getattr(policy, "cfg", None)
         self.max_len: int | None = max_len if max_len is not None else getattr(cfg, "max_len", None)
         self.image_size: int = image_size or getattr(cfg, "image_size", 48)
@@ -171,14 +175,23 @@ class NativeGenerator:
         c = Completion(d.completion_ids, d.logprobs, d.finish_reason, plp)
         return cut_at_stop_text(c, self.tokenizer.decode, params.stop)
 
-    def _on_packed(self, rows: int, new_tokens: int) -> contextlib.AbstractContextManager[None]:
-        """The engine decoding on its packed copies: those kept from an earlier call, else made now when a call of
-        `rows` rows × ≤ `new_tokens` tokens gains them back (`TinyLM.pack_linears`) and kept; else plain."""
-        if self.engine is None or not self.pack:
-            return contextlib.nullcontext()
-        if self.packed is None:
-            self.packed = self.engine.pack_linears(rows, new_tokens)
-        return contextlib.nullcontext() if self.packed is None else self.engine.decoding_on(self.packed)
+    @contextlib.contextmanager
+    def _on_packed(self, rows: int, new_tokens: int) -> Iterator[None]:
+        """The engine decoding on packed copies of its weights in the block: those kept from an earlier call, else
+        made now when a call of `rows` rows × ≤ `new_tokens` tokens gains them back (`TinyLM.pack_linears`), and
+        kept after it when `keep_packed`; plain products when packing is off (`pack`; kept copies are dropped) or
+        for fewer than MIN_ROWS rows."""
+        if not self.pack:
+            self.packed = None
+        linears = None
+        if self.engine is not None and self.pack and rows >= MIN_ROWS:
+            linears = self.packed if self.packed is not None else self.engine.pack_linears(rows, new_tokens)
+        if linears is None:
+            yield
+            return
+        self.packed = linears if self.keep_packed else None
+        with self.engine.decoding_on(linears):
+            yield
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:

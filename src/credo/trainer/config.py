@@ -216,7 +216,7 @@ class RolloutConfig:
     backend: str = "native"  # "native" (credo's KV-cached engine), "vllm" (rollout/vllm.py) or "auto" (resolve_backend)
     max_batch: int = 512  # native: rows decoded at once (the KV cache grows with the batch)
     sleep: bool = False  # vllm on GPUs: release the engine's memory between rollouts (vLLM sleep mode, level 1)
-    pack_weights: bool = True  # native, HF model on a CPU: decode on oneDNN-packed weight copies (models/packed.py)
+    pack_weights: bool = True  # native, HF model on a CPU: decode on packed weight copies (models/packed.py)
 
 
 @dataclass
