@@ -19,12 +19,13 @@ update): `rollout.native.NativeGenerator`, as vLLM keeps its weights laid out fo
 engine's float32 linear and head weights once more (0.54 GB for SmolLM2-135M) while the engine is awake, none during
 the update (the RL step of `benchmarks/real_model.py` peaked at 3.51 GB with oneDNN packing, 3.33 GB with
 `rollout.pack_weights=false`, session 18). Keeping them matters more than the packing's ~0.13 s for SmolLM2-135M:
-each fresh copy is ~0.6 GB of newly touched memory, and in this project's VM first touches of memory another
+each fresh copy is over 0.5 GB of newly touched memory, and in this project's VM first touches of memory another
 program freed a while before cost ~2 s of kernel time per call (pages zeroed, `perf`: `clear_page_erms` under
-MKL's packing); a 64 × 64-token rollout right after an HF `generate` took 8.4-8.9 s packing afresh and 6.8-7.0 s on
-kept copies (session 25). A call too short to gain a fresh packing back (`worth_packing`) decodes plainly, or on
-copies already kept; `rollout.pack_weights = false` turns packing off. Only float32 weights are packed (this CPU's
-oneDNN refuses bfloat16 packing); elsewhere `pack` returns None and the engine keeps `DenseLinears`.
+MKL's packing); a 64 × 64-token rollout right after an HF `generate` took 8.3-8.8 s packing afresh (2.2-2.5 s of
+kernel time) and 6.8-7.0 s on kept copies (0.4 s; session 25, the 2-core Xeon). A call too short to gain a fresh
+packing back (`worth_packing`) decodes plainly, or on copies already kept; `rollout.pack_weights = false` turns
+packing off. Only float32 weights are packed (this CPU's oneDNN refuses bfloat16 packing); elsewhere `pack` returns
+None and the engine keeps `DenseLinears`.
 
 bfloat16 weights on an x86 CPU without bfloat16 dot products (no AVX-512 BF16, no AMX) go through
 `Bf16OnFp32Linears`: PyTorch's bfloat16 products there convert to float32 inside the kernel and run ~8x slower than
