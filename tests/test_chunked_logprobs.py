@@ -120,16 +120,23 @@ def test_bad_chunk_is_an_error():
         sequence_logprobs(_tiny(), torch.zeros(1, 3, dtype=torch.long), chunk=0)
 
 
+@pytest.mark.parametrize("vocab_block", [4096, 8])
 @pytest.mark.parametrize("chunk", [5, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dtype, temperature, chunk):
+def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dtype, temperature, chunk,
+                                                                           vocab_block, monkeypatch):
     """`_HeadLogprob` (bias-free linear heads: `HFPolicy.lm_head`) gives the log-probs, entropies and gradients of
     `_score_chunk` under activation checkpointing (plain autograd), in float32 and with bfloat16 compute, in one
     chunk and in chunks of 5 of the 13 positions (the weight's gradient summed over them in float32, as autograd
-    sums the chunks' gradients of the weight); without entropies the
-    same log-probs and zeros."""
+    sums the chunks' gradients of the weight), over the 37-entry vocabulary in one tile and (float32) in tiles of
+    8, the last of 5, with the log-sum-exp and entropy accumulated online; without entropies the same log-probs
+    and zeros."""
     from credo.trainer import logprobs as L
+
+    monkeypatch.setattr(L, "VOCAB_BLOCK", vocab_block)
+    tiles = len(L._LinearHead(torch.zeros(37, 16), dtype, 1.0, 8).blocks)
+    assert tiles == (5 if vocab_block == 8 and dtype == torch.float32 else 1)  # the online path runs where meant
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(13, 16, generator=g, requires_grad=True)

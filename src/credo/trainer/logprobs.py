@@ -9,8 +9,9 @@ O(chunk · V) instead of O(B · T · V); cf. the chunked / "fused linear" cross-
 Cut Cross-Entropy, here with plain PyTorch ops and one extra head forward per chunk in the backward). A policy
 whose head is a bias-free linear layer (`lm_head()`: Hugging Face models outside FSDP2) runs its chunks through
 one `_HeadLogprob` node, whose backward is written out (the logits' gradient g · (onehot − softmax) / T built in
-place in one [chunk, V] buffer, the entropy computed once, the head weight's gradient summed in one buffer, the
-logits' products on a packed weight on CPUs, `models.packed`), instead of autograd over each checkpointed chunk.
+place in the logits' buffer, the entropy computed once, the head weight's gradient summed in one buffer; on a CPU
+in float32 the logits' products on a packed weight, `models.packed`, one vocabulary tile at a time, the softmax's
+sums accumulated over the tiles online), instead of autograd over each checkpointed chunk.
 Other policies (Hugging Face VLMs) are scored from their full `forward` logits, chunked the same way after.
 
 Shared prompts (`share_prefix`, `rl.share_prefix`): a GRPO group's rows repeat one prompt; when the rows scored
@@ -35,7 +36,7 @@ FLOPs divided by the group size. Two ways, by `share_prefix`:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -76,9 +77,11 @@ class _HeadLogprob(torch.autograd.Function):
     g · (onehot(y) − softmax) / T, the gradient of the logits, and multiplies it with W (→ ∂h) and h (→ ∂W, summed
     into one [V, D] buffer over the chunks). In float32 on a CPU the logits' product runs on a copy of W packed once
     per pass (`models.packed`: MKL's packed GEMM at [512, 576] × [576, 49152] ran at 275 GFLOP/s on the 2-core Xeon
-    against 244 for `h @ W.t()`, whose kernel lays W out anew on every call, and 242 on oneDNN's packing). The
-    autograd of `_score_chunk` under checkpointing runs the same three matmuls per chunk but the log-sum-exp and
-    entropy twice, each elementwise step into a fresh [n, V] tensor and one [V, D] gradient per chunk."""
+    against 244 for `h @ W.t()`, whose kernel lays W out anew on every call, and 242 on oneDNN's packing), one tile of
+    VOCAB_BLOCK vocabulary entries at a time (`_LinearHead`), the log-sum-exp and entropy accumulated over the tiles
+    online (`_tile_stats`). The autograd of `_score_chunk` under checkpointing runs the same three matmuls per
+    chunk but the log-sum-exp and entropy twice, each elementwise step into a fresh [n, V] tensor and one [V, D]
+    gradient per chunk."""
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float,
@@ -87,8 +90,8 @@ class _HeadLogprob(torch.autograd.Function):
         head = _LinearHead(weight, dtype, temperature, min(chunk, N))
         lp, ent, lse = (hidden.new_zeros(N, dtype=torch.float32) for _ in range(3))
         for s in range(0, N, chunk):
-            lp[s : s + chunk], ent[s : s + chunk], lse[s : s + chunk] = _logprob_entropy(
-                head.logits(hidden[s : s + chunk]), targets[s : s + chunk], with_entropy)
+            lp[s : s + chunk], ent[s : s + chunk], lse[s : s + chunk] = _tile_stats(
+                head, hidden[s : s + chunk], targets[s : s + chunk], with_entropy)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.dtype, ctx.chunk = temperature, dtype, chunk
         ctx.mark_non_differentiable(ent)
@@ -103,62 +106,97 @@ class _HeadLogprob(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if ctx.needs_input_grad[1] else None
         for s in range(0, N, chunk):
-            h, g_lp = hidden[s : s + chunk], grad_lp[s : s + chunk, None]  # [n, D], [n, 1]
-            grad = head.logits(h)  # [n, V]
-            grad.sub_(lse[s : s + chunk, None]).exp_().mul_(-g_lp)  # −g · softmax
-            grad.scatter_add_(1, targets[s : s + chunk, None], g_lp)  # + g · onehot(y)
-            if T > 0 and T != 1.0:
-                grad.div_(T)
-            with torch.autocast(hidden.device.type, enabled=False):
-                g = grad.to(ctx.dtype)
-                if grad_h is not None:
-                    grad_h[s : s + chunk] = g @ head.weight
-                if grad_w is not None and g.dtype == torch.float32:
-                    grad_w.addmm_(g.t(), h.float())
-                elif grad_w is not None:
-                    grad_w += (g.t() @ h.to(ctx.dtype)).float()
+            h, g_lp, y = hidden[s : s + chunk], grad_lp[s : s + chunk, None], targets[s : s + chunk]  # [n, D], [n, 1]
+            g_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if len(head.blocks) > 1 else None
+            for v0, w, grad in head.tiles(h):  # grad: the tile's logits [n, b], turned into their gradient
+                grad.sub_(lse[s : s + chunk, None]).exp_().mul_(-g_lp)  # −g · softmax
+                rows = ((y >= v0) & (y < v0 + grad.shape[1])).nonzero()[:, 0]  # targets inside this tile
+                grad.index_put_((rows, y[rows] - v0), g_lp[rows, 0], accumulate=True)  # + g · onehot(y)
+                if T > 0 and T != 1.0:
+                    grad.div_(T)
+                with torch.autocast(hidden.device.type, enabled=False):
+                    g = grad.to(ctx.dtype)
+                    if grad_h is not None and g_h is None:  # one tile: the product in the compute dtype
+                        grad_h[s : s + chunk] = g @ w
+                    elif grad_h is not None:  # float32 tiles (`_LinearHead`): summed in float32
+                        g_h.addmm_(g, w)
+                    if grad_w is not None and g.dtype == torch.float32:
+                        grad_w[v0 : v0 + g.shape[1]].addmm_(g.t(), h.float())
+                    elif grad_w is not None:
+                        grad_w[v0 : v0 + g.shape[1]] += (g.t() @ h.to(ctx.dtype)).float()
+            if grad_h is not None and g_h is not None:
+                grad_h[s : s + chunk] = g_h
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
 
 
+VOCAB_BLOCK = 4096  # vocabulary entries per float32 LM-head tile on a CPU (`_LinearHead`): [512, 4096] is 8 MB
+
+
 class _LinearHead:
-    """Logits h Wᵀ / T [n, V] (float32) of a bias-free head W [V, D] in the compute dtype `dtype` (as `F.linear`
-    under autocast): on a packed copy of the float32 weight laid out for `rows` rows (`models.packed.pack`: MKL's
-    on an Intel CPU, where a chunk of another row count, the last, runs plainly; oneDNN's elsewhere) where this CPU
-    packs, else a plain product."""
+    """Logits h Wᵀ / T (float32) of a bias-free head W [V, D] in the compute dtype `dtype` (as `F.linear` under
+    autocast), one vocabulary tile at a time (`tiles`). In float32 on a CPU the tiles are VOCAB_BLOCK entries
+    wide and each multiplies by a packed copy of its rows of W laid out for `rows` rows (`models.packed.pack`:
+    MKL's on an Intel CPU, where a chunk of another row count, the last, runs plainly; oneDNN's elsewhere): a
+    [512, 4096] tile (8 MB) reuses freed heap memory and stays in cache for the elementwise passes over it, where a
+    [512, 49152] one (100 MB) is fresh pages every time (`trainer.host_memory`); on the 2-core Xeon the head's
+    products of a 512-row chunk took 79 ms in tiles against 96 ms whole (session 25). Otherwise one tile of all V
+    entries, a plain product."""
 
     def __init__(self, weight: torch.Tensor, dtype: torch.dtype, temperature: float, rows: int) -> None:
         self.weight = weight.detach().to(dtype)  # [V, D] in the compute dtype
         self.temperature = temperature
-        packed = pack([self.weight], rows) if rows > 0 and dtype == torch.float32 else None
+        tiled = dtype == torch.float32 and weight.device.type == "cpu"
+        block = VOCAB_BLOCK if tiled else self.weight.shape[0]
+        self.blocks = [self.weight[v : v + block] for v in range(0, self.weight.shape[0], block)]  # views [b, D]
+        packed = pack(self.blocks, rows) if rows > 0 and tiled else None
         self.packed = None if isinstance(packed, Bf16OnFp32Linears) else packed
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def tiles(self, hidden: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(v0, W's rows v0..v0+b [b, D], the logits of those entries [n, b] float32 — the caller's to overwrite)
+        for each tile, in vocabulary order, of hidden [n, D]."""
         with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
             x = hidden.detach().to(self.weight.dtype)
-            if self.packed is not None:
-                logits = self.packed.linear(x, self.weight)
-            else:
-                logits = (x @ self.weight.t()).float()
-        if self.temperature > 0 and self.temperature != 1.0:
-            logits = logits.div_(self.temperature)
-        return logits
+            v0 = 0
+            for w in self.blocks:
+                logits = self.packed.linear(x, w) if self.packed is not None else (x @ w.t()).float()
+                if self.temperature > 0 and self.temperature != 1.0:
+                    logits = logits.div_(self.temperature)
+                yield v0, w, logits
+                v0 += w.shape[0]
 
 
-def _logprob_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                     with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """log p(targets) [n], the entropies [n] (zeros unless `with_entropy`) and the logsumexp [n] of `logits` [n, V]
-    (float32; overwritten). With m = max, x' = logits − m, e = exp(x'), s = Σ e: lse = m + log s,
-    log p(y) = x'_y − log s and H = −Σ p log p = log s − Σ e x' / s (one exponential pass for both)."""
-    if not with_entropy:
-        lse = torch.logsumexp(logits, -1)
-        return logits.gather(1, targets[:, None])[:, 0] - lse, lse.new_zeros(lse.shape), lse
-    m = logits.amax(-1, keepdim=True)  # [n, 1]
-    x = logits.sub_(m)
-    e = torch.exp(x)  # [n, V]
-    s = e.sum(-1)  # [n]
-    dot = torch.bmm(e[:, None, :], x[:, :, None]).view(-1)  # Σ e x' per row
+def _tile_stats(head: _LinearHead, hidden: torch.Tensor, targets: torch.Tensor,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p(targets) [n], the entropies [n] (zeros unless `with_entropy`) and the logsumexp [n] of the logits of
+    hidden [n, D] (`head.tiles`), accumulated over the vocabulary tiles online (as flash attention's softmax).
+    Relative to the running max M: S = Σ e^(x − M), E = Σ e^(x − M) (x − M); a tile with a larger max M' rescales
+    them by c = e^(M − M'): S ← c S, E ← c (E + S (M − M')). Then lse = M + log S, log p(y) = x_y − lse and
+    H = −Σ p log p = log S − E / S (one exponential pass for both)."""
+    m = s = e_sum = None
+    x_y = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for v0, _, x in head.tiles(hidden):
+        b = x.shape[1]
+        inside = (targets >= v0) & (targets < v0 + b)
+        x_y = torch.where(inside, x.gather(1, (targets - v0).clamp(0, b - 1)[:, None])[:, 0], x_y)
+        new_m = x.amax(-1) if m is None else torch.maximum(m, x.amax(-1))  # [n]
+        x = x.sub_(new_m[:, None])  # x − M' ≤ 0
+        if with_entropy:
+            e = torch.exp(x)
+            tile_s, tile_e = e.sum(-1), torch.bmm(e[:, None, :], x[:, :, None]).view(-1)
+        else:
+            tile_s, tile_e = x.exp_().sum(-1), None
+        if m is None:
+            s, e_sum = tile_s, tile_e
+        else:
+            c = (m - new_m).exp()
+            if with_entropy:
+                e_sum = c * (e_sum + s * (m - new_m)) + tile_e
+            s = c * s + tile_s
+        m = new_m
     log_s = s.log()
-    return x.gather(1, targets[:, None])[:, 0] - log_s, log_s - dot / s, m[:, 0] + log_s
+    lse = m + log_s
+    ent = log_s - e_sum / s if with_entropy else torch.zeros_like(lse)
+    return x_y - lse, ent, lse
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
