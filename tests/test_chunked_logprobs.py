@@ -142,6 +142,7 @@ def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dty
     h = torch.randn(13, 16, generator=g, requires_grad=True)
     w = (torch.randn(37, 16, generator=g) * 0.5).requires_grad_(True)
     y = torch.randint(0, 37, (13,), generator=g)
+    y[:6] = torch.tensor([0, 7, 8, 31, 32, 36])  # the first and last entries of tiles of 8, the last tile's last
     up = torch.randn(13, generator=g)
 
     def head(x):
@@ -162,3 +163,5 @@ def test_head_with_its_own_backward_equals_autograd_of_the_checkpointed_head(dty
     lp2, ent2 = L._HeadLogprob.apply(h, w, y, temperature, False, dtype, chunk)
     torch.testing.assert_close(lp2, lp0, atol=1e-6, rtol=1e-6)
     assert not ent2.any()
+    with pytest.raises((ValueError, RuntimeError, IndexError)):  # a target outside the vocabulary
+        L._HeadLogprob.apply(h, w, torch.full_like(y, 37), temperature, True, dtype, chunk)

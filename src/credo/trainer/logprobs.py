@@ -110,8 +110,9 @@ class _HeadLogprob(torch.autograd.Function):
             g_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if len(head.blocks) > 1 else None
             for v0, w, grad in head.tiles(h):  # grad: the tile's logits [n, b], turned into their gradient
                 grad.sub_(lse[s : s + chunk, None]).exp_().mul_(-g_lp)  # −g · softmax
-                rows = ((y >= v0) & (y < v0 + grad.shape[1])).nonzero()[:, 0]  # targets inside this tile
-                grad.index_put_((rows, y[rows] - v0), g_lp[rows, 0], accumulate=True)  # + g · onehot(y)
+                b = grad.shape[1]
+                inside = (y >= v0) & (y < v0 + b)  # [n]: the rows whose target is in this tile (no host sync)
+                grad.scatter_add_(1, (y - v0).clamp(0, b - 1)[:, None], g_lp * inside[:, None])  # + g · onehot(y)
                 if T > 0 and T != 1.0:
                     grad.div_(T)
                 with torch.autocast(hidden.device.type, enabled=False):
@@ -152,17 +153,17 @@ class _LinearHead:
         self.packed = None if isinstance(packed, Bf16OnFp32Linears) else packed
 
     def tiles(self, hidden: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(v0, W's rows v0..v0+b [b, D], the logits of those entries [n, b] float32 — the caller's to overwrite)
-        for each tile, in vocabulary order, of hidden [n, D]."""
-        with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
-            x = hidden.detach().to(self.weight.dtype)
-            v0 = 0
-            for w in self.blocks:
+        """(v0, W's rows [v0, v0 + b) [b, D], the logits of those entries [n, b] float32 — the caller's to
+        overwrite) for each tile, in vocabulary order, of hidden [n, D]."""
+        x = hidden.detach().to(self.weight.dtype)
+        v0 = 0
+        for w in self.blocks:
+            with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
                 logits = self.packed.linear(x, w) if self.packed is not None else (x @ w.t()).float()
                 if self.temperature > 0 and self.temperature != 1.0:
                     logits = logits.div_(self.temperature)
-                yield v0, w, logits
-                v0 += w.shape[0]
+            yield v0, w, logits
+            v0 += w.shape[0]
 
 
 def _tile_stats(head: _LinearHead, hidden: torch.Tensor, targets: torch.Tensor,
@@ -170,14 +171,21 @@ def _tile_stats(head: _LinearHead, hidden: torch.Tensor, targets: torch.Tensor,
     """log p(targets) [n], the entropies [n] (zeros unless `with_entropy`) and the logsumexp [n] of the logits of
     hidden [n, D] (`head.tiles`), accumulated over the vocabulary tiles online (as flash attention's softmax).
     Relative to the running max M: S = Σ e^(x − M), E = Σ e^(x − M) (x − M); a tile with a larger max M' rescales
-    them by c = e^(M − M'): S ← c S, E ← c (E + S (M − M')). Then lse = M + log S, log p(y) = x_y − lse and
-    H = −Σ p log p = log S − E / S (one exponential pass for both)."""
+    them by c = e^(M − M'): S ← c S, E ← c (E + S (M − M')), and the tile's own sums are added. Then
+    lse = M + log S, log p(y) = x_y − lse and H = −Σ p log p = log S − E / S (one exponential pass for both).
+    Raises ValueError for a target outside [0, V) when there are several tiles (one tile: `gather`'s own error)."""
     m = s = e_sum = None
     x_y = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    tiled = len(head.blocks) > 1
+    if tiled and targets.numel() and not (0 <= int(targets.min()) and int(targets.max()) < head.weight.shape[0]):
+        raise ValueError(f"targets outside the vocabulary [0, {head.weight.shape[0]})")
     for v0, _, x in head.tiles(hidden):
         b = x.shape[1]
-        inside = (targets >= v0) & (targets < v0 + b)
-        x_y = torch.where(inside, x.gather(1, (targets - v0).clamp(0, b - 1)[:, None])[:, 0], x_y)
+        if tiled:
+            inside = (targets >= v0) & (targets < v0 + b)
+            x_y = torch.where(inside, x.gather(1, (targets - v0).clamp(0, b - 1)[:, None])[:, 0], x_y)
+        else:
+            x_y = x.gather(1, targets[:, None])[:, 0]
         new_m = x.amax(-1) if m is None else torch.maximum(m, x.amax(-1))  # [n]
         x = x.sub_(new_m[:, None])  # x − M' ≤ 0
         if with_entropy:
