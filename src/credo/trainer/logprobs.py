@@ -138,10 +138,10 @@ class _LinearHead:
     autocast), one vocabulary tile at a time (`tiles`). In float32 on a CPU the tiles are VOCAB_BLOCK entries
     wide and each multiplies by a packed copy of its rows of W laid out for `rows` rows (`models.packed.pack`:
     MKL's on an Intel CPU, where a chunk of another row count, the last, runs plainly; oneDNN's elsewhere): a
-    [512, 4096] tile (8 MB) reuses freed heap memory and stays in cache for the elementwise passes over it, where a
-    [512, 49152] one (100 MB) is fresh pages every time (`trainer.host_memory`); on the 2-core Xeon the head's
-    products of a 512-row chunk took 79 ms in tiles against 96 ms whole (session 25). Otherwise one tile of all V
-    entries, a plain product."""
+    [512, 4096] tile (8 MB) reuses freed heap memory, where a [512, 49152] one (100 MB) is fresh pages every time
+    (`trainer.host_memory`); on the 2-core Xeon the products of a 512-row chunk took 79 ms in tiles against 96 ms
+    whole, and the head's forward and backward over 3792 positions 2.84 s against 3.46 s (`benchmarks/lm_head.py`,
+    session 25). Otherwise one tile of all V entries, a plain product."""
 
     def __init__(self, weight: torch.Tensor, dtype: torch.dtype, temperature: float, rows: int) -> None:
         self.weight = weight.detach().to(dtype)  # [V, D] in the compute dtype
