@@ -43,7 +43,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from credo.core.stats import logprobs_from_logits, token_entropy
-from credo.models.packed import Bf16OnFp32Linears, pack
+from credo.models.packed import pack
 from credo.models.policy import Policy
 
 DEFAULT_CHUNK = 512  # positions per LM-head chunk: 512 × 49152 float32 logits = 100 MB
@@ -122,9 +122,9 @@ class _HeadLogprob(torch.autograd.Function):
                     elif grad_h is not None:  # float32 tiles (`_LinearHead`): summed in float32
                         g_h.addmm_(g, w)
                     if grad_w is not None and g.dtype == torch.float32:
-                        grad_w[v0 : v0 + g.shape[1]].addmm_(g.t(), h.float())
+                        grad_w[v0 : v0 + b].addmm_(g.t(), h.float())
                     elif grad_w is not None:
-                        grad_w[v0 : v0 + g.shape[1]] += (g.t() @ h.to(ctx.dtype)).float()
+                        grad_w[v0 : v0 + b] += (g.t() @ h.to(ctx.dtype)).float()
             if grad_h is not None and g_h is not None:
                 grad_h[s : s + chunk] = g_h
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
@@ -149,8 +149,7 @@ class _LinearHead:
         tiled = dtype == torch.float32 and weight.device.type == "cpu"
         block = VOCAB_BLOCK if tiled else self.weight.shape[0]
         self.blocks = [self.weight[v : v + block] for v in range(0, self.weight.shape[0], block)]  # views [b, D]
-        packed = pack(self.blocks, rows) if rows > 0 and tiled else None
-        self.packed = None if isinstance(packed, Bf16OnFp32Linears) else packed
+        self.packed = pack(self.blocks, rows) if rows > 0 and tiled else None  # float32 only: never bf16 emulation
 
     def tiles(self, hidden: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(v0, W's rows [v0, v0 + b) [b, D], the logits of those entries [n, b] float32 — the caller's to
