@@ -33,7 +33,7 @@ def test_packed_products_equal_the_plain_ones(kernel):
     for rows in (5, 8):  # oneDNN's copies serve any row count; MKL's the count they were packed for, else plain
         b, x, res = torch.randn(48, generator=g), torch.randn(rows, 32, generator=g), torch.randn(rows, 48, generator=g)
         lin = pack([w], batch_hint=8)
-        assert isinstance(lin, MklPackedLinears if kernel == "mkl" else PackedLinears)
+        assert type(lin) is (MklPackedLinears if kernel == "mkl" else PackedLinears)
         torch.testing.assert_close(lin.linear(x, w, b), x @ w.T + b, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(lin.linear(x, w), x @ w.T, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(lin.residual(res, x, w), res + x @ w.T, atol=1e-5, rtol=1e-5)
@@ -121,8 +121,8 @@ def test_packed_decoding_equals_plain_decoding_and_is_undone_on_exit(arch, kerne
             per_pass = 4 * cfg.n_layers + 1  # qkv, proj, up, down; the head
             # oneDNN: every product, the prefill's too; MKL: those of 8 rows (the decoding steps and the prefill's
             # head on the last positions), the prefill's 8 x 5 rows plain
-            assert hits[0] == (1 + tokens.shape[1]) * per_pass if kernel == "onednn" else \
-                tokens.shape[1] * per_pass + 1
+            assert hits[0] == ((1 + tokens.shape[1]) * per_pass if kernel == "onednn" else
+                               tokens.shape[1] * per_pass + 1)
         assert model._linears is DENSE
         with pytest.raises(KeyError), model.packed(rows=8, new_tokens=20):
             raise KeyError("a failing call")
@@ -168,6 +168,7 @@ def test_the_hf_engine_decodes_packed_and_sees_each_sync(tmp_path, kernel, monke
 
     before = run(True)
     assert (MklPackedLinears if kernel == "mkl" else PackedLinears) in seen and gen.engine._linears is DENSE
+    assert (PackedLinears in seen) == (kernel == "onednn")  # the kernel asked for, not the other one
     kept = gen.packed
     assert isinstance(kept, PackedLinears)  # kept for the next call
     assert [c.completion_ids.tolist() for c in run(True)] == [c.completion_ids.tolist() for c in before]
@@ -228,6 +229,58 @@ def test_kept_copies_serve_later_calls_until_packing_is_off(tmp_path, monkeypatc
     with _packed_products(monkeypatch) as hits:
         once.generate(rows16, long, torch.Generator().manual_seed(0))
     assert hits[0] > 0 and once.packed is None
+
+
+@needs_onednn
+def test_a_call_decodes_the_same_on_kept_copies_as_on_fresh_ones(tmp_path, kernel, monkeypatch):
+    """Kept copies serve a call exactly as fresh ones (`PackedLinears.for_call`), whatever calls came before: after
+    a call of 8 rows (MKL's copies laid out for 8, oneDNN's for a hint of 8), a 16-row call draws the same tokens
+    with bitwise the same log-probs as the same call on a generator that never decoded (a resumed run); a weight
+    written in place since the packing is seen (the copies are made anew)."""
+    pytest.importorskip("transformers")
+    from credo.models.hf import load_hf
+    from credo.models.tiny_hf import make_tiny_hf
+    from credo.rollout.backend import GenerationRequest, SamplingParams
+    from credo.rollout.native import NativeGenerator
+
+    d = make_tiny_hf(tmp_path, arch="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     intermediate_size=128)
+    policy, tok = load_hf(d)
+    params = SamplingParams(max_new_tokens=20)
+    prompts = [tok.encode_prompt(f"what is {a}+{a + 17}?") for a in range(8)]  # prefilled once each (8 rows)
+    rows8 = [GenerationRequest(p, n=1) for p in prompts]
+    rows16 = [GenerationRequest(p, n=2) for p in prompts]
+
+    def call(gen: NativeGenerator, requests: list, packed_products: int | None = None) -> list:
+        with _packed_products(monkeypatch) as hits:
+            out = [c for cs in gen.generate(requests, params, torch.Generator().manual_seed(5)) for c in cs]
+        assert hits[0] > 0 and hits[0] == (packed_products or hits[0])
+        counts.append(hits[0])
+        return out
+
+    counts: list[int] = []
+    fresh = call(NativeGenerator(policy, tok), rows16)
+    used = NativeGenerator(policy, tok)
+    call(used, rows8)  # MKL's copies end laid out for the 8 rows of the next call's prefill
+    kept = used.packed
+    after_other = call(used, rows16, packed_products=counts[0])  # MKL: the prefill's head plain, as on fresh
+    # MKL's copies laid out again in place; oneDNN's packed anew for the call's hint
+    assert used.packed is not None and (used.packed is kept) == (kernel == "mkl")
+    for a, b in zip(after_other, fresh, strict=True):  # bitwise where packed and plain products differ
+        assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
+    kept = used.packed
+    weight = used.engine.blocks[0].up.weight
+    with torch.no_grad():
+        weight.mul_(3.0)  # an in-place write the generator was not told of
+    changed = call(used, rows16)
+    assert used.packed is not None and used.packed is not kept  # packed anew from the written weight
+    plain = NativeGenerator(policy, tok, pack=False)
+    plain.engine.load_state_dict(used.engine.state_dict())
+    expected = [c for cs in plain.generate(rows16, params, torch.Generator().manual_seed(5)) for c in cs]
+    assert any(not torch.equal(a.logprobs, b.logprobs) for a, b in zip(expected, fresh, strict=True))
+    for a, b in zip(changed, expected, strict=True):
+        assert torch.equal(a.completion_ids, b.completion_ids)
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
 
 
 def test_vlm_decoding_never_samples_the_image_placeholder():

@@ -24,8 +24,10 @@ program freed a while before cost ~2 s of kernel time per call (pages zeroed, `p
 MKL's packing); a 64 × 64-token rollout right after an HF `generate` took 8.3-8.8 s packing afresh (2.2-2.5 s of
 kernel time) and 6.8-7.0 s on kept copies (0.4 s; session 25, the 2-core Xeon). A call too short to gain a fresh
 packing back (`worth_packing`) decodes plainly, or on copies already kept; `rollout.pack_weights = false` turns
-packing off. Only float32 weights are packed (this CPU's oneDNN refuses bfloat16 packing); elsewhere `pack` returns
-None and the engine keeps `DenseLinears`.
+packing off. Float32 weights are packed, and bfloat16 ones as float32 copies on a CPU without bfloat16 dot products
+(below; oneDNN refuses bfloat16 packing here); for other weights `pack` returns None and the engine keeps
+`DenseLinears`. Kept copies serve a later call only as fresh ones would (`PackedLinears.for_call`: the same layout,
+no weight written since), so a call decodes the same whatever calls came before it.
 
 bfloat16 weights on an x86 CPU without bfloat16 dot products (no AVX-512 BF16, no AMX) go through
 `Bf16OnFp32Linears`: PyTorch's bfloat16 products there convert to float32 inside the kernel and run ~8x slower than
@@ -78,17 +80,37 @@ class DenseLinears:
 DENSE = DenseLinears()
 
 
+def _versions(weights: Iterable[torch.Tensor]) -> dict[int, int]:
+    """Each tensor's in-place write counter (`Tensor._version`) by `id`; -1 for an inference tensor (made under
+    `torch.inference_mode`), which has none (its writes go unseen)."""
+    return {id(w): -1 if w.is_inference() else w._version for w in weights}
+
+
 class PackedLinears(DenseLinears):
     """`DenseLinears` on oneDNN-packed copies of `weights` (each [out, in], float32, CPU); a weight not among them
     falls back to the plain product. Build with `pack`. `batch_hint`: the rows per product the packing is laid out
     for (any number of rows gives the same result)."""
 
     def __init__(self, weights: Iterable[torch.Tensor], batch_hint: int) -> None:
+        weights = list(weights)
+        self.batch_hint, self._versions = batch_hint, _versions(weights)
         with torch.no_grad():  # weights are held by reference: `id` stays theirs while this object lives
             # packed in float32 (`.float()` is the tensor itself for float32 weights; bfloat16 ones, for
             # `Bf16OnFp32Linears`, are widened exactly)
             self._packed = {id(w): (w, torch.ops.mkldnn._reorder_linear_weight(w.detach().float(), batch_hint))
                             for w in weights}
+
+    def current(self) -> bool:
+        """Whether no weight was written in place since it was packed (PyTorch's version counter of each tensor;
+        a weight replaced by assignment to `.data` is not seen: drop the copies then, as `sync_weights` does)."""
+        return _versions(entry[0] for entry in self._packed.values()) == self._versions
+
+    def for_call(self, rows: int) -> PackedLinears | None:
+        """These copies for a generation call of `rows` rows when they are what `pack(weights, batch_hint=rows)`
+        would make now, so a call's products never depend on earlier calls (a resumed run decodes as an
+        uninterrupted one); None when they are not (a weight written since, or another batch hint: oneDNN may
+        lay the weights out by the hint)."""
+        return self if rows == self.batch_hint and self.current() else None
 
     def _get(self, weight: torch.Tensor) -> torch.Tensor | None:
         entry = self._packed.get(id(weight))
@@ -122,6 +144,7 @@ class MklPackedLinears(PackedLinears):
     def __init__(self, weights: Iterable[torch.Tensor], batch_hint: int) -> None:
         self._weights = {id(w): w for w in weights}  # by reference: each `id` stays its own while this object lives
         self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.batch_hint, self._versions = batch_hint, _versions(self._weights.values())
         self.rows, self.repacks = 0, 0
         self._pack(batch_hint)
 
@@ -138,6 +161,15 @@ class MklPackedLinears(PackedLinears):
 
     def for_rows(self, rows: int) -> DenseLinears:
         if rows != self.rows and rows >= MIN_ROWS:
+            self._pack(rows)
+        return self
+
+    def for_call(self, rows: int) -> PackedLinears | None:
+        """Laid out again for `rows` rows in place (a kept copy is laid out for the last call's last row count),
+        as `pack(weights, batch_hint=rows)` lays out fresh ones; None when a weight was written since."""
+        if not self.current():
+            return None
+        if rows != self.rows:
             self._pack(rows)
         return self
 

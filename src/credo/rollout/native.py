@@ -103,9 +103,9 @@ class NativeGenerator:
         """Free the engine copy's weights until the next `sync_weights`, which allocates and fills them again: the
         rollout engine's sleep mode that verl uses around its actor update (vLLM's `LLM.sleep(level=2)`: weights
         discarded, not offloaded), for the update's memory; the copy is stale after an update anyway. The packed
-        copies of the weights go too. SmolLM2-135M in float32: 0.54 GB less resident during the update, twice
-        that with packed copies. Generating while asleep raises RuntimeError. A no-op when the decoder is the policy's
-        own module (nothing is a copy) or already asleep."""
+        copies of the weights go too. SmolLM2-135M in float32: 0.54 GB less resident during the update, and as
+        much again for kept packed copies (always float32). Generating while asleep raises RuntimeError. A no-op
+        when the decoder is the policy's own module (nothing is a copy) or already asleep."""
         if self.engine is None or self.asleep:
             return
         self.packed = None
@@ -177,14 +177,17 @@ class NativeGenerator:
 
     @contextlib.contextmanager
     def _on_packed(self, rows: int, new_tokens: int) -> Iterator[None]:
-        """The engine decoding on packed copies of its weights in the block: those kept from an earlier call, else
-        made now when a call of `rows` rows × ≤ `new_tokens` tokens gains them back (`TinyLM.pack_linears`), and
-        kept after it when `keep_packed`; plain products when packing is off (`pack`; kept copies are dropped) or
-        for fewer than MIN_ROWS rows."""
+        """The engine decoding on packed copies of its weights in the block: those kept from an earlier call when
+        they serve this one as fresh copies would (`PackedLinears.for_call`: a call's draws never depend on the
+        calls before it), else made now when a call of `rows` rows × ≤ `new_tokens` tokens gains them back
+        (`TinyLM.pack_linears`), and kept after it when `keep_packed`; plain products when packing is off (`pack`;
+        kept copies are dropped) or for fewer than MIN_ROWS rows."""
         if not self.pack:
             self.packed = None
         linears = None
         if self.engine is not None and self.pack and rows >= MIN_ROWS:
+            if self.packed is not None:  # kept copies serve the call only as fresh ones would, else go first
+                self.packed = self.packed.for_call(rows)
             linears = self.packed if self.packed is not None else self.engine.pack_linears(rows, new_tokens)
         if linears is None:
             yield
