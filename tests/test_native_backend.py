@@ -192,3 +192,38 @@ def test_sleep_frees_the_engine_copy_and_sync_brings_back_the_same_decoding(hf_d
     for (a0, a1), (b0, b1) in zip(before, after, strict=True):
         assert torch.equal(a0.completion_ids, b0.completion_ids) and torch.equal(a1.completion_ids, b1.completion_ids)
         torch.testing.assert_close(a0.logprobs, b0.logprobs, atol=0, rtol=0)
+
+
+def test_resume_on_packed_decoding_with_an_eval_every_step_equals_the_uninterrupted_run(hf_dir, tmp_path,
+                                                                                       monkeypatch):
+    """An HF policy decoding on packed weights (8 rows × 16 tokens per rollout: packing applies), an evaluation
+    after every step (it leaves packed copies of another row count behind, which the next rollout is offered): one
+    step, a checkpoint and a resumed step end on the same weights, bit for bit, as two uninterrupted steps."""
+    from credo.models import packed as packed_mod
+    from credo.trainer import checkpoint as ckpt
+    from credo.trainer.config import load_config
+    from credo.trainer.loop import train
+
+    if not packed_mod.can_pack(torch.zeros(1)):
+        pytest.skip("PyTorch without oneDNN float32 packing")
+    offered = []
+    for cls in (packed_mod.PackedLinears, packed_mod.MklPackedLinears):
+        for_call = cls.for_call
+        monkeypatch.setattr(cls, "for_call", lambda self, rows, f=for_call: offered.append(rows) or f(self, rows))
+
+    def run(name: str, steps: int) -> None:
+        train(load_config(None, [
+            f"model.path={hf_dir}", "env.name=toy_env:make", "sft.enabled=false", "rl.prompts_per_step=2",
+            "rl.group_size=4", "rl.max_new_tokens=16", "rl.lr=1e-3", "rl.warmup_steps=0", "eval.every=1",
+            "eval.n_samples=2", "eval.pass_k=[1]", "env.n_test=6", "run.progress=false", "run.checkpoint_every=1",
+            "reward.workers=0", f"run.out_dir={tmp_path}", f"run.name={name}", f"rl.steps={steps}"]))
+
+    run("full", 2)
+    assert offered  # kept copies were offered to a later call (an eval's to the next rollout among them)
+    run("part", 1)
+    run("part", 2)
+    full, part = ckpt.load(tmp_path / "full" / "checkpoint.pt"), ckpt.load(tmp_path / "part" / "checkpoint.pt")
+    assert part["step"] == 2 and set(full["model"]) == set(part["model"])
+    for k, v in full["model"].items():
+        assert torch.equal(v, part["model"][k]), k
+    assert sum(r.get("loss/optimizer_steps", 0) for r in full["history"] if r["phase"] == "rl") > 0  # it trained
