@@ -45,6 +45,28 @@ def test_requests_keep_the_samplers_random_stream(tiny):
     assert len({tuple(c.completion_ids.tolist()) for c in got}) > 2  # it really sampled
 
 
+def test_the_kv_cache_budget_sets_the_rows_per_decode_batch(tiny):
+    """`kv_cache_bytes` decodes as many rows at once as their KV cache (prompt + max_new_tokens slots each) fits: a
+    budget of 3 rows' cache gives exactly the rows of `max_batch=3`; None is 1 GiB on a CPU; 0 is no limit."""
+    policy, tok = tiny
+    params = SamplingParams(20, temperature=1.0)
+    reqs = [GenerationRequest(p, n=4) for p in _prompts(tok)]
+    per_row = policy.kv_bytes_per_token() * (max(len(p) for p in _prompts(tok)) + params.max_new_tokens)
+    c = policy.cfg
+    assert policy.kv_bytes_per_token() == 2 * c.n_layers * c.kv_heads * (c.d_model // c.n_heads) * 4  # float32
+    budget = NativeGenerator(policy, tok, kv_cache_bytes=3 * per_row + per_row // 2)
+    assert budget.rows_per_batch(per_row // policy.kv_bytes_per_token()) == 3
+    assert NativeGenerator(policy, tok).rows_per_batch(10**6) == 2**30 // (policy.kv_bytes_per_token() * 10**6)
+    assert NativeGenerator(policy, tok, kv_cache_bytes=0).rows_per_batch(10**9) == 512
+    assert NativeGenerator(policy, tok, kv_cache_bytes=1).rows_per_batch(10) == 1  # at least one row
+    got = budget.generate(reqs, params, torch.Generator().manual_seed(7))
+    ref = NativeGenerator(policy, tok, max_batch=3).generate(reqs, params, torch.Generator().manual_seed(7))
+    whole = NativeGenerator(policy, tok).generate(reqs, params, torch.Generator().manual_seed(7))
+    flat = [[c.completion_ids.tolist() for c in cs] for cs in got]
+    assert flat == [[c.completion_ids.tolist() for c in cs] for cs in ref]
+    assert flat != [[c.completion_ids.tolist() for c in cs] for cs in whole]  # 8 rows at once draw otherwise
+
+
 def test_a_seeded_request_draws_from_its_own_stream(tiny):
     policy, tok = tiny
     gen, params = NativeGenerator(policy, tok), SamplingParams(16, temperature=1.0)

@@ -337,6 +337,11 @@ class TinyLM(nn.Module):
             max_len=max_len,
         )
 
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token of one row takes (`new_cache`): keys and values of every layer."""
+        c = self.cfg
+        return 2 * c.n_layers * c.kv_heads * (c.d_model // c.n_heads) * self.embed.weight.element_size()
+
     def rotations(self, pos: torch.Tensor) -> torch.Tensor:
         """RoPE as matrices: rows' rotations [B, Dh, Dh] for positions `pos` [B], so that x @ R equals
         `apply_rope(x)` of a head x [Dh] (cos on the diagonal, ±sin between the two halves)."""

@@ -15,7 +15,10 @@ What decodes:
   their own cache, Qwen2-VL): the model itself.
 
 Requests are expanded into rows (a request's `n` rows side by side) and decoded in batches of at most `max_batch`
-rows (the KV cache grows with the batch: 512 rows keep a 1M-parameter model under 0.5 GB). Rows of requests without
+rows whose KV cache fits `kv_cache_bytes` (as vLLM sizes its batches by a KV-cache budget; its CPU backend's
+`VLLM_CPU_KVCACHE_SPACE`): SmolLM2-135M keeps 46 KB per token in float32, so a 512-row batch of 110-token rows
+would hold 2.6 GB; under the 1 GiB default on a CPU (CPU_KV_CACHE_BYTES; none on a GPU) it decodes 211 rows at a
+time. Rows of requests without
 a seed share the `rng` of the call, drawn in row order exactly as the sampler always drew it, so a run that moved
 onto this backend keeps its random stream; the rows of a request with a seed draw from
 `torch.Generator().manual_seed(seed)`, the request's own stream, and seeded requests are decoded together (whole
@@ -38,12 +41,17 @@ from credo.models.tokenizer import Tokenizer
 from credo.rollout.backend import Completion, GenerationRequest, SamplingParams, cut_at_stop_text
 from credo.rollout.sampler import Decoded, generate
 
+CPU_KV_CACHE_BYTES = 2**30  # the KV cache one decode batch holds on a CPU by default (`rollout.kv_cache_gb`)
+
 
 class NativeGenerator:
     """The native backend (module docstring). `policy` is the trainer's model, `tokenizer` its tokenizer.
 
     `native`: decode a Hugging Face Llama-family model on a native engine copy (None: the policy's
-    `native_decode`, off for other models); `max_batch`: rows per decode batch; `max_len` / `image_size`: override
+    `native_decode`, off for other models); `max_batch`: rows per decode batch; `kv_cache_bytes`: the most KV
+    cache one decode batch may hold (`rollout.kv_cache_gb`; a row takes its prompt + `max_new_tokens` slots; None:
+    CPU_KV_CACHE_BYTES on a CPU, no limit on a GPU; 0, or a decoder that does not report `kv_bytes_per_token`:
+    `max_batch` alone); `max_len` / `image_size`: override
     the model's (`policy.cfg.max_len`, `policy.cfg.image_size`; no limit / 48 when it has none); `pack`: the
     engine decodes on packed copies of its weights where that pays (`TinyLM.pack_linears`; `rollout.pack_weights`),
     kept between calls until `sync_weights` or `sleep` (module docstring); `keep_packed=False`: made for each call
@@ -59,13 +67,14 @@ class NativeGenerator:
         *,
         native: bool | None = None,
         max_batch: int = 512,
+        kv_cache_bytes: int | None = None,
         max_len: int | None = None,
         image_size: int | None = None,
         pack: bool = True,
         keep_packed: bool = True,
     ) -> None:
         self.policy, self.tokenizer, self.max_batch, self.pack = policy, tokenizer, max_batch, pack
-        self.keep_packed = keep_packed
+        self.keep_packed, self.kv_cache_bytes = keep_packed, kv_cache_bytes
         cfg = getattr(policy, "cfg", None)
         self.max_len: int | None = max_len if max_len is not None else getattr(cfg, "max_len", None)
         self.image_size: int = image_size or getattr(cfg, "image_size", 48)
@@ -126,8 +135,9 @@ class NativeGenerator:
                 raise ValueError(f"prompt_logprobs={r.prompt_logprobs}: needs 0 <= k < len(prompt_ids) = "
                                  f"{len(r.prompt_ids)}")
         done: list[Completion | None] = [None] * len(rows)
-        with self._eval_mode(), self._on_packed(min(len(rows), self.max_batch), params.max_new_tokens):
-            for idx, g in self._batches(rows, rng):
+        cap = self.rows_per_batch(max((len(r.prompt_ids) for r in requests), default=0) + params.max_new_tokens)
+        with self._eval_mode(), self._on_packed(min(len(rows), cap), params.max_new_tokens):
+            for idx, g in self._batches(rows, rng, cap):
                 for k, d in zip(idx, self._decode([rows[k] for k in idx], params, g), strict=True):
                     done[k] = self._completion(d, rows[k], params)
         out, k = [], 0
@@ -136,15 +146,28 @@ class NativeGenerator:
             k += r.n
         return out
 
+    def rows_per_batch(self, slots: int) -> int:
+        """Rows decoded at once when each row takes up to `slots` KV-cache slots: `max_batch`, fewer when their
+        cache would exceed `kv_cache_bytes` (at least one row)."""
+        per_token = getattr(self.decoder, "kv_bytes_per_token", None)
+        budget = self.kv_cache_bytes
+        if budget is None:
+            params = getattr(self.decoder, "parameters", None)
+            device = next(iter(params()), torch.zeros(0)).device if callable(params) else torch.device("cpu")
+            budget = CPU_KV_CACHE_BYTES if device.type == "cpu" else 0
+        if budget <= 0 or not callable(per_token):
+            return self.max_batch
+        return max(1, min(self.max_batch, budget // max(1, per_token() * slots)))
+
     def _batches(
-        self, rows: list[GenerationRequest], rng: torch.Generator | None
+        self, rows: list[GenerationRequest], rng: torch.Generator | None, cap: int
     ) -> Iterator[tuple[list[int], torch.Generator | list[torch.Generator] | None]]:
-        """Row indices per decode batch and its random stream(s): unseeded rows in order, `max_batch` at a time, on
-        `rng`; then the seeded requests, whole requests packed up to `max_batch` rows (a larger request alone), each
+        """Row indices per decode batch and its random stream(s): unseeded rows in order, `cap` at a time, on
+        `rng`; then the seeded requests, whole requests packed up to `cap` rows (a larger request alone), each
         row on its request's own stream (`sampler.generate`: a request's draws do not depend on its batch mates)."""
         shared = [k for k, r in enumerate(rows) if r.seed is None]
-        for i in range(0, len(shared), self.max_batch):
-            yield shared[i : i + self.max_batch], rng
+        for i in range(0, len(shared), cap):
+            yield shared[i : i + cap], rng
         seeded: dict[int, list[int]] = {}
         for k, r in enumerate(rows):
             if r.seed is not None:
@@ -152,7 +175,7 @@ class NativeGenerator:
         idx: list[int] = []
         gens: list[torch.Generator] = []
         for req in seeded.values():
-            if idx and len(idx) + len(req) > self.max_batch:
+            if idx and len(idx) + len(req) > cap:
                 yield idx, gens
                 idx, gens = [], []
             g = torch.Generator().manual_seed(rows[req[0]].seed)
@@ -222,6 +245,9 @@ class _LastPosition:
 
     def step(self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.engine.step(input_ids, cache, attention_mask, last_only=True)
+
+    def kv_bytes_per_token(self) -> int:
+        return self.engine.kv_bytes_per_token()
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         return self.engine.parameters()

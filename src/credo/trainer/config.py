@@ -215,6 +215,8 @@ class RolloutConfig:
 
     backend: str = "native"  # "native" (credo's KV-cached engine), "vllm" (rollout/vllm.py) or "auto" (resolve_backend)
     max_batch: int = 512  # native: rows decoded at once (the KV cache grows with the batch)
+    kv_cache_gb: float | None = None  # native: the most KV cache one decode batch holds, GiB (None: 1 on a CPU,
+    # no limit on a GPU; 0: no limit); fewer rows per batch when theirs would exceed it (vLLM's KV-cache budget)
     sleep: bool = False  # vllm on GPUs: release the engine's memory between rollouts (vLLM sleep mode, level 1)
     pack_weights: bool = True  # native, HF model on a CPU: decode on packed weight copies (models/packed.py)
 

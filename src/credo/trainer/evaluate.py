@@ -20,6 +20,7 @@ from credo.rollout.backend import Generator, SamplingParams, as_generator
 from credo.rollout.engine import rollout
 from credo.rollout.multiturn import CALL_END, multiturn_rollout
 from credo.trainer.config import RewardConfig
+from credo.trainer.host_memory import reuse_freed_memory
 
 SHOWN_SAMPLES = 4  # greedy completions per evaluation kept under `eval/samples` for the run report
 
@@ -174,11 +175,13 @@ def _problem_rows(examples: list[Example], greedy: list, scores: list, extra: di
 
 def _rollouts(gen: Generator, tokenizer: Any, env: Environment, examples: list[Example], tools: ToolEval | None,
               group: int, params: SamplingParams, g: torch.Generator | None = None) -> list[Sample]:
-    """`group` rollouts per example through `gen`: multi-turn with `tools` when given, else single-turn."""
-    if tools is None:
-        return rollout(gen, tokenizer, env, examples, group, params, g)
-    return multiturn_rollout(gen, tokenizer, env, examples, group, params, g, tools.max_turns, tools.max_images,
-                             tools.tools, tools_enabled=tools.enabled)[0]
+    """`group` rollouts per example through `gen`: multi-turn with `tools` when given, else single-turn. The
+    decoding's transient buffers reuse heap memory, handed back after (`trainer.host_memory`), as the rollouts'."""
+    with reuse_freed_memory():
+        if tools is None:
+            return rollout(gen, tokenizer, env, examples, group, params, g)
+        return multiturn_rollout(gen, tokenizer, env, examples, group, params, g, tools.max_turns, tools.max_images,
+                                 tools.tools, tools_enabled=tools.enabled)[0]
 
 
 def sampled_metrics(env: Environment, sampled: list, correct: list[bool], n_samples: int,

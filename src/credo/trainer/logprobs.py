@@ -107,7 +107,8 @@ class _HeadLogprob(torch.autograd.Function):
             if ctx.needs_input_grad[1] else None
         for s in range(0, N, chunk):
             h, g_lp, y = hidden[s : s + chunk], grad_lp[s : s + chunk, None], targets[s : s + chunk]  # [n, D], [n, 1]
-            g_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if len(head.blocks) > 1 else None
+            g_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) \
+                if grad_h is not None and len(head.blocks) > 1 else None
             for v0, w, grad in head.tiles(h):  # grad: the tile's logits [n, b], turned into their gradient
                 grad.sub_(lse[s : s + chunk, None]).exp_().mul_(-g_lp)  # −g · softmax
                 b = grad.shape[1]

@@ -277,6 +277,8 @@ def _generation_and_shards(cfg: Config, policy: Any, tok: Any) -> tuple[Any, Any
     options: dict[str, Any] = {"max_batch": cfg.rollout.max_batch}
     if resolve_backend(cfg.rollout.backend, gen_policy) == "native":
         options["pack"] = cfg.rollout.pack_weights
+        gb = cfg.rollout.kv_cache_gb
+        options["kv_cache_bytes"] = None if gb is None else int(gb * 2**30)
     if cfg.rollout.sleep:
         if resolve_backend(cfg.rollout.backend, gen_policy) != "vllm":
             raise ValueError("rollout.sleep is vLLM's sleep mode: it needs rollout.backend = 'vllm'")
@@ -392,6 +394,8 @@ def run_loop(run: Run) -> dict[str, float]:
     run.sink.close()
     if step < cfg.rl.steps:
         return {"interrupted_at": float(step)}
+    if callable(sleep := getattr(ctx.gen, "sleep", None)):  # the engine is done: its weights' memory is the save's
+        sleep()
     _save_final(run)
     if not dist.is_main():
         return {}

@@ -20,6 +20,7 @@ from credo.rollout.engine import encode_prompt
 from credo.rollout.multiturn import reference_trajectory
 from credo.trainer import distributed as dist
 from credo.trainer.config import SFTConfig
+from credo.trainer.host_memory import release_free_heap, return_freed_memory, reuse_freed_memory
 from credo.trainer.logprobs import sequence_logprobs
 
 
@@ -88,7 +89,7 @@ def self_completions(policy: Policy, tokenizer: Any, env: Environment, examples:
         return [], [], {"sft/self_samples": 0.0, "sft/self_kept": 0.0, "sft/self_examples": 0.0}
     params = SamplingParams(cfg.self_max_new_tokens, temperature=1.0)
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), reuse_freed_memory():
         samples = rollout(as_generator(policy, tokenizer), tokenizer, env, examples, cfg.self_samples, params, g)
     exs = [examples[i // cfg.self_samples] for i in range(len(samples))]
     texts = [s.text.strip() for s in samples]
@@ -200,6 +201,7 @@ def sft(
     dev = next(iter(policy.parameters())).device  # rows stay on the CPU; each step's go to the model
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    return_freed_memory()  # AdamW's state, made at the first step, never pins a fragmented heap (the update's rule)
     history = []
     for step in range(cfg.steps):
         for group in opt.param_groups:
@@ -213,9 +215,10 @@ def sft(
             rows = idx[part]
             T = int(lengths[rows].max())  # trim padding columns
             imgs = [images[i] for i in rows.tolist()] if images is not None else None
-            lp, _ = sequence_logprobs(policy, ids[rows, :T].to(dev), images=imgs)
-            part_loss = (-lp * mask[rows, :T].to(dev)).sum() / n_tokens
-            part_loss.backward()
+            with reuse_freed_memory():  # each layer's activations on the memory the previous one freed
+                lp, _ = sequence_logprobs(policy, ids[rows, :T].to(dev), images=imgs)
+                part_loss = (-lp * mask[rows, :T].to(dev)).sum() / n_tokens
+                part_loss.backward()
             loss += part_loss.detach()
         dist.all_reduce_grads(policy.parameters())
         gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -225,6 +228,8 @@ def sft(
         history.append(m)
         if on_step is not None:
             on_step(step, m)
+    opt.zero_grad(set_to_none=True)
+    release_free_heap()  # the gradients, allocated in the heap by the backward passes
     return history
 
 

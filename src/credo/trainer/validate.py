@@ -43,7 +43,8 @@ def _check_names_and_ranges(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r}: must be >= 1, got {value}")
     for key, value in {"rl.lr": cfg.rl.lr, "sft.lr": cfg.sft.lr, "rl.kl_coef": cfg.rl.kl_coef,
                        "rl.temperature": cfg.rl.temperature, "sft.steps": cfg.sft.steps,
-                       "eval.sample_problems": cfg.eval.sample_problems}.items():
+                       "eval.sample_problems": cfg.eval.sample_problems,
+                       "rollout.kv_cache_gb": cfg.rollout.kv_cache_gb or 0.0}.items():
         if value < 0:
             raise ConfigError(f"config key {key!r}: must be >= 0, got {value}")
     for key, value in {"rl.ssr_alpha": cfg.rl.ssr_alpha, "rl.ssr_eps": cfg.rl.ssr_eps,
