@@ -18,9 +18,8 @@ Requests are expanded into rows (a request's `n` rows side by side) and decoded 
 rows whose KV cache fits `kv_cache_bytes` (as vLLM sizes its batches by a KV-cache budget; its CPU backend's
 `VLLM_CPU_KVCACHE_SPACE`): SmolLM2-135M keeps 46 KB per token in float32, so a 512-row batch of 110-token rows
 would hold 2.6 GB; under the 1 GiB default on a CPU (CPU_KV_CACHE_BYTES; none on a GPU) it decodes 211 rows at a
-time. Rows of requests without
-a seed share the `rng` of the call, drawn in row order exactly as the sampler always drew it, so a run that moved
-onto this backend keeps its random stream; the rows of a request with a seed draw from
+time. Rows of requests without a seed share the `rng` of the call, drawn in row order exactly as the sampler always
+drew it, so a run that moved onto this backend keeps its random stream; the rows of a request with a seed draw from
 `torch.Generator().manual_seed(seed)`, the request's own stream, and seeded requests are decoded together (whole
 requests per batch), so each one's completions are those it gets alone, up to floating-point rounding of the batch.
 The decoder is put in eval mode while it decodes and its mode restored.
