@@ -1,4 +1,4 @@
-"""Finished rows leaving the decoding batch (`rollout/sampler.py::generate`, `models/tiny.py::KVCache.keep_rows`),
+"""Finished rows leaving the decoding batch (`rollout/sampler.py::generate`, `models/kv_cache.py::KVCache.keep_rows`),
 side by side in one process: credo's native backend on SmolLM2-135M-Instruct, 8 arith prompts × 8 samples × ≤ 64
 new tokens, temperature 1, float32, EOS on (rows end at their own length, as in an RL step), the same seeds with
 dropping off (`DROP_FINISHED` above 1) and on (the default), alternated. The completions must be the same tokens.

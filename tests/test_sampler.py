@@ -127,7 +127,7 @@ def test_kv_cache_keep_rows_in_place_equals_select_rows():
 def test_dropping_finished_rows_gives_the_same_completions(monkeypatch, per_row):
     """Rows that end early (a third of the vocabulary ends a row) leave the batch (`keep_rows` is called), and
     every row's tokens, log-probs and finish reasons equal those of a run that keeps all rows."""
-    from credo.models.tiny import KVCache
+    from credo.models.kv_cache import KVCache
     from credo.rollout import sampler
 
     m = _model()

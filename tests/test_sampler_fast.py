@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from credo.models.tiny import CACHE_BLOCK, TinyConfig, TinyLM, _widen, apply_rope
+from credo.models.kv_cache import CACHE_BLOCK, _widen
+from credo.models.tiny import TinyConfig, TinyLM, apply_rope
 from credo.models.tokenizer import CharTokenizer
 from credo.rollout.sampler import SamplingParams, generate
 from credo.trainer.logprobs import sequence_logprobs

@@ -33,9 +33,10 @@ from typing import Any
 
 import torch
 
+from credo.models.kv_cache import KVCache
 from credo.models.packed import MIN_ROWS, PackedLinears
 from credo.models.policy import Decoder
-from credo.models.tiny import KVCache, TinyLM
+from credo.models.tiny import TinyLM
 from credo.models.tokenizer import Tokenizer
 from credo.rollout.backend import Completion, GenerationRequest, SamplingParams, cut_at_stop_text
 from credo.rollout.sampler import Decoded, generate
